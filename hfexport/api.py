@@ -1,0 +1,305 @@
+"""The Python API. Everything the CLI does is one call here."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from hfexport._quiet import quiet_libraries
+from hfexport.artifacts import Artifact, TorchModel
+from hfexport.errors import BundleIntegrityError, ModelLoadError
+from hfexport.progress import Progress
+from hfexport.report.schema import Report
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Path
+    manifest: dict
+    report: Report
+
+
+def build(
+    model: str | None = None,
+    *,
+    target: str = "cpu",
+    recipe: str | None = None,
+    output: str | Path = "hfexport-bundle",
+    task: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    calibration_data: str | Path | None = None,
+    eval_data: str | Path | None = None,
+    text_column: str | None = None,
+    gates: bool = True,
+    force: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    verbose: bool = False,
+) -> BuildResult:
+    """Build a bundle for `target` from a hub id or local folder (default: all-MiniLM-L6-v2)."""
+    with quiet_libraries(not verbose):
+        return _build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
+                      trust_remote_code=trust_remote_code, calibration_data=calibration_data, eval_data=eval_data,
+                      text_column=text_column, gates=gates, force=force, threads=threads,
+                      progress=progress or Progress())
+
+
+def _build(model, *, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
+           text_column, gates, force, threads, progress) -> BuildResult:
+    from hfexport import bundle as bundles
+    from hfexport import data
+    from hfexport.context import BuildContext, PlanContext
+    from hfexport.loading import resolve_model
+    from hfexport.plan import make_plan
+    from hfexport.profiles import load_target
+    from hfexport.recipes import load_recipe
+
+    output = Path(output).expanduser().resolve()
+    # Every check that needs no heavy work runs before any: a bad argument fails in a second.
+    profile = load_target(target)
+    chosen = load_recipe(recipe or profile.default_recipe)
+    bundles.check_output(output, force)
+    calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
+                   else data.default_calibration_texts())
+    eval_texts = (data.read_texts(eval_data, text_column=text_column) if eval_data
+                  else data.default_eval_texts())[: chosen.evaluation.samples]
+    source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
+                           log=progress.info)
+    plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
+    progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
+
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
+    try:
+        tokenizer_dir = _prepare_tokenizer(source, workdir / "tokenizer")
+        ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress)
+        artifact: Artifact = TorchModel(source.local_dir)
+        reference_size = artifact.size_bytes()
+        records, stages = [], []
+        for index, step in enumerate(plan.steps, 1):
+            progress.start(step.name, step.describe(), index, len(plan.steps))
+            started = time.perf_counter()
+            artifact = step.run(artifact, ctx)
+            seconds = time.perf_counter() - started
+            stats = getattr(artifact, "stats", {})
+            progress.done(step.name, _stats_line(stats, artifact.size_bytes()), stats=stats)
+            records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
+                            "seconds": round(seconds, 3), "size_bytes": artifact.size_bytes(), "stats": stats})
+            stages.append((step.name, artifact, seconds))
+
+        staging = workdir / "bundle"
+        bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
+        precision = "int8" if any(r["name"] == "quantize" for r in records) else "fp32"
+        body = _manifest_body(source, profile, chosen, records, staging, tokenizer_dir, precision)
+        bundles.write_manifest(staging, body)
+
+        progress.start("validate", "validate against PyTorch fp32")
+        report = _validate_build(ctx, staging, stages, reference_size, eval_texts,
+                                 "file " + str(eval_data) if eval_data else "hfexport held-out corpus", threads)
+        progress.done("validate", _summary_line(report))
+        _write_report(report, staging / "report")
+        body["validation"] = {"passed": report.passed, "summary": report.summary,
+                              "gates": [g.model_dump() for g in report.gates], "report": "report/report.json"}
+        manifest = bundles.write_manifest(staging, body)
+
+        from hfexport.validate import gate_failure
+
+        failure = gate_failure(report.gates, None)
+        if failure and gates:
+            kept = output.with_name(output.name + ".failed-report")
+            shutil.rmtree(kept, ignore_errors=True)
+            shutil.move(str(staging / "report"), kept)
+            raise gate_failure(report.gates, kept)
+        bundles.install(staging, output, force)
+        return BuildResult(output, manifest, report)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _prepare_tokenizer(source, folder: Path) -> Path:
+    """Save the model's fast tokenizer as tokenizer.json, which the torch-free runtime reads."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(source.local_dir), trust_remote_code=source.trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load the tokenizer of {source.model_id}: {str(exc).splitlines()[0]}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(f"{source.model_id} has no fast tokenizer; the runtime needs tokenizer.json")
+    tokenizer.save_pretrained(str(folder))
+    if not (folder / "tokenizer.json").is_file():
+        raise ModelLoadError(f"{source.model_id}: the tokenizer did not produce tokenizer.json")
+    return folder
+
+
+def _signature(path: Path) -> dict:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values):
+        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
+
+    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
+
+
+def _manifest_body(source, profile, recipe, records, staging, tokenizer_dir, precision) -> dict:
+    from hfexport import host
+    from hfexport.bundle import tool_versions
+
+    tok = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    config = source.config
+    return {
+        "model": {"id": source.model_id, "revision": source.revision, "task": source.task,
+                  "model_type": source.model_type, "max_length": source.max_length, "pooling": source.pooling,
+                  "id2label": config.get("id2label") if source.task != "feature-extraction" else None,
+                  "problem_type": config.get("problem_type"),
+                  "mask_token": tokenizer.mask_token, "mask_token_id": tokenizer.mask_token_id},
+        "target": {"name": profile.name, "backend": profile.backend, "device": profile.device,
+                   "execution_providers": profile.execution_providers, "isa": profile.effective_isa(),
+                   "precision": precision, "session": profile.session.model_dump(mode="json"),
+                   "runtime_packages": profile.runtime_packages},
+        "recipe": {"name": recipe.name, "gates": recipe.gates.model_dump(mode="json"),
+                   "evaluation": recipe.evaluation.model_dump(mode="json")},
+        "passes": records,
+        "model_file": "model.onnx",
+        "tokenizer": {"file": "tokenizer/tokenizer.json", "pad_token": tokenizer.pad_token,
+                      "pad_token_id": tokenizer.pad_token_id, "padding_side": tok.get("padding_side", "right")},
+        "signature": _signature(staging / "model.onnx"),
+        "tools": tool_versions(),
+        "build_host": host.host_summary(),
+    }
+
+
+def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts, text_source, threads) -> Report:
+    import torch
+
+    from hfexport.bundle import tool_versions
+    from hfexport.evaluation import PredictorRunner, TorchRunner, evaluate
+    from hfexport.runtime import load
+    from hfexport.runtime.loader import Predictor, open_encoder, open_model
+
+    from hfexport import host
+
+    n_threads = threads or ctx.target.session.intra_op_threads or host.physical_cores()
+    torch.set_num_threads(n_threads)
+    bundle = load(staging, threads=n_threads)
+    meta = bundle.manifest["model"]
+    reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
+                            ctx.source.max_length, [i["name"] for i in bundle.manifest["signature"]["inputs"]])
+    candidates = []
+    encoder = open_encoder(staging, bundle.manifest)
+    for name, artifact, seconds in stages[:-1]:
+        if artifact.kind != "onnx":
+            continue  # torch-side stages (prune, distill) are measured by their own runner when they land
+        predictor = Predictor(bundle.manifest, encoder, open_model(artifact.path, bundle.manifest, threads=n_threads))
+        candidates.append({"name": name, "kind": "onnx", "runner": PredictorRunner(predictor, meta),
+                           "size": artifact.size_bytes(), "pass_seconds": seconds})
+    last_name, last_artifact, last_seconds = stages[-1]
+    candidates.append({"name": "bundle", "kind": "bundle", "runner": PredictorRunner(bundle, meta),
+                       "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
+                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
+    return evaluate(reference=reference, reference_size=reference_size, candidates=candidates, texts=eval_texts,
+                    settings=ctx.recipe.evaluation, threads=n_threads, meta=meta,
+                    gates_overrides=ctx.recipe.gates.model_dump(),
+                    model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
+                    target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                                          "execution_providers")},
+                    text_source=text_source, versions=tool_versions(), progress=ctx.progress)
+
+
+def _write_report(report: Report, folder: Path) -> None:
+    from hfexport.report.html import render_html
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "report.json").write_text(report.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    (folder / "report.html").write_text(render_html(report), encoding="utf-8")
+
+
+def _stats_line(stats: dict, size: int) -> str:
+    parts = [f"{size / 1e6:.1f} MB"]
+    if "nodes" in stats:
+        before = stats.get("nodes_before")
+        parts.append(f"{before} -> {stats['nodes']} nodes" if before else f"{stats['nodes']} nodes")
+    if stats.get("fused_operators"):
+        parts.append("fused " + ", ".join(f"{k} x{v}" for k, v in stats["fused_operators"].items()))
+    if "quantized_nodes" in stats:
+        parts.append(f"{stats['quantized_nodes']} int8 nodes ({stats['isa']})")
+    return "; ".join(parts)
+
+
+def _summary_line(report: Report) -> str:
+    s = report.summary
+    fid = ", ".join(f"{k} {v:.4f}" for k, v in report.stages[-1].fidelity.items())
+    verdict = "gates passed" if report.passed else "GATES FAILED"
+    return f"{s['speedup']:.2f}x faster, {s['size_ratio']:.2f}x size, {fid}; {verdict}"
+
+
+def inspect_bundle(path: str | Path) -> dict:
+    """Manifest summary plus a checksum check that reports rather than raises."""
+    from hfexport.runtime.manifest import read_manifest, verify_files
+
+    bundle = Path(path).expanduser()
+    manifest = read_manifest(bundle)
+    try:
+        verify_files(bundle, manifest)
+        integrity = "ok"
+    except BundleIntegrityError as exc:
+        integrity = str(exc)
+    return {"path": str(bundle), "manifest": manifest, "checksums": integrity}
+
+
+def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, text_column: str | None = None,
+                    report_dir: str | Path | None = None, threads: int | None = None,
+                    progress: Progress | None = None) -> Report:
+    """Re-run validation of an existing bundle on this host; writes a fresh report outside the bundle."""
+    from hfexport import data
+    from hfexport.bundle import tool_versions
+    from hfexport.evaluation import PredictorRunner, TorchRunner, evaluate
+    from hfexport.loading import DEFAULT_MODEL_ID, load_torch_model, resolve_model
+    from hfexport.recipes import Evaluation, Gates
+    from hfexport.runtime import load
+
+    progress = progress or Progress()
+    bundle_path = Path(path).expanduser().resolve()
+    predictor = load(bundle_path, threads=threads)
+    manifest = predictor.manifest
+    meta = manifest["model"]
+    settings = Evaluation(**manifest["recipe"]["evaluation"])
+    texts = (data.read_texts(eval_data, text_column=text_column) if eval_data
+             else data.default_eval_texts())[: settings.samples]
+    model_ref = None if meta["id"] == DEFAULT_MODEL_ID and str(meta.get("revision", "")).startswith("gt-") else meta["id"]
+    revision = None if model_ref is None or Path(str(model_ref)).exists() else meta.get("revision")
+    source = resolve_model(model_ref, task=meta["task"], revision=revision, log=progress.info)
+    import torch
+    from transformers import AutoTokenizer
+
+    from hfexport import host
+
+    n_threads = threads or manifest["target"]["session"].get("intra_op_threads") or host.physical_cores()
+    torch.set_num_threads(n_threads)
+    reference = TorchRunner(load_torch_model(source), AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
+                            meta["task"], meta, meta["max_length"], [i["name"] for i in manifest["signature"]["inputs"]])
+    files = manifest["files"]
+    model_bytes = sum(v["bytes"] for k, v in files.items() if k.startswith("model.onnx"))
+    report = evaluate(reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
+                      candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
+                                   "size": model_bytes, "notes": ["re-validated on this host"]}],
+                      texts=texts, settings=settings, threads=n_threads, meta=meta,
+                      gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
+                      model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
+                      target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                                      "execution_providers")},
+                      text_source="file " + str(eval_data) if eval_data else "hfexport held-out corpus",
+                      versions=tool_versions(), progress=progress)
+    out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
+    _write_report(report, out)
+    return report

@@ -1,0 +1,74 @@
+"""Bundle writing: staged in a temporary folder, moved into place in one step at the very end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hfexport import __version__
+from hfexport.artifacts import OnnxModel
+from hfexport.errors import OutputExistsError
+from hfexport.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_table
+
+# Files copied from the tokenizer folder: JSON only, so a bundle never holds a pickle.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def check_output(output: Path, force: bool) -> None:
+    if output.exists() and not force:
+        raise OutputExistsError(f"output {output} already exists (use --force to replace it)")
+    if not output.parent.exists():
+        output.parent.mkdir(parents=True)
+
+
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
+    versions = {"hfexport": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "tokenizers", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def stage_bundle(staging: Path, artifact: OnnxModel, tokenizer_dir: Path, model_config_file: Path) -> None:
+    """Copy the final model, tokenizer and model config into the staging folder."""
+    staging.mkdir(parents=True)
+    shutil.copyfile(artifact.path, staging / "model.onnx")
+    sidecar = artifact.path.with_name(artifact.path.name + ".data")
+    if sidecar.exists():
+        shutil.copyfile(sidecar, staging / "model.onnx.data")
+    (staging / "tokenizer").mkdir()
+    for name in TOKENIZER_FILES:
+        if (tokenizer_dir / name).is_file():
+            shutil.copyfile(tokenizer_dir / name, staging / "tokenizer" / name)
+    shutil.copyfile(model_config_file, staging / "config.json")
+
+
+def write_manifest(staging: Path, body: dict) -> dict:
+    """Write manifest.json with the sha256 of every file now in the staging folder."""
+    manifest = {"format_version": FORMAT_VERSION, "hfexport_version": __version__,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **body,
+                "files": file_table(staging)}  # fmt: skip
+    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
+    return manifest
+
+
+def install(staging: Path, output: Path, force: bool) -> None:
+    """Move the finished bundle into place. An old bundle is replaced only once the new one is complete."""
+    old = None
+    if output.exists():
+        if not force:
+            raise OutputExistsError(f"output {output} already exists (use --force to replace it)")
+        old = output.with_name(f".{output.name}.old-{uuid.uuid4().hex[:8]}")
+        os.rename(output, old)
+    os.rename(staging, output)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

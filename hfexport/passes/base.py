@@ -1,0 +1,45 @@
+"""The Pass contract: a frozen, typed config plus a class that turns one artifact into a new one."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from hfexport.artifacts import Artifact
+
+if TYPE_CHECKING:
+    from hfexport.context import BuildContext, PlanContext
+
+
+class PassConfig(BaseModel):
+    """Parameters of one pass. Unknown keys are errors, so a typo in a recipe never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+C = TypeVar("C", bound=PassConfig)
+
+
+class Pass(ABC, Generic[C]):
+    name: ClassVar[str]
+    consumes: ClassVar[type[Artifact]]
+    produces: ClassVar[type[Artifact]]
+    config_class: ClassVar[type[PassConfig]]
+    # One line for `hfexport recipes` and docs.
+    summary: ClassVar[str] = ""
+
+    def __init__(self, config: C):
+        self.config = config
+
+    def check(self, plan: PlanContext) -> None:
+        """Cross-check against the target and inputs before any work; raise PlanError naming the field."""
+
+    @abstractmethod
+    def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
+        """Write a new artifact under ctx.stage_dir(...); never modify the input artifact."""
+
+    def describe(self) -> str:
+        """A short label for progress lines, e.g. `quantize(int8, dynamic)`."""
+        return self.name

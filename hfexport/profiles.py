@@ -1,0 +1,113 @@
+"""Target profiles: typed, validated descriptions of where a bundle will run (targets/*.yaml)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from hfexport import host
+from hfexport._shipped import list_shipped, resolve_named_yaml
+from hfexport._yaml import load_model_file
+
+Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
+Isa = Literal["amx", "avx512_vnni", "avx512", "avx2", "arm64", "generic"]
+ArtifactKind = Literal["onnx", "openvino", "stablehlo"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class QuantPreset(_Strict):
+    """How int8 is done for one ISA, like ORT's avx512_vnni / avx2 / arm64 presets."""
+
+    isa: Isa
+    weight_type: Literal["int8", "uint8"] = "int8"
+    activation_type: Literal["int8", "uint8"] = "uint8"
+    per_channel: bool = True
+    # Without VNNI, u8*s8 multiply-adds saturate in 16 bits; 7-bit weights avoid the overflow.
+    reduce_range: bool = False
+
+
+class SessionOptions(_Strict):
+    intra_op_threads: int = Field(0, ge=0, description="0 = one per physical core")
+    inter_op_threads: int = Field(1, ge=0)
+    graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
+    execution_mode: Literal["sequential", "parallel"] = "sequential"
+
+
+class HostRequirements(_Strict):
+    isa_any: list[Isa] = Field(default_factory=list, description="host must have at least one of these")
+    devices: list[str] = Field(default_factory=list, description="e.g. cuda; checked by the backend")
+
+
+class TargetProfile(_Strict):
+    schema_version: Literal[1] = 1
+    name: str
+    description: str = ""
+    backend: Literal["onnxruntime", "openvino", "xla"]
+    device: str = "cpu"
+    execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+    artifact: ArtifactKind = "onnx"
+    precisions: list[Precision] = Field(min_length=1)
+    preferred_precision: Precision = "fp32"
+    opset: int = Field(17, ge=13, le=23)
+    isa: Isa | Literal["auto"] = "auto"
+    quant_presets: list[QuantPreset] = Field(default_factory=list)
+    session: SessionOptions = Field(default_factory=SessionOptions)
+    requires: HostRequirements = Field(default_factory=HostRequirements)
+    default_recipe: str = "default"
+    runtime_packages: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> TargetProfile:
+        if self.preferred_precision not in self.precisions:
+            raise ValueError(f"preferred_precision {self.preferred_precision!r} is not in precisions")
+        isas = [p.isa for p in self.quant_presets]
+        if len(isas) != len(set(isas)):
+            raise ValueError("quant_presets lists an ISA twice")
+        return self
+
+    # -- derived facts -------------------------------------------------------------------------
+
+    def effective_isa(self) -> str:
+        """The ISA the bundle is built for: the profile's, or this host's best when `auto`."""
+        if self.isa != "auto":
+            return self.isa
+        return host.best_isa([p.isa for p in self.quant_presets] or None)
+
+    def quant_preset(self) -> QuantPreset:
+        isa = self.effective_isa()
+        for preset in self.quant_presets:
+            if preset.isa == isa:
+                return preset
+        # A host with none of the listed ISAs gets the most conservative choice.
+        return QuantPreset(isa="generic", weight_type="int8", reduce_range=True)
+
+    def host_fit(self) -> tuple[bool, str]:
+        """Whether this host can run bundles for the target, and why not."""
+        if self.requires.isa_any:
+            have = host.host_isas()
+            if not any(isa in have for isa in self.requires.isa_any):
+                return False, f"needs one of {', '.join(self.requires.isa_any)}"
+        if self.backend == "onnxruntime":
+            try:
+                import onnxruntime
+
+                available = set(onnxruntime.get_available_providers())
+            except ImportError:
+                return False, "onnxruntime is not installed"
+            missing = [p for p in self.execution_providers if p not in available]
+            if missing:
+                return False, f"onnxruntime lacks {', '.join(missing)}"
+        return True, f"ok ({self.effective_isa()})"
+
+
+def load_target(name_or_path: str | Path) -> TargetProfile:
+    return load_model_file(resolve_named_yaml("targets", str(name_or_path)), TargetProfile)
+
+
+def list_targets() -> list[TargetProfile]:
+    return [load_model_file(path, TargetProfile) for path in list_shipped("targets")]

@@ -1,0 +1,68 @@
+"""report.json schema (versioned). Plain data: the HTML page and `hfexport inspect` read it back."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+REPORT_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Latency(_Model):
+    p50_ms: float
+    p90_ms: float
+    runs: int
+
+
+class StageMetrics(_Model):
+    """One row of the report: the reference, an intermediate artifact, or the final bundle."""
+
+    name: str  # "pytorch", "export_onnx", "optimize", "quantize", "bundle"
+    kind: Literal["torch", "onnx", "bundle"]
+    size_bytes: int
+    pass_seconds: float | None = None  # wall time of the pass that produced this stage
+    latency: Latency | None = None  # batch 1, text in -> result out, tokenisation included
+    throughput_per_s: float | None = None  # texts per second at the evaluation batch size
+    fidelity: dict[str, float] = Field(default_factory=dict)  # metric -> value, vs the pytorch reference
+    peak_rss_mb: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
+class GateResult(_Model):
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+
+
+class Evaluation(_Model):
+    samples: int
+    sequence_length: int
+    batch_size: int
+    latency_runs: int
+    threads: int
+    text_source: str
+
+
+class Report(_Model):
+    report_version: Literal[1] = REPORT_VERSION
+    created: str
+    model: dict  # id, revision, task
+    target: dict  # name, backend, isa, precision, execution_providers
+    host: dict  # cpu, isas, logical_cpus, runtime versions
+    evaluation: Evaluation
+    stages: list[StageMetrics]
+    gates: list[GateResult]
+    passed: bool
+    summary: dict[str, float]  # speedup, size_ratio and the headline fidelity metrics of the bundle
+
+    def stage(self, name: str) -> StageMetrics:
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise KeyError(name)

@@ -1,0 +1,31 @@
+"""Extractive question answering: the best answer span inside the context."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hfexport.runtime.tasks import softmax
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context_positions: np.ndarray,
+              max_answer_tokens: int = 30) -> tuple[int, int, float]:
+    """Highest-scoring (start, end) with start <= end < start + max_answer_tokens, both in the context."""
+    start_p = softmax(np.where(context_positions, start_logits, -1e9))
+    end_p = softmax(np.where(context_positions, end_logits, -1e9))
+    scores = np.triu(np.outer(start_p, end_p))
+    scores = np.tril(scores, max_answer_tokens - 1)
+    flat = int(scores.argmax())
+    start, end = divmod(flat, scores.shape[1])
+    return start, end, float(scores[start, end])
+
+
+def postprocess(outputs, batch, meta, texts, encoder, max_answer_tokens: int = 30, **_options):
+    results = []
+    for row, (_question, context) in enumerate(texts):
+        in_context = np.array([sid == 1 for sid in batch.sequence_ids[row]])
+        start, end, score = best_span(outputs["start_logits"][row], outputs["end_logits"][row],
+                                      in_context, max_answer_tokens)
+        char_start, char_end = int(batch.offsets[row, start, 0]), int(batch.offsets[row, end, 1])
+        results.append({"answer": context[char_start:char_end], "score": score,
+                        "start": char_start, "end": char_end})
+    return results

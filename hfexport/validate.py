@@ -1,0 +1,178 @@
+"""Validation: the PyTorch fp32 reference against each stage and the bundle, on held-out text.
+
+The bundle is measured through `hfexport.runtime.load`, the same path a user's app takes. Timings
+alternate between the reference and each candidate inside one process, so machine drift hits both.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from hfexport.errors import FidelityError
+from hfexport.report.schema import GateResult, Latency, StageMetrics
+from hfexport.runtime.tasks import softmax
+from hfexport.runtime.tasks.feature_extraction import pool
+from hfexport.runtime.tasks.question_answering import best_span
+
+# Per-task defaults; a recipe's `gates:` overrides any of them.
+DEFAULT_GATES: dict[str, dict[str, float]] = {
+    "feature-extraction": {"cosine_mean": 0.99, "cosine_min": 0.975},
+    "text-classification": {"top1_agreement": 0.98},
+    "token-classification": {"token_agreement": 0.98},
+    "question-answering": {"span_agreement": 0.90},
+    "fill-mask": {"top1_agreement": 0.90, "top5_overlap": 0.80},
+}
+
+_QUESTIONS = ("What is this about?", "Who is mentioned?", "What happened?", "When did it happen?",
+              "Where did it happen?", "Why does it matter?")  # fmt: skip
+
+
+def task_inputs(task: str, texts: list[str], mask_token: str | None = None) -> list:
+    """Evaluation inputs fitting the task, derived from plain text deterministically."""
+    if task == "question-answering":
+        return [(_QUESTIONS[i % len(_QUESTIONS)], text) for i, text in enumerate(texts)]
+    if task == "fill-mask":
+        masked = []
+        for i, text in enumerate(texts):
+            words = text.split()
+            if len(words) < 2:
+                words.append("here")
+            position = (i * 7919) % len(words)
+            masked.append(" ".join(mask_token if j == position else w for j, w in enumerate(words)))
+        return masked
+    return texts
+
+
+def comparable(task: str, outputs: dict[str, np.ndarray], attention_mask: np.ndarray, input_ids: np.ndarray,
+               sequence_ids: list | None, meta: dict) -> Any:
+    if task == "feature-extraction":
+        pooling = meta.get("pooling") or {"mode": "mean", "normalize": False}
+        return pool(outputs["last_hidden_state"], attention_mask, pooling["mode"], pooling["normalize"])
+    if task == "text-classification":
+        return softmax(outputs["logits"])
+    if task == "token-classification":
+        labels = outputs["logits"].argmax(-1)
+        return [row[mask == 1] for row, mask in zip(labels, attention_mask)]
+    if task == "question-answering":
+        spans = []
+        for row in range(outputs["start_logits"].shape[0]):
+            in_context = np.array([sid == 1 for sid in sequence_ids[row]])
+            spans.append(best_span(outputs["start_logits"][row], outputs["end_logits"][row], in_context)[:2])
+        return spans
+    if task == "fill-mask":
+        tops = []
+        for row in range(input_ids.shape[0]):
+            for pos in np.flatnonzero(input_ids[row] == meta["mask_token_id"]):
+                tops.append(np.argsort(-outputs["logits"][row, pos])[:5])
+        return tops
+    raise ValueError(task)
+
+
+def fidelity(task: str, reference: Any, candidate: Any) -> dict[str, float]:
+    if task == "feature-extraction":
+        ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
+        cos = (ref * cand).sum(1) / (np.linalg.norm(ref, axis=1) * np.linalg.norm(cand, axis=1) + 1e-12)
+        return {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                "similarity_spearman": _similarity_spearman(ref, cand)}
+    if task == "text-classification":
+        ref, cand = np.asarray(reference), np.asarray(candidate)
+        kl = (ref * (np.log(ref + 1e-12) - np.log(cand + 1e-12))).sum(1)
+        return {"top1_agreement": float((ref.argmax(1) == cand.argmax(1)).mean()), "kl_mean": float(kl.mean())}
+    if task == "token-classification":
+        agree = [float((r == c).mean()) if r.shape == c.shape else 0.0 for r, c in zip(reference, candidate)]
+        total = sum(len(r) for r in reference)
+        same = sum(float((r == c).sum()) if r.shape == c.shape else 0.0 for r, c in zip(reference, candidate))
+        return {"token_agreement": same / max(total, 1), "sentence_min": float(min(agree))}
+    if task == "question-answering":
+        return {"span_agreement": float(np.mean([tuple(r) == tuple(c) for r, c in zip(reference, candidate)]))}
+    if task == "fill-mask":
+        top1 = np.mean([r[0] == c[0] for r, c in zip(reference, candidate)])
+        top5 = np.mean([len(set(r) & set(c)) / 5 for r, c in zip(reference, candidate)])
+        return {"top1_agreement": float(top1), "top5_overlap": float(top5)}
+    raise ValueError(task)
+
+
+def _similarity_spearman(ref: np.ndarray, cand: np.ndarray) -> float:
+    """Rank correlation of the pairwise cosine-similarity matrices: does retrieval order survive?"""
+    def sims(x):
+        unit = x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
+        full = unit @ unit.T
+        return full[np.triu_indices(len(x), k=1)]
+
+    a, b = sims(ref), sims(cand)
+    if a.size < 2:
+        return 1.0
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def check_gates(task: str, overrides: dict[str, float | None], measured: dict[str, float]) -> list[GateResult]:
+    thresholds = dict(DEFAULT_GATES.get(task, {}))
+    thresholds.update({k: v for k, v in overrides.items() if v is not None and k in _GATE_METRICS[task]})
+    return [GateResult(metric=m, value=measured[m], threshold=t, passed=measured[m] >= t)
+            for m, t in thresholds.items() if m in measured]
+
+
+_GATE_METRICS = {
+    "feature-extraction": {"cosine_mean", "cosine_min"},
+    "text-classification": {"top1_agreement"},
+    "token-classification": {"token_agreement"},
+    "question-answering": {"span_agreement"},
+    "fill-mask": {"top1_agreement", "top5_overlap"},
+}
+
+
+def gate_failure(gates: list[GateResult], report_dir: Path | None) -> FidelityError | None:
+    failed = [g for g in gates if not g.passed]
+    if not failed:
+        return None
+    parts = ", ".join(f"{g.metric} {g.value:.4f} < {g.threshold:.4f}" for g in failed)
+    where = f"; report kept in {report_dir}" if report_dir else ""
+    return FidelityError(f"fidelity gate failed: {parts}{where}", [g.model_dump() for g in failed],
+                         str(report_dir) if report_dir else None)
+
+
+# -- timing ------------------------------------------------------------------------------------------
+
+
+def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 3) -> dict[str, list[float]]:
+    """Time each function `runs` times, interleaved round by round, in milliseconds."""
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    for _ in range(runs):
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def latency_of(samples_ms: list[float]) -> Latency:
+    ordered = sorted(samples_ms)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return Latency(p50_ms=statistics.median(ordered), p90_ms=p90, runs=len(ordered))
+
+
+def text_of_length(tokenizer, texts: list[str], tokens: int) -> str:
+    """A real-text passage that tokenises to exactly `tokens` tokens (special tokens included)."""
+    passage = " ".join(texts)
+    while len(tokenizer(passage)["input_ids"]) < tokens and len(passage) < 1_000_000:
+        passage = passage + " " + passage
+    special = len(tokenizer("")["input_ids"])
+    encoded = tokenizer(passage, add_special_tokens=False, return_offsets_mapping=True)
+    cut = encoded["offset_mapping"][tokens - special - 1][1]
+    return passage[:cut]
+
+
+def stage_metrics(name: str, kind: str, size: int, pass_seconds: float | None, latency_ms=None,
+                  throughput=None, fid=None, notes=None) -> StageMetrics:
+    return StageMetrics(name=name, kind=kind, size_bytes=size, pass_seconds=pass_seconds,
+                        latency=latency_of(latency_ms) if latency_ms else None,
+                        throughput_per_s=throughput, fidelity=fid or {}, notes=notes or [])

@@ -1,0 +1,216 @@
+"""report.html: content, escaping, offline-ness, and a real render in headless Chromium."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hfexport.report.html import render_html
+from hfexport.report.schema import Evaluation, GateResult, Report, StageMetrics
+
+CHROMIUM = Path("/usr/bin/chromium")
+STAGE_NAMES = ["pytorch", "export_onnx", "optimize", "quantize", "bundle"]
+
+
+def _latency(p50: float, p90: float) -> dict:
+    return {"p50_ms": p50, "p90_ms": p90, "runs": 50}
+
+
+def _report(passed: bool = True) -> Report:
+    cosine_min_gate = 0.98 if passed else 0.985
+    return Report(
+        created="2025-06-01T12:00:00Z",
+        model={
+            "id": "sentence-transformers/all-MiniLM-L6-v2",
+            "revision": "c9745ed1",
+            "task": "feature-extraction",
+        },
+        target={
+            "name": "cpu",
+            "backend": "onnxruntime",
+            "isa": "avx512_vnni",
+            "precision": "int8",
+            "execution_providers": ["CPUExecutionProvider"],
+        },
+        host={
+            "cpu": "Intel(R) Xeon(R) Platinum 8480+",
+            "isas": ["amx", "avx512_vnni", "avx512", "avx2", "generic"],
+            "logical_cpus": 16,
+            "python": "3.11.9",
+            "onnxruntime": "1.20.1",
+            "torch": "2.6.0",
+        },
+        evaluation=Evaluation(
+            samples=200,
+            sequence_length=128,
+            batch_size=32,
+            latency_runs=50,
+            threads=4,
+            text_source="hfexport held-out sentences",
+        ),
+        stages=[
+            StageMetrics(
+                name="pytorch",
+                kind="torch",
+                size_bytes=90_868_376,
+                latency=_latency(9.62, 11.20),
+                throughput_per_s=412.5,
+                peak_rss_mb=612,
+            ),
+            StageMetrics(
+                name="export_onnx",
+                kind="onnx",
+                size_bytes=90_405_214,
+                pass_seconds=6.4,
+                latency=_latency(5.08, 5.61),
+                throughput_per_s=780.2,
+                fidelity={"cosine_mean": 0.999999, "cosine_min": 0.999995},
+            ),
+            StageMetrics(
+                name="optimize",
+                kind="onnx",
+                size_bytes=90_311_002,
+                pass_seconds=2.1,
+                latency=_latency(4.41, 4.93),
+                throughput_per_s=901.7,
+                fidelity={"cosine_mean": 0.999998, "cosine_min": 0.999990},
+                notes=["fused 6 attention blocks"],
+            ),
+            StageMetrics(
+                name="quantize",
+                kind="onnx",
+                size_bytes=23_010_112,
+                pass_seconds=11.8,
+                latency=_latency(3.12, 3.44),
+                throughput_per_s=1390.4,
+                fidelity={"cosine_mean": 0.9951, "cosine_min": 0.9815},
+                notes=["<script>alert('x')</script> dynamic int8, per-channel"],
+            ),
+            StageMetrics(
+                name="bundle",
+                kind="bundle",
+                size_bytes=23_425_880,
+                pass_seconds=0.4,
+                latency=_latency(3.10, 3.47),
+                throughput_per_s=1402.9,
+                peak_rss_mb=148,
+                fidelity={"cosine_mean": 0.9950, "cosine_min": 0.9812},
+            ),
+        ],
+        gates=[
+            GateResult(metric="cosine_mean", value=0.9950, threshold=0.99, passed=True),
+            GateResult(metric="cosine_min", value=0.9812, threshold=cosine_min_gate, passed=passed),
+        ],
+        passed=passed,
+        summary={
+            "speedup": 9.62 / 3.10,
+            "size_ratio": 23_425_880 / 90_868_376,
+            "cosine_mean": 0.9950,
+            "cosine_min": 0.9812,
+        },
+    )
+
+
+@pytest.fixture
+def report() -> Report:
+    return _report()
+
+
+@pytest.fixture
+def failing_report() -> Report:
+    return _report(passed=False)
+
+
+def test_render_html_shows_summary_numbers(report: Report) -> None:
+    page = render_html(report)
+    assert "3.1x faster than PyTorch" in page
+    assert "0.26x the size" in page
+    assert "cosine mean 0.9950 (min 0.9812)" in page
+    assert "sentence-transformers/all-MiniLM-L6-v2" in page
+    assert "PASSED" in page and "FAILED" not in page
+
+
+def test_render_html_shows_failed_badge_and_gate_when_a_gate_fails(failing_report: Report) -> None:
+    page = render_html(failing_report)
+    assert "FAILED" in page and "PASSED" not in page
+    assert "0.9850" in page  # the threshold the bundle missed
+    assert "badge fail" in page
+
+
+def test_render_html_names_every_stage(report: Report) -> None:
+    page = render_html(report)
+    for name in STAGE_NAMES:
+        # In the stage table and on the category axis of the plots.
+        assert page.count(f">{name}<") >= 3, name
+
+
+def test_render_html_draws_four_plots(report: Report) -> None:
+    assert render_html(report).count("<svg") == 4
+
+
+def test_render_html_references_nothing_outside_the_page(report: Report) -> None:
+    page = render_html(report)
+    assert "http://" not in page and "https://" not in page
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+
+
+def test_render_html_escapes_stage_notes(report: Report) -> None:
+    page = render_html(report)
+    assert "<script>" not in page
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page
+
+
+def test_render_html_shows_missing_values_as_dash(report: Report) -> None:
+    page = render_html(report)
+    # The reference has no pass time and no fidelity of its own.
+    assert re.search(r"<tr class='reference'><td>pytorch</td>(?:<td>[^<]*</td>)*<td>–</td>", page)
+
+
+def test_render_html_states_the_timing_note_and_host_facts(report: Report) -> None:
+    page = render_html(report)
+    assert "Timings are medians over 50 runs measured in one process, side by side" in page
+    for fact in ("Intel(R) Xeon(R) Platinum 8480+", "avx512_vnni", "onnxruntime", "1.20.1", "128"):
+        assert fact in page
+
+
+def test_render_html_skips_stages_without_a_value_in_a_plot(report: Report) -> None:
+    report.stages[1].latency = None
+    page = render_html(report)
+    latency_svg = page.split("<svg")[1]
+    assert ">export_onnx<" not in latency_svg
+    assert page.count("<svg") == 4
+
+
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="headless render needs /usr/bin/chromium (apt-get install chromium)"
+)
+def test_render_html_renders_in_headless_chromium(report: Report, tmp_path: Path) -> None:
+    page, png = tmp_path / "report.html", tmp_path / "report.png"
+    page.write_text(render_html(report), encoding="utf-8")
+    subprocess.run(
+        [
+            str(CHROMIUM),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={png}",
+            "--window-size=1280,2400",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert png.exists(), "chromium wrote no screenshot"
+    assert png.stat().st_size > 20_000, f"screenshot is only {png.stat().st_size} bytes"
+    shutil.rmtree(tmp_path / "profile", ignore_errors=True)
