@@ -182,12 +182,11 @@ def _manifest_body(source, profile, recipe, records, staging, tokenizer_dir, pre
 def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts, text_source, threads) -> Report:
     import torch
 
+    from hfexport import host
     from hfexport.bundle import tool_versions
     from hfexport.evaluation import PredictorRunner, TorchRunner, evaluate
     from hfexport.runtime import load
     from hfexport.runtime.loader import Predictor, open_encoder, open_model
-
-    from hfexport import host
 
     n_threads = threads or ctx.target.session.intra_op_threads or host.physical_cores()
     torch.set_num_threads(n_threads)

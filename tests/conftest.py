@@ -1,0 +1,133 @@
+"""Fixtures: tiny random-init models built from transformers configs, and a fast evaluation recipe."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+TASK_CLASSES = {
+    "feature-extraction": "AutoModel",
+    "text-classification": "AutoModelForSequenceClassification",
+    "token-classification": "AutoModelForTokenClassification",
+    "question-answering": "AutoModelForQuestionAnswering",
+    "fill-mask": "AutoModelForMaskedLM",
+}
+LABELS = {
+    "text-classification": ["negative", "positive"],
+    "token-classification": ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"],
+}
+
+
+def _bert_tokenizer(folder: Path):
+    """The real all-MiniLM-L6-v2 WordPiece tokenizer (shipped by a package), reused by tiny BERT-likes."""
+    from transformers import AutoTokenizer
+
+    from hfexport.loading import packaged_default_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(packaged_default_model()[0]))
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def _roberta_tokenizer(folder: Path):
+    """A byte-level BPE tokenizer trained in a second on the shipped corpus, as RoBERTa uses."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    from hfexport.data import default_calibration_texts
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(default_calibration_texts(), vocab_size=600,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    tokenizer = RobertaTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<s>", eos_token="</s>",
+                                     unk_token="<unk>", pad_token="<pad>", mask_token="<mask>",
+                                     cls_token="<s>", sep_token="</s>", model_max_length=128)
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def make_tiny_model(folder: Path, arch: str, task: str, seed: int = 0) -> Path:
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _roberta_tokenizer(folder) if arch == "roberta" else _bert_tokenizer(folder)
+    labels = LABELS.get(task, ["NO", "YES"])
+    common = {"id2label": dict(enumerate(labels)), "label2id": {v: i for i, v in enumerate(labels)}}
+    if arch == "bert":
+        config = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=64,
+                                         max_position_embeddings=128, **common)
+    elif arch == "roberta":
+        config = transformers.RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                            num_attention_heads=4, intermediate_size=64,
+                                            max_position_embeddings=130, pad_token_id=tokenizer.pad_token_id,
+                                            bos_token_id=0, eos_token_id=2, type_vocab_size=1, **common)
+    elif arch == "distilbert":
+        config = transformers.DistilBertConfig(vocab_size=len(tokenizer), dim=32, n_layers=2, n_heads=4,
+                                               hidden_dim=64, max_position_embeddings=128, **common)
+    else:
+        raise ValueError(arch)
+    torch.manual_seed(seed)
+    model = getattr(transformers, TASK_CLASSES[task]).from_config(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(arch, task) -> folder of a saved random-init model; built once per session."""
+    cache: dict[tuple[str, str], Path] = {}
+
+    def factory(arch: str = "bert", task: str = "feature-extraction") -> Path:
+        key = (arch, task)
+        if key not in cache:
+            cache[key] = make_tiny_model(tmp_path_factory.mktemp(f"{arch}-{task}"), arch, task)
+        return cache[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def fast_recipe(tmp_path_factory):
+    """fast_recipe(passes=..., gates=...) -> path of a recipe with a short evaluation, for tiny models."""
+    folder = tmp_path_factory.mktemp("recipes")
+    counter = iter(range(10_000))
+
+    def factory(passes: list[dict] | None = None, gates: dict | None = None) -> Path:
+        body = {
+            "schema_version": 1,
+            "passes": passes or [{"type": "export_onnx"}, {"type": "optimize"}],
+            "gates": gates or {},
+            "evaluation": {"samples": 16, "batch_size": 4, "latency_runs": 5, "sequence_length": 32},
+        }
+        path = folder / f"fast-{next(counter)}.yaml"
+        path.write_text(json.dumps(body))  # JSON is YAML
+        return path
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def built_bundle(tiny_model, fast_recipe, tmp_path_factory):
+    """build(arch, task, passes=None, gates=None) -> bundle folder; one build per distinct request."""
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    cache: dict = {}
+
+    def factory(arch="bert", task="feature-extraction", passes=None, gates=None) -> Path:
+        key = (arch, task, json.dumps(passes), json.dumps(gates))
+        if key not in cache:
+            out = tmp_path_factory.mktemp("bundles") / f"{arch}-{task}"
+            build(str(tiny_model(arch, task)), task=task, recipe=str(fast_recipe(passes, gates)), output=out,
+                  progress=Progress("quiet"))
+            cache[key] = out
+        return cache[key]
+
+    return factory
+
+
+INT8_PASSES = [{"type": "export_onnx"}, {"type": "optimize"}, {"type": "quantize", "precision": "int8"}]
