@@ -92,9 +92,9 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
             stages.append((step.name, artifact, seconds))
 
         staging = workdir / "bundle"
-        bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
+        model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
         precision = "int8" if any(r["name"] == "quantize" for r in records) else "fp32"
-        body = _manifest_body(source, profile, chosen, records, staging, tokenizer_dir, precision)
+        body = _manifest_body(source, profile, chosen, records, artifact, model_files, tokenizer_dir, precision)
         bundles.write_manifest(staging, body)
 
         progress.start("validate", "validate against PyTorch fp32")
@@ -136,19 +136,7 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     return folder
 
 
-def _signature(path: Path) -> dict:
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-
-    def describe(values):
-        return [{"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
-                 "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]} for v in values]
-
-    return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
-
-
-def _manifest_body(source, profile, recipe, records, staging, tokenizer_dir, precision) -> dict:
+def _manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer_dir, precision) -> dict:
     from hfexport import host
     from hfexport.bundle import tool_versions
 
@@ -170,10 +158,11 @@ def _manifest_body(source, profile, recipe, records, staging, tokenizer_dir, pre
         "recipe": {"name": recipe.name, "gates": recipe.gates.model_dump(mode="json"),
                    "evaluation": recipe.evaluation.model_dump(mode="json")},
         "passes": records,
-        "model_file": "model.onnx",
+        "model_file": model_files[0],
+        "model_files": model_files,
         "tokenizer": {"file": "tokenizer/tokenizer.json", "pad_token": tokenizer.pad_token,
                       "pad_token_id": tokenizer.pad_token_id, "padding_side": tok.get("padding_side", "right")},
-        "signature": _signature(staging / "model.onnx"),
+        "signature": artifact.signature(),
         "tools": tool_versions(),
         "build_host": host.host_summary(),
     }
@@ -196,12 +185,19 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts,
                             ctx.source.max_length, [i["name"] for i in bundle.manifest["signature"]["inputs"]])
     candidates = []
     encoder = open_encoder(staging, bundle.manifest)
+    input_names = [i["name"] for i in bundle.manifest["signature"]["inputs"]]
     for name, artifact, seconds in stages[:-1]:
-        if artifact.kind != "onnx":
-            continue  # torch-side stages (prune, distill) are measured by their own runner when they land
-        predictor = Predictor(bundle.manifest, encoder, open_model(artifact.path, bundle.manifest, threads=n_threads))
-        candidates.append({"name": name, "kind": "onnx", "runner": PredictorRunner(predictor, meta),
-                           "size": artifact.size_bytes(), "pass_seconds": seconds})
+        if artifact.kind == "torch":  # a pruned or distilled checkpoint: measured in PyTorch, like the reference
+            runner = TorchRunner(ctx.torch_module(artifact.path), ctx.hf_tokenizer(), ctx.source.task, meta,
+                                 ctx.source.max_length, input_names)
+        else:
+            # An intermediate graph runs on the target's backend when it is in the target's format, and on
+            # the runtime that reads its format otherwise (an ONNX stage before an OpenVINO conversion).
+            backend = ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
+            model = open_model(artifact.path, bundle.manifest, threads=n_threads, backend=backend)
+            runner = PredictorRunner(Predictor(bundle.manifest, encoder, model), meta)
+        candidates.append({"name": name, "kind": artifact.kind,
+                           "runner": runner, "size": artifact.size_bytes(), "pass_seconds": seconds})
     last_name, last_artifact, last_seconds = stages[-1]
     candidates.append({"name": "bundle", "kind": "bundle", "runner": PredictorRunner(bundle, meta),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
@@ -213,6 +209,10 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts,
                     target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
                                                                           "execution_providers")},
                     text_source=text_source, versions=tool_versions(), progress=ctx.progress)
+
+
+# The runtime backend that reads each intermediate artifact format.
+_READERS = {"onnx": "onnxruntime"}
 
 
 def _write_report(report: Report, folder: Path) -> None:
@@ -288,7 +288,7 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
     reference = TorchRunner(load_torch_model(source), AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
                             meta["task"], meta, meta["max_length"], [i["name"] for i in manifest["signature"]["inputs"]])
     files = manifest["files"]
-    model_bytes = sum(v["bytes"] for k, v in files.items() if k.startswith("model.onnx"))
+    model_bytes = sum(files[name]["bytes"] for name in manifest["model_files"])
     report = evaluate(reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
                       candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
                                    "size": model_bytes, "notes": ["re-validated on this host"]}],

@@ -20,6 +20,14 @@ class Artifact:
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.files())
 
+    def bundle_files(self) -> dict[str, Path]:
+        """Bundle file name -> source file, for a deployable artifact; the first entry is the model file."""
+        raise NotImplementedError(f"a {self.kind} model is not a deployable artifact")
+
+    def signature(self) -> dict:
+        """{"inputs": [...], "outputs": [...]}, each with name, dtype and shape (symbolic dims as names)."""
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
 class TorchModel(Artifact):
@@ -46,6 +54,27 @@ class OnnxModel(Artifact):
     def files(self) -> list[Path]:
         sidecar = self.path.with_name(self.path.name + ".data")
         return [self.path, sidecar] if sidecar.exists() else [self.path]
+
+    def bundle_files(self) -> dict[str, Path]:
+        names = {"model.onnx": self.path}
+        sidecar = self.path.with_name(self.path.name + ".data")
+        if sidecar.exists():
+            # NOTE: the graph refers to its weights file by name, so the sidecar keeps its original name.
+            names[sidecar.name] = sidecar
+        return names
+
+    def signature(self) -> dict:
+        import onnx
+
+        graph = onnx.load(str(self.path), load_external_data=False).graph
+
+        def describe(values):
+            return [{"name": v.name,
+                     "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                     "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
+                    for v in values]
+
+        return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
 ARTIFACT_KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (TorchModel, OnnxModel)}

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from hfexport import __version__
-from hfexport.artifacts import OnnxModel
+from hfexport.artifacts import Artifact
 from hfexport.errors import OutputExistsError
 from hfexport.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_table
 
@@ -38,18 +38,18 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def stage_bundle(staging: Path, artifact: OnnxModel, tokenizer_dir: Path, model_config_file: Path) -> None:
-    """Copy the final model, tokenizer and model config into the staging folder."""
+def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_config_file: Path) -> list[str]:
+    """Copy the final model, tokenizer and model config into the staging folder; return the model's files."""
     staging.mkdir(parents=True)
-    shutil.copyfile(artifact.path, staging / "model.onnx")
-    sidecar = artifact.path.with_name(artifact.path.name + ".data")
-    if sidecar.exists():
-        shutil.copyfile(sidecar, staging / "model.onnx.data")
+    files = artifact.bundle_files()
+    for name, source in files.items():
+        shutil.copyfile(source, staging / name)
     (staging / "tokenizer").mkdir()
     for name in TOKENIZER_FILES:
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, staging / "tokenizer" / name)
     shutil.copyfile(model_config_file, staging / "config.json")
+    return list(files)
 
 
 def write_manifest(staging: Path, body: dict) -> dict:

@@ -48,6 +48,8 @@ class TorchRunner:
         outputs, mask, ids, seq = self.raw(inputs)
         return comparable(self.task, outputs, mask, ids, seq, self.meta)
 
+    comparable = __call__
+
 
 class PredictorRunner:
     """A candidate seen through the runtime: the bundle itself, or an intermediate stage's file."""

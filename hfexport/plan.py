@@ -27,9 +27,11 @@ def make_plan(ctx: PlanContext) -> Plan:
     for index, (pass_type, config) in enumerate(recipe.pass_configs()):
         cls = get_pass(pass_type)
         where = f"recipe {recipe.name!r}, passes.{index} ({pass_type})"
-        if cls.consumes is not produced:
+        accepted = cls.accepted_kinds()
+        if produced not in accepted:
+            kinds = " or ".join(kind.kind for kind in accepted)
             raise PlanError(
-                f"{where}: takes a {cls.consumes.kind} model but {previous} gives a {produced.kind} model; "
+                f"{where}: takes a {kinds} model but {previous} gives a {produced.kind} model; "
                 f"reorder the passes or add the missing step"
             )
         step = cls(config)
@@ -38,7 +40,7 @@ def make_plan(ctx: PlanContext) -> Plan:
         except PlanError as exc:
             raise PlanError(f"{where}: {exc}") from exc
         steps.append(step)
-        produced, previous = cls.produces, f"passes.{index} ({pass_type})"
+        produced, previous = cls.output_kind(produced), f"passes.{index} ({pass_type})"
     final = ARTIFACT_KINDS.get(target.artifact)
     if produced is not final:
         raise PlanError(

@@ -93,7 +93,7 @@ def main() -> int:
         if name != "pytorch":
             manifest = json.loads((bundles[name] / "manifest.json").read_text())
             files = manifest["files"]
-            row["size_mb"] = round(sum(v["bytes"] for k, v in files.items() if k.startswith("model.onnx")) / 1e6, 1)
+            row["size_mb"] = round(sum(files[name]["bytes"] for name in manifest["model_files"]) / 1e6, 1)
             row["fidelity"] = {k: round(v, 4) for k, v in manifest["validation"]["summary"].items()
                                if k not in ("speedup", "throughput_ratio", "size_ratio")}
             row["gates_passed"] = manifest["validation"]["passed"]

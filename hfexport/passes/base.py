@@ -24,14 +24,24 @@ C = TypeVar("C", bound=PassConfig)
 
 class Pass(ABC, Generic[C]):
     name: ClassVar[str]
-    consumes: ClassVar[type[Artifact]]
-    produces: ClassVar[type[Artifact]]
+    # The artifact kinds this pass accepts; `produces = None` means "the same kind it was given"
+    # (a quantiser that works on ONNX and OpenVINO models alike).
+    consumes: ClassVar[type[Artifact] | tuple[type[Artifact], ...]]
+    produces: ClassVar[type[Artifact] | None]
     config_class: ClassVar[type[PassConfig]]
     # One line for `hfexport recipes` and docs.
     summary: ClassVar[str] = ""
 
     def __init__(self, config: C):
         self.config = config
+
+    @classmethod
+    def accepted_kinds(cls) -> tuple[type[Artifact], ...]:
+        return cls.consumes if isinstance(cls.consumes, tuple) else (cls.consumes,)
+
+    @classmethod
+    def output_kind(cls, given: type[Artifact]) -> type[Artifact]:
+        return cls.produces or given
 
     def check(self, plan: PlanContext) -> None:
         """Cross-check against the target and inputs before any work; raise PlanError naming the field."""

@@ -23,7 +23,7 @@ class StageMetrics(_Model):
     """One row of the report: the reference, an intermediate artifact, or the final bundle."""
 
     name: str  # "pytorch", "export_onnx", "optimize", "quantize", "bundle"
-    kind: Literal["torch", "onnx", "bundle"]
+    kind: str  # the artifact kind ("torch", "onnx", "openvino", ...) or "bundle" for the final, loaded bundle
     size_bytes: int
     pass_seconds: float | None = None  # wall time of the pass that produced this stage
     latency: Latency | None = None  # batch 1, text in -> result out, tokenisation included

@@ -86,11 +86,11 @@ def open_encoder(bundle: Path, manifest: dict) -> TextEncoder:
                        pad_id=tok["pad_token_id"], pad_token=tok["pad_token"])
 
 
-def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None):
+def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None, backend: str | None = None):
     """The backend session for one model file, configured as the manifest's target says."""
     target = manifest["target"]
     session = dict(target.get("session") or {}, execution_providers=target.get("execution_providers"))
-    return open_backend(target["backend"], model_path, session, providers=providers, threads=threads)
+    return open_backend(backend or target["backend"], model_path, session, providers=providers, threads=threads)
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
