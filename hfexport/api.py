@@ -14,6 +14,7 @@ from hfexport.artifacts import Artifact, TorchModel
 from hfexport.errors import BundleIntegrityError, ModelLoadError
 from hfexport.progress import Progress
 from hfexport.report.schema import Report
+from hfexport.validate import make_eval_set
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ def build(
     calibration_data: str | Path | None = None,
     eval_data: str | Path | None = None,
     text_column: str | None = None,
+    label_column: str | None = None,
     gates: bool = True,
     force: bool = False,
     threads: int | None = None,
@@ -45,12 +47,12 @@ def build(
     with quiet_libraries(not verbose):
         return _build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                       trust_remote_code=trust_remote_code, calibration_data=calibration_data, eval_data=eval_data,
-                      text_column=text_column, gates=gates, force=force, threads=threads,
-                      progress=progress or Progress())
+                      text_column=text_column, label_column=label_column, gates=gates, force=force,
+                      threads=threads, progress=progress or Progress())
 
 
 def _build(model, *, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-           text_column, gates, force, threads, progress) -> BuildResult:
+           text_column, label_column, gates, force, threads, progress) -> BuildResult:
     from hfexport import bundle as bundles
     from hfexport import data
     from hfexport.context import BuildContext, PlanContext
@@ -66,8 +68,7 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     bundles.check_output(output, force)
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
-    eval_texts = (data.read_texts(eval_data, text_column=text_column) if eval_data
-                  else data.default_eval_texts())[: chosen.evaluation.samples]
+    records = data.read_records(eval_data) if eval_data else None
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
@@ -77,9 +78,13 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     try:
         tokenizer_dir = _prepare_tokenizer(source, workdir / "tokenizer")
         ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress)
+        eval_set = make_eval_set(source.task, records, samples=chosen.evaluation.samples,
+                                 mask_token=ctx.hf_tokenizer().mask_token, text_column=text_column,
+                                 label_column=label_column, source=f"file {eval_data}" if eval_data else
+                                 "hfexport held-out corpus")
         artifact: Artifact = TorchModel(source.local_dir)
         reference_size = artifact.size_bytes()
-        records, stages = [], []
+        pass_records, stages = [], []
         for index, step in enumerate(plan.steps, 1):
             progress.start(step.name, step.describe(), index, len(plan.steps))
             started = time.perf_counter()
@@ -87,19 +92,19 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
             seconds = time.perf_counter() - started
             stats = getattr(artifact, "stats", {})
             progress.done(step.name, _stats_line(stats, artifact.size_bytes()), stats=stats)
-            records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
+            pass_records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
                             "seconds": round(seconds, 3), "size_bytes": artifact.size_bytes(), "stats": stats})
             stages.append((step.name, artifact, seconds))
 
         staging = workdir / "bundle"
         model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
-        precision = "int8" if any(r["name"] == "quantize" for r in records) else "fp32"
-        body = _manifest_body(source, profile, chosen, records, artifact, model_files, tokenizer_dir, precision)
+        precision = "int8" if any(r["name"] == "quantize" for r in pass_records) else "fp32"
+        body = _manifest_body(source, profile, chosen, pass_records, artifact, model_files, tokenizer_dir,
+                              precision)
         bundles.write_manifest(staging, body)
 
         progress.start("validate", "validate against PyTorch fp32")
-        report = _validate_build(ctx, staging, stages, reference_size, eval_texts,
-                                 "file " + str(eval_data) if eval_data else "hfexport held-out corpus", threads)
+        report = _validate_build(ctx, staging, stages, reference_size, eval_set, threads)
         progress.done("validate", _summary_line(report))
         _write_report(report, staging / "report")
         body["validation"] = {"passed": report.passed, "summary": report.summary,
@@ -168,7 +173,7 @@ def _manifest_body(source, profile, recipe, records, artifact, model_files, toke
     }
 
 
-def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts, text_source, threads) -> Report:
+def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, threads) -> Report:
     import torch
 
     from hfexport import host
@@ -202,13 +207,40 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts,
     candidates.append({"name": "bundle", "kind": "bundle", "runner": PredictorRunner(bundle, meta),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
                        "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
-    return evaluate(reference=reference, reference_size=reference_size, candidates=candidates, texts=eval_texts,
-                    settings=ctx.recipe.evaluation, threads=n_threads, meta=meta,
-                    gates_overrides=ctx.recipe.gates.model_dump(),
-                    model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
-                    target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
-                                                                          "execution_providers")},
-                    text_source=text_source, versions=tool_versions(), progress=ctx.progress)
+    report = evaluate(reference=reference, reference_size=reference_size, candidates=candidates, eval_set=eval_set,
+                      settings=ctx.recipe.evaluation, threads=n_threads, meta=meta,
+                      gates_overrides=ctx.recipe.gates.model_dump(),
+                      model_info={"id": ctx.source.model_id, "revision": ctx.source.revision,
+                                  "task": ctx.source.task},
+                      target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                                              "execution_providers")},
+                      versions=tool_versions(), progress=ctx.progress)
+    _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
+    return report
+
+
+def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set, threads: int) -> None:
+    """Peak RSS of a fresh process per stage, running one evaluation batch."""
+    from hfexport._memory import peak_rss_mb
+    from hfexport.tasks import TASKS
+
+    ctx.progress.info("peak memory: one fresh process per stage")
+    inputs = eval_set.inputs[: ctx.recipe.evaluation.batch_size]
+    scratch = ctx.workdir
+    by_name = {stage.name: stage for stage in report.stages}
+    by_name["pytorch"].peak_rss_mb = peak_rss_mb("torch", ctx.source.local_dir, inputs, threads, scratch,
+                                                 TASKS[ctx.source.task].auto_class, str(ctx.tokenizer_dir))
+    for name, artifact, _ in stages[:-1]:
+        if name not in by_name:
+            continue
+        if artifact.kind == "torch":
+            args = ("torch", artifact.path, inputs, threads, scratch, TASKS[ctx.source.task].auto_class,
+                    str(ctx.tokenizer_dir))
+        else:
+            backend = ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
+            args = ("stage", artifact.path, inputs, threads, scratch, str(staging), backend)
+        by_name[name].peak_rss_mb = peak_rss_mb(*args)
+    by_name["bundle"].peak_rss_mb = peak_rss_mb("bundle", staging, inputs, threads, scratch)
 
 
 # The runtime backend that reads each intermediate artifact format.
@@ -257,10 +289,12 @@ def inspect_bundle(path: str | Path) -> dict:
 
 
 def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, text_column: str | None = None,
-                    report_dir: str | Path | None = None, threads: int | None = None,
-                    progress: Progress | None = None) -> Report:
+                    label_column: str | None = None, report_dir: str | Path | None = None,
+                    threads: int | None = None, progress: Progress | None = None) -> Report:
     """Re-run validation of an existing bundle on this host; writes a fresh report outside the bundle."""
-    from hfexport import data
+    from transformers import AutoTokenizer
+
+    from hfexport import data, host
     from hfexport.bundle import tool_versions
     from hfexport.evaluation import PredictorRunner, TorchRunner, evaluate
     from hfexport.loading import DEFAULT_MODEL_ID, load_torch_model, resolve_model
@@ -268,37 +302,40 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
     from hfexport.runtime import load
 
     progress = progress or Progress()
+    records = data.read_records(eval_data) if eval_data else None
     bundle_path = Path(path).expanduser().resolve()
     predictor = load(bundle_path, threads=threads)
     manifest = predictor.manifest
     meta = manifest["model"]
     settings = Evaluation(**manifest["recipe"]["evaluation"])
-    texts = (data.read_texts(eval_data, text_column=text_column) if eval_data
-             else data.default_eval_texts())[: settings.samples]
-    model_ref = None if meta["id"] == DEFAULT_MODEL_ID and str(meta.get("revision", "")).startswith("gt-") else meta["id"]
-    revision = None if model_ref is None or Path(str(model_ref)).exists() else meta.get("revision")
-    source = resolve_model(model_ref, task=meta["task"], revision=revision, log=progress.info)
-    import torch
-    from transformers import AutoTokenizer
+    # The packaged default model is found again through its package; anything else by id and revision.
+    packaged = meta["id"] == DEFAULT_MODEL_ID and str(meta.get("revision", "")).startswith("gt-")
+    model_ref = None if packaged else meta["id"]
+    revision = None if packaged or Path(str(model_ref)).exists() else meta.get("revision")
+    with quiet_libraries():
+        source = resolve_model(model_ref, task=meta["task"], revision=revision, log=progress.info)
+        n_threads = threads or manifest["target"]["session"].get("intra_op_threads") or host.physical_cores()
+        import torch
 
-    from hfexport import host
-
-    n_threads = threads or manifest["target"]["session"].get("intra_op_threads") or host.physical_cores()
-    torch.set_num_threads(n_threads)
-    reference = TorchRunner(load_torch_model(source), AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
-                            meta["task"], meta, meta["max_length"], [i["name"] for i in manifest["signature"]["inputs"]])
-    files = manifest["files"]
-    model_bytes = sum(files[name]["bytes"] for name in manifest["model_files"])
-    report = evaluate(reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
-                      candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
-                                   "size": model_bytes, "notes": ["re-validated on this host"]}],
-                      texts=texts, settings=settings, threads=n_threads, meta=meta,
-                      gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
-                      model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
-                      target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
-                                                                      "execution_providers")},
-                      text_source="file " + str(eval_data) if eval_data else "hfexport held-out corpus",
-                      versions=tool_versions(), progress=progress)
+        torch.set_num_threads(n_threads)
+        tokenizer = AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer"))
+        reference = TorchRunner(load_torch_model(source), tokenizer, meta["task"], meta, meta["max_length"],
+                                [i["name"] for i in manifest["signature"]["inputs"]])
+        eval_set = make_eval_set(meta["task"], records, samples=settings.samples, mask_token=tokenizer.mask_token,
+                                 text_column=text_column, label_column=label_column,
+                                 source=f"file {eval_data}" if eval_data else "hfexport held-out corpus")
+        files = manifest["files"]
+        report = evaluate(
+            reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
+            candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
+                         "size": sum(files[name]["bytes"] for name in manifest["model_files"]),
+                         "notes": [f"re-validated on this host from {bundle_path}"]}],
+            eval_set=eval_set, settings=settings, threads=n_threads, meta=meta,
+            gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
+            model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
+            target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                            "execution_providers")},
+            versions=tool_versions(), progress=progress)
     out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
     _write_report(report, out)
     return report

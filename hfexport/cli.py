@@ -64,6 +64,7 @@ def main(verbose: bool) -> None:
 @click.option("--calibration-data", type=click.Path(), default=None, help="Text file (txt/jsonl/csv/parquet).")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-out text for validation.")
 @click.option("--text-column", default=None, help="Column holding text in jsonl/csv/parquet data.")
+@click.option("--label-column", default=None, help="Column holding labels in --eval-data (task metrics).")
 @click.option("--threads", type=int, default=None, help="Threads for validation timing [default: profile's].")
 @click.option("--no-gates", is_flag=True, help="Write the bundle even if fidelity gates fail.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
@@ -71,7 +72,7 @@ def main(verbose: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_handle_errors
 def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-          text_column, threads, no_gates, force, quiet, log_format) -> None:
+          text_column, label_column, threads, no_gates, force, quiet, log_format) -> None:
     """Build a deployable bundle for a target."""
     from hfexport.api import build as run_build
     from hfexport.progress import Progress
@@ -79,7 +80,8 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     progress = Progress("quiet" if quiet else log_format)
     result = run_build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                        trust_remote_code=trust_remote_code, calibration_data=calibration_data,
-                       eval_data=eval_data, text_column=text_column, gates=not no_gates, force=force,
+                       eval_data=eval_data, text_column=text_column, label_column=label_column,
+                       gates=not no_gates, force=force,
                        threads=threads, progress=progress,
                        verbose=click.get_current_context().find_root().params.get("verbose", False))
     summary = result.report.summary
@@ -184,18 +186,21 @@ def run(bundle, texts, question, top_k) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.option("--eval-data", type=click.Path(), default=None, help="Held-out text (txt/jsonl/csv/parquet).")
+@click.option("--eval-data", type=click.Path(), default=None,
+              help="Held-out data: txt, jsonl, csv, parquet or a datasets folder.")
 @click.option("--text-column", default=None)
+@click.option("--label-column", default=None, help="Labels for task metrics (accuracy, F1, Spearman, EM).")
 @click.option("--report-dir", type=click.Path(), default=None, help="[default: BUNDLE.validation/]")
 @click.option("--threads", type=int, default=None)
 @click.option("--quiet", "-q", is_flag=True)
 @_handle_errors
-def validate(bundle, eval_data, text_column, report_dir, threads, quiet) -> None:
+def validate(bundle, eval_data, text_column, label_column, report_dir, threads, quiet) -> None:
     """Re-validate a bundle on this host against its PyTorch model; exit code follows the gates."""
     from hfexport.api import validate_bundle
     from hfexport.progress import Progress
 
-    report = validate_bundle(bundle, eval_data=eval_data, text_column=text_column, report_dir=report_dir,
+    report = validate_bundle(bundle, eval_data=eval_data, text_column=text_column, label_column=label_column,
+                             report_dir=report_dir,
                              threads=threads, progress=Progress("quiet" if quiet else "text"))
     s = report.summary
     click.echo(f"{'passed' if report.passed else 'FAILED'}: {s['speedup']:.2f}x faster than PyTorch; "

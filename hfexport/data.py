@@ -77,3 +77,74 @@ def read_texts(path: str | Path, *, text_column: str | None = None, limit: int |
     if not texts:
         raise DataError(f"{source}: contains no text")
     return texts[:limit] if limit else texts
+
+
+# -- labelled evaluation data ------------------------------------------------------------------------
+
+_PAIR_COLUMNS = (("sentence1", "sentence2"), ("text_a", "text_b"), ("premise", "hypothesis"))
+_LABEL_COLUMNS = ("label", "labels", "score", "answer", "answers")
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Rows of a labelled file: .jsonl, .csv/.tsv, .parquet, or a local `datasets` folder (save_to_disk)."""
+    source = Path(path).expanduser()
+    if source.is_dir():
+        try:
+            import datasets
+        except ImportError as exc:
+            raise DataError(f"{source}: reading a datasets folder needs the datasets package") from exc
+        try:
+            loaded = datasets.load_from_disk(str(source))
+        except Exception as exc:  # datasets raises FileNotFoundError or its own errors
+            raise DataError(f"{source}: not a datasets folder saved with save_to_disk ({exc})") from exc
+        if isinstance(loaded, datasets.DatasetDict):
+            split = "test" if "test" in loaded else "validation" if "validation" in loaded else next(iter(loaded))
+            loaded = loaded[split]
+        return [dict(row) for row in loaded]
+    if not source.is_file():
+        raise DataError(f"data file not found: {path}")
+    suffix = source.suffix.lower()
+    try:
+        if suffix in (".jsonl", ".ndjson"):
+            rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
+        elif suffix in (".csv", ".tsv"):
+            with open(source, newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ","))
+        elif suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError as exc:
+                raise DataError(f"{source}: reading parquet needs pyarrow (pip install pyarrow)") from exc
+            rows = pq.read_table(source).to_pylist()
+        else:
+            return [{"text": t} for t in read_texts(source)]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{source}: invalid JSON on a line ({exc.msg})") from exc
+    if not rows or not isinstance(rows[0], dict):
+        raise DataError(f"{source}: no rows (or rows that are not objects)")
+    return rows
+
+
+def labelled_examples(rows: list[dict], task: str, *, text_column: str | None = None,
+                      label_column: str | None = None, source: str = "data") -> tuple[list, list]:
+    """(inputs, labels) for the task: texts or text pairs, and their labels; empty labels when none."""
+    columns = list(rows[0])
+    label = label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
+    if label_column and label_column not in columns:
+        raise DataError(f"{source}: no column {label_column!r} (has: {', '.join(columns)})")
+    if task == "question-answering":
+        for needed in ("question", "context"):
+            if needed not in columns:
+                raise DataError(f"{source}: question answering data needs a {needed!r} column")
+        inputs = [(str(r["question"]), str(r["context"])) for r in rows]
+    else:
+        pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
+        if pair and not text_column:
+            inputs = [(str(r[pair[0]]), str(r[pair[1]])) for r in rows]
+        else:
+            column = _pick_column(columns, text_column, Path(source))
+            inputs = [str(r[column]) for r in rows]
+    labels = [r[label] for r in rows] if label else []
+    return inputs, labels

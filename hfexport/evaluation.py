@@ -11,6 +11,7 @@ from hfexport import host
 from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.runtime.loader import Predictor
 from hfexport.validate import (
+    EvalSet,
     check_gates,
     comparable,
     fidelity,
@@ -50,6 +51,24 @@ class TorchRunner:
 
     comparable = __call__
 
+    def answers(self, inputs: list) -> list[str]:
+        """Question answering: the answer text of each (question, context), as the runtime extracts it."""
+        import torch
+
+        from hfexport.runtime.tasks.question_answering import best_span
+
+        enc = self.tokenizer([q for q, _ in inputs], [c for _, c in inputs], padding=True,
+                             truncation="only_second", max_length=self.max_length, return_offsets_mapping=True,
+                             return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(**{n: enc[n] for n in self.input_names if n in enc}, return_dict=True)
+        result = []
+        for row, (_q, context) in enumerate(inputs):
+            in_context = np.array([sid == 1 for sid in enc.sequence_ids(row)])
+            start, end, _ = best_span(out["start_logits"][row].numpy(), out["end_logits"][row].numpy(), in_context)
+            result.append(context[int(enc["offset_mapping"][row, start, 0]):int(enc["offset_mapping"][row, end, 1])])
+        return result
+
 
 class PredictorRunner:
     """A candidate seen through the runtime: the bundle itself, or an intermediate stage's file."""
@@ -69,6 +88,25 @@ class PredictorRunner:
     def __call__(self, inputs: list) -> Any:
         return self.predictor(inputs)  # exactly what a user's app calls
 
+    def answers(self, inputs: list) -> list[str]:
+        return [result["answer"] for result in self.predictor(inputs)]
+
+
+def task_metrics(runner, task: str, inputs: list, labels: list, meta: dict, batch: int) -> dict[str, float]:
+    """Accuracy/F1, STS Spearman or exact match of one runner on labelled data ({} where not defined)."""
+    from hfexport import task_metrics as metrics
+
+    if task == "text-classification" and not isinstance(inputs[0], tuple):
+        probs = np.asarray(_batched(runner.comparable, inputs, batch))
+        return metrics.classification(probs.argmax(1).tolist(), labels, meta.get("id2label") or {})
+    if task == "feature-extraction" and isinstance(inputs[0], tuple):
+        first = np.asarray(_batched(runner.comparable, [a for a, _ in inputs], batch))
+        second = np.asarray(_batched(runner.comparable, [b for _, b in inputs], batch))
+        return metrics.similarity_spearman(first, second, labels)
+    if task == "question-answering":
+        return metrics.answers(_batched(runner.answers, inputs, batch), labels)
+    return {}
+
 
 def _batched(fn, items: list, size: int) -> list:
     results: list = []
@@ -78,12 +116,12 @@ def _batched(fn, items: list, size: int) -> list:
     return results
 
 
-def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[dict], texts: list[str],
+def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[dict], eval_set: EvalSet,
              settings, threads: int, meta: dict, gates_overrides: dict, model_info: dict, target_info: dict,
-             text_source: str, versions: dict, progress) -> Report:
+             versions: dict, progress) -> Report:
     """`candidates`: dicts with name, kind, runner (PredictorRunner), size, pass_seconds, notes."""
     task = reference.task
-    inputs = task_inputs(task, texts, meta.get("mask_token"))
+    inputs, texts = eval_set.inputs, eval_set.texts
     batch = settings.batch_size
 
     progress.info(f"fidelity on {len(inputs)} held-out texts")
@@ -112,6 +150,13 @@ def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[di
                                    pass_seconds=c.get("pass_seconds"), latency=latency_of(latency[c["name"]]),
                                    throughput_per_s=per_s[c["name"]], fidelity=fid[c["name"]],
                                    notes=c.get("notes", [])))
+    if eval_set.labels:
+        labelled = eval_set.labelled_inputs
+        progress.info(f"task metrics on {len(eval_set.labels)} labelled examples")
+        for stage, runner in ((stages[0], reference), (stages[-1], candidates[-1]["runner"])):
+            stage.task_metrics = task_metrics(runner, task, labelled, eval_set.labels, meta, batch)
+        if not stages[0].task_metrics:
+            stages[-1].notes.append(f"labels were given, but no task metric is defined for {task} here")
     final = stages[-1]
     gates = check_gates(task, gates_overrides, final.fidelity)
     summary = {
@@ -125,6 +170,7 @@ def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[di
         model=model_info, target=target_info,
         host={**host.host_summary(), "versions": versions},
         evaluation=Evaluation(samples=len(inputs), sequence_length=settings.sequence_length, batch_size=batch,
-                              latency_runs=settings.latency_runs, threads=threads, text_source=text_source),
+                              latency_runs=settings.latency_runs, threads=threads, text_source=eval_set.source,
+                              labelled_examples=len(eval_set.labels)),
         stages=stages, gates=gates, passed=all(g.passed for g in gates), summary=summary,
     )

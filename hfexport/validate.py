@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,37 @@ def task_inputs(task: str, texts: list[str], mask_token: str | None = None) -> l
             masked.append(" ".join(mask_token if j == position else w for j, w in enumerate(words)))
         return masked
     return texts
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """What validation runs on: task-ready inputs, plain texts, and labels when the data has them."""
+
+    inputs: list  # texts, (question, context) or (text, text) pairs, masked texts: fed to both sides
+    texts: list[str]  # plain text, for the fixed-length latency passage
+    labels: list  # one per labelled input, or [] when the data has no labels
+    source: str
+    labelled_inputs: list = ()  # what the labels belong to (sentence pairs for STS scores)
+
+
+def make_eval_set(task: str, records: list[dict] | None, *, samples: int, mask_token: str | None,
+                  text_column: str | None = None, label_column: str | None = None,
+                  source: str = "hfexport held-out corpus") -> EvalSet:
+    """From a user's rows (see data.read_records) or, without them, the shipped held-out corpus."""
+    from hfexport import data
+
+    if records is None:
+        texts = data.default_eval_texts()[:samples]
+        return EvalSet(task_inputs(task, texts, mask_token), texts, [], source)
+    inputs, labels = data.labelled_examples(records[:samples], task, text_column=text_column,
+                                            label_column=label_column, source=source)
+    labelled = list(inputs)
+    texts = [part for item in inputs for part in (item if isinstance(item, tuple) else (item,))]
+    if task == "feature-extraction" and inputs and isinstance(inputs[0], tuple):
+        inputs = texts  # fidelity compares each embedded text; the pairs serve the STS metric
+    elif task == "fill-mask" and not any(mask_token and mask_token in t for t in texts):
+        inputs = task_inputs(task, texts, mask_token)
+    return EvalSet(inputs, texts, labels, source, labelled)
 
 
 def comparable(task: str, outputs: dict[str, np.ndarray], attention_mask: np.ndarray, input_ids: np.ndarray,

@@ -57,3 +57,21 @@ def test_minilm_bundle_in_torch_free_process_matches_sentence_transformers(minil
     got = np.array(payload["vectors"])
     cos = (got * reference).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(reference, axis=1)
     assert cos.min() > 0.97 and np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
+
+
+def test_minilm_per_tensor_static_int8_is_stopped_by_default_gates(tmp_path):
+    """ORT's static defaults (per tensor, every op) lose the model's behaviour: no bundle may result."""
+    from hfexport.api import build
+    from hfexport.errors import FidelityError
+    from hfexport.progress import Progress
+
+    recipe = tmp_path / "broken.yaml"
+    recipe.write_text(
+        "schema_version: 1\npasses:\n  - type: export_onnx\n  - type: optimize\n"
+        "  - type: quantize\n    mode: static\n    per_channel: false\n    calibration_samples: 32\n"
+        "    op_types: [MatMul, Attention, EmbedLayerNormalization, Gather]\n"
+        "evaluation: {samples: 64, latency_runs: 5}\n"
+    )
+    with pytest.raises(FidelityError, match="cosine_m"):
+        build(recipe=str(recipe), output=tmp_path / "broken", progress=Progress("quiet"))
+    assert not (tmp_path / "broken").exists() and (tmp_path / "broken.failed-report" / "report.html").is_file()

@@ -79,6 +79,7 @@ def render_html(report: Report) -> str:
             _gates_table(report),
             "<h2>Stages</h2>",
             f"<div class='wide'>{_stages_table(report.stages)}</div>",
+            _task_metrics_table(report.stages),
             "<h2>Plots</h2>",
             _charts(report.stages),
             "<h2>Host and evaluation</h2>",
@@ -183,6 +184,17 @@ def _stages_table(stages: list[StageMetrics]) -> str:
         cells += [_td(_num(s.fidelity[m]) if m in s.fidelity else _MISSING) for m in metrics]
         rows.append((_role(s), [*cells, _td("; ".join(s.notes) or _MISSING, "text")]))
     return _table(head, rows)
+
+
+def _task_metrics_table(stages: list[StageMetrics]) -> str:
+    """Reference and bundle side by side on labelled data; absent when no labels were given."""
+    labelled = [s for s in stages if s.task_metrics]
+    if not labelled:
+        return ""
+    metrics = list(dict.fromkeys(key for s in labelled for key in s.task_metrics))
+    rows = [(_role(s), [_td(s.name), *[_td(_num(s.task_metrics[m]) if m in s.task_metrics else _MISSING)
+                                       for m in metrics]]) for s in labelled]
+    return "<h2>Task metrics on labelled data</h2>" + _table(["stage", *metrics], rows)
 
 
 def _facts(report: Report) -> str:

@@ -29,6 +29,8 @@ class StageMetrics(_Model):
     latency: Latency | None = None  # batch 1, text in -> result out, tokenisation included
     throughput_per_s: float | None = None  # texts per second at the evaluation batch size
     fidelity: dict[str, float] = Field(default_factory=dict)  # metric -> value, vs the pytorch reference
+    # Task metrics on labelled evaluation data (accuracy, F1, Spearman, exact match), when labels were given.
+    task_metrics: dict[str, float] = Field(default_factory=dict)
     peak_rss_mb: float | None = None
     notes: list[str] = Field(default_factory=list)
 
@@ -47,6 +49,7 @@ class Evaluation(_Model):
     latency_runs: int
     threads: int
     text_source: str
+    labelled_examples: int = 0
 
 
 class Report(_Model):

@@ -1,0 +1,69 @@
+"""Peak resident memory of a fresh process that loads one stage and runs the evaluation batch.
+
+A child process per stage, because the build process holds every stage at once: its own peak says
+nothing about what one deployed model needs. The child for the bundle imports only the runtime.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+_CHILD = r"""
+import json, resource, sys
+from pathlib import Path
+kind, path, texts_file, threads = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+inputs = json.loads(open(texts_file).read())
+inputs = [tuple(x) if isinstance(x, list) else x for x in inputs]
+if kind == "torch":
+    import torch, transformers
+    torch.set_num_threads(threads)
+    task_class, tokenizer_dir = sys.argv[5], sys.argv[6]
+    model = getattr(transformers, task_class).from_pretrained(path).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    if isinstance(inputs[0], tuple):
+        enc = tokenizer([a for a, _ in inputs], [b for _, b in inputs], padding=True, truncation="only_second",
+                        return_tensors="pt")
+    else:
+        enc = tokenizer(inputs, padding=True, truncation=True, return_tensors="pt")
+    with torch.inference_mode():
+        model(**enc)
+else:
+    from hfexport.runtime import load
+    from hfexport.runtime.loader import Predictor, open_encoder, open_model
+    from hfexport.runtime.manifest import read_manifest
+    if kind == "bundle":
+        predictor = load(path, threads=threads)
+    else:
+        bundle, backend = sys.argv[5], sys.argv[6]
+        manifest = read_manifest(Path(bundle))
+        predictor = Predictor(manifest, open_encoder(Path(bundle), manifest),
+                              open_model(Path(path), manifest, threads=threads, backend=backend))
+    predictor(inputs)
+# NOTE: VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a child started from a big
+# build process would report the parent's peak. VmHWM belongs to the new address space.
+peak = None
+try:
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+except OSError:
+    pass
+print(json.dumps({"peak_rss_mb": peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def peak_rss_mb(kind: str, path: Path, inputs: list, threads: int, scratch: Path, *extra: str) -> float | None:
+    """Peak RSS in MB of a child that loads `path` (kind: torch | bundle | stage) and runs `inputs` once."""
+    texts_file = scratch / "memory-inputs.json"
+    texts_file.write_text(json.dumps(inputs))
+    try:
+        out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), str(texts_file), str(threads), *extra],
+                             capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None
+    if out.returncode != 0:
+        return None
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])

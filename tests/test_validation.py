@@ -1,0 +1,153 @@
+"""Validation: labelled task metrics in every data format, planted errors stopped by gates,
+the report schema, and `validate` of a moved bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from hfexport.errors import FidelityError
+from hfexport.progress import Progress
+from hfexport.report.schema import Report
+from tests.conftest import INT8_PASSES
+
+LABELLED = [{"text": f"review {i}: the film was {'great' if i % 2 else 'dull'}", "label": ["negative", "positive"][i % 2]}
+            for i in range(12)]
+
+
+def _write(rows, path):
+    suffix = path.suffix if path.suffix else ""
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    elif suffix == ".csv":
+        keys = list(rows[0])
+        path.write_text("\n".join([",".join(keys)] + [",".join(str(r[k]) for k in keys) for r in rows]))
+    elif suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), path)
+    else:
+        import datasets
+
+        datasets.Dataset.from_list(rows).save_to_disk(str(path))
+    return path
+
+
+@pytest.mark.parametrize("name", ["eval.jsonl", "eval.csv", "eval.parquet", "eval-dataset"])
+def test_task_metrics_from_each_format_reference_and_bundle(tiny_model, fast_recipe, tmp_path, name):
+    from hfexport.api import build
+
+    data = _write(LABELLED, tmp_path / name)
+    result = build(str(tiny_model("bert", "text-classification")), recipe=str(fast_recipe()), output=tmp_path / "b",
+                   eval_data=data, label_column="label", progress=Progress("quiet"))
+    report = result.report
+    assert report.evaluation.labelled_examples == 12
+    reference, bundle = report.stage("pytorch").task_metrics, report.stage("bundle").task_metrics
+    assert set(reference) == {"accuracy", "macro_f1"} and reference == pytest.approx(bundle, abs=1e-6)
+    assert 0 <= reference["accuracy"] <= 1
+
+
+def test_sts_pairs_report_spearman(tiny_model, fast_recipe, tmp_path):
+    from hfexport.api import build
+
+    rows = [{"sentence1": f"a cat sat {i}", "sentence2": f"a cat sat down {i}" if i % 2 else "stock prices fell",
+             "score": float(i % 2) * 5} for i in range(10)]
+    result = build(str(tiny_model()), recipe=str(fast_recipe()), output=tmp_path / "sts",
+                   eval_data=_write(rows, tmp_path / "sts.jsonl"), progress=Progress("quiet"))
+    assert "sts_spearman" in result.report.stage("bundle").task_metrics
+    assert result.report.stage("bundle").fidelity["cosine_min"] > 0.9999
+
+
+def test_question_answering_exact_match(tiny_model, fast_recipe, tmp_path):
+    from hfexport.api import build
+
+    rows = [{"question": "Who wrote it?", "context": "Ada Lovelace wrote the first program.", "answer": "Ada Lovelace"}
+            for _ in range(4)]
+    result = build(str(tiny_model("bert", "question-answering")), recipe=str(fast_recipe()), output=tmp_path / "qa",
+                   task="question-answering", eval_data=_write(rows, tmp_path / "qa.jsonl"),
+                   progress=Progress("quiet"))
+    metrics = result.report.stage("bundle").task_metrics
+    assert set(metrics) == {"exact_match", "f1"}
+    assert metrics == result.report.stage("pytorch").task_metrics
+
+
+class ZeroLayerPass:
+    """A planted error: an "optimisation" that zeroes the word-embedding table.
+
+    NOTE: zeroing a whole transformer layer of a tiny random-init model barely moves its output (the
+    residual stream is dominated by the embeddings at init scale 0.02), so the planted error is here.
+    """
+
+
+def _zeroing_pass():
+    import onnx
+    from onnx import numpy_helper
+
+    from hfexport.artifacts import OnnxModel
+    from hfexport.passes.base import Pass, PassConfig
+
+    class ZeroLayer(Pass):
+        name, summary, consumes, produces, config_class = "zero_layer", "planted error", OnnxModel, OnnxModel, PassConfig
+
+        def run(self, artifact, ctx):
+            model = onnx.load(str(artifact.path))
+            weights = {init.name: init for init in model.graph.initializer}
+            table = next(weights[n.input[0]] for n in model.graph.node
+                         if n.op_type == "Gather" and n.input[1] == "input_ids" and n.input[0] in weights)
+            table.CopyFrom(numpy_helper.from_array(np.zeros_like(numpy_helper.to_array(table)), table.name))
+            out = ctx.stage_dir(self.name) / "model.onnx"
+            onnx.save(model, str(out))
+            return OnnxModel(out, artifact.inputs, artifact.outputs)
+
+    return ZeroLayer
+
+
+def test_default_gates_stop_planted_zeroed_layer(tiny_model, fast_recipe, tmp_path, monkeypatch):
+    import hfexport.passes as registry
+    from hfexport.api import build
+
+    globals()["ZeroLayerPass"] = _zeroing_pass()
+    monkeypatch.setitem(registry._catalog(), "zero_layer", f"{__name__}:ZeroLayerPass")
+    recipe = fast_recipe([{"type": "export_onnx"}, {"type": "zero_layer"}])  # default gates: no overrides
+    with pytest.raises(FidelityError, match="fidelity gate failed: cosine_mean") as caught:
+        build(str(tiny_model()), recipe=str(recipe), output=tmp_path / "broken", progress=Progress("quiet"))
+    assert not (tmp_path / "broken").exists()
+    report = Report.model_validate_json((tmp_path / "broken.failed-report" / "report.json").read_text())
+    assert report.passed is False and report.stage("export_onnx").fidelity["cosine_min"] > 0.9999
+    assert caught.value.failures[0]["value"] < caught.value.failures[0]["threshold"]
+
+
+def test_report_json_round_trips_through_schema(built_bundle):
+    bundle = built_bundle("bert", "feature-extraction", passes=INT8_PASSES, gates={"cosine_min": 0.5})
+    text = (bundle / "report" / "report.json").read_text()
+    report = Report.model_validate_json(text)
+    assert Report.model_validate_json(report.model_dump_json()) == report
+    assert [s.name for s in report.stages] == ["pytorch", "export_onnx", "optimize", "bundle"]
+    for stage in report.stages:
+        assert stage.latency and stage.latency.runs == 5 and stage.throughput_per_s > 0
+        assert stage.peak_rss_mb and stage.peak_rss_mb > 10
+    assert report.host["isas"] and report.host["versions"]["onnxruntime"]
+
+
+def test_validate_moved_bundle_writes_fresh_report(built_bundle, tmp_path):
+    from hfexport.api import validate_bundle
+
+    moved = tmp_path / "elsewhere" / "bundle"
+    shutil.copytree(built_bundle("bert", "feature-extraction"), moved)
+    report = validate_bundle(moved, progress=Progress("quiet"))
+    assert report.passed and report.stage("bundle").fidelity["cosine_min"] > 0.9999
+    assert (tmp_path / "elsewhere" / "bundle.validation" / "report.html").is_file()
+
+
+def test_cli_validate_exit_code_follows_gates(built_bundle, tmp_path):
+    from click.testing import CliRunner
+
+    from hfexport.cli import main
+
+    result = CliRunner().invoke(main, ["validate", str(built_bundle("bert", "feature-extraction")), "--quiet",
+                                       "--report-dir", str(tmp_path / "r")])
+    assert result.exit_code == 0 and result.output.startswith("passed")
