@@ -35,6 +35,7 @@ def build(
     trust_remote_code: bool = False,
     calibration_data: str | Path | None = None,
     eval_data: str | Path | None = None,
+    train_data: str | Path | None = None,
     text_column: str | None = None,
     label_column: str | None = None,
     gates: bool = True,
@@ -47,12 +48,13 @@ def build(
     with quiet_libraries(not verbose):
         return _build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                       trust_remote_code=trust_remote_code, calibration_data=calibration_data, eval_data=eval_data,
+                      train_data=train_data,
                       text_column=text_column, label_column=label_column, gates=gates, force=force,
                       threads=threads, progress=progress or Progress())
 
 
 def _build(model, *, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-           text_column, label_column, gates, force, threads, progress) -> BuildResult:
+           train_data, text_column, label_column, gates, force, threads, progress) -> BuildResult:
     from hfexport import bundle as bundles
     from hfexport import data
     from hfexport.context import BuildContext, PlanContext
@@ -69,6 +71,7 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
     records = data.read_records(eval_data) if eval_data else None
+    train_texts = data.read_texts(train_data, text_column=text_column) if train_data else None
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
@@ -77,7 +80,7 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
         tokenizer_dir = _prepare_tokenizer(source, workdir / "tokenizer")
-        ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress)
+        ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress, train_texts)
         eval_set = make_eval_set(source.task, records, samples=chosen.evaluation.samples,
                                  mask_token=ctx.hf_tokenizer().mask_token, text_column=text_column,
                                  label_column=label_column, source=f"file {eval_data}" if eval_data else
@@ -215,7 +218,8 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
                       target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
                                                                               "execution_providers")},
                       versions=tool_versions(), progress=ctx.progress)
-    _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
+    if ctx.recipe.evaluation.memory:
+        _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
     return report
 
 

@@ -34,6 +34,8 @@ class TorchModel(Artifact):
     """A Hugging Face checkpoint folder (config + safetensors + tokenizer) that transformers loads."""
 
     kind: ClassVar[str] = "torch"
+    # Facts a pass found worth recording in the manifest (kept layers, sparsity, distillation losses, ...).
+    stats: dict = field(default_factory=dict, compare=False)
 
     def files(self) -> list[Path]:
         # Only the weights count toward the size of the model; tokenizer and configs are shared by every stage.

@@ -63,6 +63,7 @@ def main(verbose: bool) -> None:
 @click.option("--trust-remote-code", is_flag=True, help="Allow custom model code from the hub repository.")
 @click.option("--calibration-data", type=click.Path(), default=None, help="Text file (txt/jsonl/csv/parquet).")
 @click.option("--eval-data", type=click.Path(), default=None, help="Held-out text for validation.")
+@click.option("--train-data", type=click.Path(), default=None, help="Unlabelled text for distillation.")
 @click.option("--text-column", default=None, help="Column holding text in jsonl/csv/parquet data.")
 @click.option("--label-column", default=None, help="Column holding labels in --eval-data (task metrics).")
 @click.option("--threads", type=int, default=None, help="Threads for validation timing [default: profile's].")
@@ -72,7 +73,7 @@ def main(verbose: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_handle_errors
 def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-          text_column, label_column, threads, no_gates, force, quiet, log_format) -> None:
+          train_data, text_column, label_column, threads, no_gates, force, quiet, log_format) -> None:
     """Build a deployable bundle for a target."""
     from hfexport.api import build as run_build
     from hfexport.progress import Progress
@@ -80,7 +81,8 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     progress = Progress("quiet" if quiet else log_format)
     result = run_build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                        trust_remote_code=trust_remote_code, calibration_data=calibration_data,
-                       eval_data=eval_data, text_column=text_column, label_column=label_column,
+                       eval_data=eval_data, train_data=train_data, text_column=text_column,
+                       label_column=label_column,
                        gates=not no_gates, force=force,
                        threads=threads, progress=progress,
                        verbose=click.get_current_context().find_root().params.get("verbose", False))

@@ -28,6 +28,7 @@ class BuildContext:
     tokenizer_dir: Path
     calibration_texts: list[str]
     progress: Progress = field(default_factory=Progress)
+    train_texts: list[str] | None = None  # --train-data for distillation; calibration text otherwise
     _stage_count: int = 0
     _torch_cache: dict = field(default_factory=dict)
 

@@ -58,6 +58,7 @@ class Evaluation(_Strict):
     batch_size: int = Field(32, ge=1, description="batch for the throughput figure")
     latency_runs: int = Field(50, ge=5, description="timed batch-1 runs per side (median and p90 reported)")
     sequence_length: int = Field(128, ge=8, description="tokens per text for latency and throughput")
+    memory: bool = Field(True, description="peak RSS per stage, each in a fresh process (a few seconds each)")
 
 
 class Recipe(_Strict):

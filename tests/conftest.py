@@ -48,7 +48,7 @@ def _roberta_tokenizer(folder: Path):
     return tokenizer
 
 
-def make_tiny_model(folder: Path, arch: str, task: str, seed: int = 0) -> Path:
+def make_tiny_model(folder: Path, arch: str, task: str, seed: int = 0, init_range: float = 0.02) -> Path:
     import torch
     import transformers
 
@@ -70,6 +70,7 @@ def make_tiny_model(folder: Path, arch: str, task: str, seed: int = 0) -> Path:
                                                hidden_dim=64, max_position_embeddings=128, **common)
     else:
         raise ValueError(arch)
+    config.initializer_range = init_range
     torch.manual_seed(seed)
     model = getattr(transformers, TASK_CLASSES[task]).from_config(config)
     model.save_pretrained(str(folder))
@@ -96,12 +97,13 @@ def fast_recipe(tmp_path_factory):
     folder = tmp_path_factory.mktemp("recipes")
     counter = iter(range(10_000))
 
-    def factory(passes: list[dict] | None = None, gates: dict | None = None) -> Path:
+    def factory(passes: list[dict] | None = None, gates: dict | None = None, memory: bool = False) -> Path:
         body = {
             "schema_version": 1,
             "passes": passes or [{"type": "export_onnx"}, {"type": "optimize"}],
             "gates": gates or {},
-            "evaluation": {"samples": 16, "batch_size": 4, "latency_runs": 5, "sequence_length": 32},
+            "evaluation": {"samples": 16, "batch_size": 4, "latency_runs": 5, "sequence_length": 32,
+                           "memory": memory},
         }
         path = folder / f"fast-{next(counter)}.yaml"
         path.write_text(json.dumps(body))  # JSON is YAML
@@ -118,12 +120,12 @@ def built_bundle(tiny_model, fast_recipe, tmp_path_factory):
 
     cache: dict = {}
 
-    def factory(arch="bert", task="feature-extraction", passes=None, gates=None) -> Path:
-        key = (arch, task, json.dumps(passes), json.dumps(gates))
+    def factory(arch="bert", task="feature-extraction", passes=None, gates=None, memory=False) -> Path:
+        key = (arch, task, json.dumps(passes), json.dumps(gates), memory)
         if key not in cache:
             out = tmp_path_factory.mktemp("bundles") / f"{arch}-{task}"
-            build(str(tiny_model(arch, task)), task=task, recipe=str(fast_recipe(passes, gates)), output=out,
-                  progress=Progress("quiet"))
+            build(str(tiny_model(arch, task)), task=task, recipe=str(fast_recipe(passes, gates, memory)),
+                  output=out, progress=Progress("quiet"))
             cache[key] = out
         return cache[key]
 

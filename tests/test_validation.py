@@ -122,7 +122,7 @@ def test_default_gates_stop_planted_zeroed_layer(tiny_model, fast_recipe, tmp_pa
 
 
 def test_report_json_round_trips_through_schema(built_bundle):
-    bundle = built_bundle("bert", "feature-extraction", passes=INT8_PASSES, gates={"cosine_min": 0.5})
+    bundle = built_bundle("bert", "feature-extraction", passes=INT8_PASSES, gates={"cosine_min": 0.5}, memory=True)
     text = (bundle / "report" / "report.json").read_text()
     report = Report.model_validate_json(text)
     assert Report.model_validate_json(report.model_dump_json()) == report

@@ -15,6 +15,8 @@ from hfexport.passes.base import Pass, PassConfig
 __all__ = ["Pass", "PassConfig", "get_pass", "pass_names"]
 
 BUILTIN_PASSES: dict[str, str] = {
+    "prune": "hfexport.passes.prune:PrunePass",
+    "distill": "hfexport.passes.distill:DistillPass",
     "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",

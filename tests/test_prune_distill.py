@@ -1,0 +1,148 @@
+"""Structured and magnitude pruning, and distillation, on tiny random-init models."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from hfexport.errors import PlanError
+from hfexport.progress import Progress
+from tests.conftest import make_tiny_model
+
+
+def _build(folder, passes, tmp_path, name="out", gates=None, **kwargs):
+    from hfexport.api import build
+
+    recipe = tmp_path / f"{name}.json"
+    recipe.write_text(json.dumps({"schema_version": 1, "passes": passes,
+                                  "gates": gates or {"cosine_mean": 0.0, "cosine_min": -1.0},
+                                  "evaluation": {"samples": 16, "latency_runs": 5, "sequence_length": 32,
+                                                 "batch_size": 4, "memory": False}}))
+    return build(str(folder), recipe=str(recipe), output=tmp_path / name, progress=Progress("quiet"), **kwargs)
+
+
+def _pass_record(result, name):
+    return next(p for p in result.manifest["passes"] if p["name"] == name)
+
+
+def _prune_only(folder, ctx_task, config):
+    """Run PrunePass directly and return the saved checkpoint folder."""
+    from hfexport.api import _prepare_tokenizer
+    from hfexport.artifacts import TorchModel
+    from hfexport.context import BuildContext
+    from hfexport.data import default_calibration_texts
+    from hfexport.loading import resolve_model
+    from hfexport.passes.prune import PruneConfig, PrunePass
+    from hfexport.profiles import load_target
+    from hfexport.recipes import load_recipe
+
+    source = resolve_model(str(folder), task=ctx_task)
+    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix="prune-"))
+    ctx = BuildContext(load_target("cpu"), load_recipe("fp32"), source, work,
+                       _prepare_tokenizer(source, work / "tokenizer"), default_calibration_texts(),
+                       Progress("quiet"))
+    step = PrunePass(PruneConfig(**config))
+    return step.run(TorchModel(folder), ctx)
+
+
+def test_prune_bert_shrinks_ffn_and_layers_exactly_and_reloads(tiny_model):
+    result = _prune_only(tiny_model(), "feature-extraction", {"ffn_keep": 0.5, "layers_keep": 1})
+    model = transformers.AutoModel.from_pretrained(str(result.path))
+    assert model.config.intermediate_size == 32 and model.config.num_hidden_layers == 1
+    assert len(model.encoder.layer) == 1
+    assert model.encoder.layer[0].intermediate.dense.weight.shape == (32, 32)
+    assert model.encoder.layer[0].output.dense.weight.shape == (32, 32)
+    assert result.stats["parameters_after"] < result.stats["parameters_before"]
+    assert len(result.stats["kept_layers"]) == 1
+    out = model(**transformers.AutoTokenizer.from_pretrained(str(result.path))(["hello there"], return_tensors="pt"))
+    assert out.last_hidden_state.shape[-1] == 32
+
+
+def test_prune_distilbert_uses_its_own_config_keys(tiny_model):
+    result = _prune_only(tiny_model("distilbert"), "feature-extraction", {"ffn_keep": 16, "layers_keep": 0.5})
+    config = transformers.AutoConfig.from_pretrained(str(result.path))
+    assert config.hidden_dim == 16 and config.n_layers == 1
+
+
+def test_prune_protected_layer_is_kept(tiny_model):
+    result = _prune_only(tiny_model(), "feature-extraction", {"layers_keep": 1, "protect_layers": [-1]})
+    assert result.stats["kept_layers"] == [1]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_prune_decoder_heads_by_kv_group_keeps_gqa_consistent(tmp_path, arch):
+    from tests.conftest import _roberta_tokenizer
+
+    folder = tmp_path / arch
+    vocab = len(_roberta_tokenizer(folder))  # byte-level BPE, as these decoders use
+    config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config}[arch]
+    config = config_class(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                          num_attention_heads=8, num_key_value_heads=4, head_dim=8, pad_token_id=1)
+    torch.manual_seed(0)
+    transformers.AutoModelForCausalLM.from_config(config).save_pretrained(str(folder))
+
+    result = _prune_only(folder, "feature-extraction", {"heads_keep": 0.5, "ffn_keep": 0.5})
+    pruned = transformers.AutoModelForCausalLM.from_pretrained(str(result.path))
+    cfg = pruned.config
+    assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (4, 2, 8)
+    attn = pruned.model.layers[0].self_attn
+    assert attn.q_proj.weight.shape == (32, 64) and attn.k_proj.weight.shape == (16, 64)
+    assert attn.o_proj.weight.shape == (64, 32) and cfg.intermediate_size == 48
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert pruned(input_ids=ids).logits.shape == (1, 4, vocab)
+    assert result.stats["kv_heads"] == [4, 2]
+
+
+def test_prune_encoder_heads_is_refused_before_work(tiny_model, tmp_path):
+    with pytest.raises(PlanError, match="heads_keep: bert heads cannot be pruned"):
+        _build(tiny_model(), [{"type": "prune", "heads_keep": 0.5}, {"type": "export_onnx"}], tmp_path)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prune_magnitude_is_permanent_and_reported(tiny_model):
+    result = _prune_only(tiny_model(), "feature-extraction", {"method": "magnitude", "sparsity": 0.5})
+    model = transformers.AutoModel.from_pretrained(str(result.path))
+    weight = model.encoder.layer[0].intermediate.dense.weight
+    assert abs(float((weight == 0).float().mean()) - 0.5) < 0.02
+    assert not any("mask" in name for name, _ in model.named_buffers())
+    assert result.stats["sparsity"] == pytest.approx(0.5, abs=0.01) and "dense kernels" in result.stats["note"]
+
+
+def test_distill_recovers_what_pruning_lost(tmp_path):
+    # A wider init than the default makes every layer matter, so pruning visibly hurts.
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    passes = [{"type": "prune", "ffn_keep": 0.25, "layers_keep": 1},
+              {"type": "distill", "epochs": 6, "learning_rate": 0.003, "eval_every": 5, "patience": 10,
+               "batch_size": 16},
+              {"type": "export_onnx"}]
+    result = _build(folder, passes, tmp_path)
+    stats = _pass_record(result, "distill")["stats"]
+    assert stats["held_out_after"] > stats["held_out_before"] + 0.02
+    losses = [h["loss"] for h in stats["history"]]
+    assert losses[-1] < losses[0]
+    stages = {s.name: s for s in result.report.stages}
+    assert stages["distill"].fidelity["cosine_mean"] > stages["prune"].fidelity["cosine_mean"]
+
+
+def test_distill_is_deterministic_with_a_seed(tmp_path):
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    passes = [{"type": "prune", "layers_keep": 1}, {"type": "distill", "max_steps": 6, "eval_every": 3},
+              {"type": "export_onnx"}]
+    first = _pass_record(_build(folder, passes, tmp_path, "a"), "distill")["stats"]["history"]
+    second = _pass_record(_build(folder, passes, tmp_path, "b"), "distill")["stats"]["history"]
+    assert first == second
+
+
+def test_whole_chain_prune_distill_export_optimize_int8(tiny_model, tmp_path):
+    passes = [{"type": "prune", "ffn_keep": 0.5, "layers_keep": 1}, {"type": "distill", "max_steps": 4},
+              {"type": "export_onnx"}, {"type": "optimize"}, {"type": "quantize"}]
+    result = _build(tiny_model(), passes, tmp_path)
+    assert [s.name for s in result.report.stages] == ["pytorch", "prune", "distill", "export_onnx", "optimize",
+                                                      "bundle"]
+    assert result.report.stage("prune").kind == "torch" and result.report.stage("prune").latency
+    assert result.manifest["passes"][0]["stats"]["ffn_width"] == [64, 32]
