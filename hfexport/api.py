@@ -268,6 +268,15 @@ def _stats_line(stats: dict, size: int) -> str:
         parts.append("fused " + ", ".join(f"{k} x{v}" for k, v in stats["fused_operators"].items()))
     if "quantized_nodes" in stats:
         parts.append(f"{stats['quantized_nodes']} int8 nodes ({stats['isa']})")
+    if "parameters_after" in stats:
+        parts.append(f"{stats['parameters_before'] / 1e6:.1f}M -> {stats['parameters_after'] / 1e6:.1f}M parameters")
+    if "kept_layers" in stats:
+        parts.append(f"kept layers {stats['kept_layers']}, FFN {stats['ffn_width'][0]} -> {stats['ffn_width'][1]}")
+    if "sparsity" in stats:
+        parts.append(f"sparsity {stats['sparsity']:.2f}")
+    if "held_out_after" in stats:
+        parts.append(f"held-out {stats['held_out_metric']} {stats['held_out_before']:.4f} -> "
+                     f"{stats['held_out_after']:.4f} in {stats['steps']} steps")
     return "; ".join(parts)
 
 

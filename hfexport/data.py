@@ -38,41 +38,21 @@ def _pick_column(columns, wanted: str | None, source: Path) -> str:
 
 
 def read_texts(path: str | Path, *, text_column: str | None = None, limit: int | None = None) -> list[str]:
-    """Texts from a file: .txt (one per line), .jsonl, .csv/.tsv, .parquet."""
+    """Texts from a file: .txt (one per line), or a column of .jsonl, .csv/.tsv, .parquet or a datasets folder."""
     source = Path(path).expanduser()
-    if not source.is_file():
-        raise DataError(f"data file not found: {path}")
-    suffix = source.suffix.lower()
-    try:
-        if suffix in (".jsonl", ".ndjson"):
-            rows = [json.loads(line) for line in source.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if rows and not isinstance(rows[0], dict):
-                raise DataError(f"{source}: each JSON line must be an object")
-            column = _pick_column(list(rows[0]) if rows else [], text_column, source) if rows else None
-            texts = [str(row.get(column, "")) for row in rows] if column else []
-        elif suffix in (".csv", ".tsv"):
-            with open(source, newline="", encoding="utf-8") as handle:
-                reader = csv.DictReader(handle, delimiter="\t" if suffix == ".tsv" else ",")
-                column = _pick_column(reader.fieldnames or [], text_column, source)
-                texts = [row[column] for row in reader]
-        elif suffix == ".parquet":
-            try:
-                import pyarrow.parquet as pq
-            except ImportError as exc:
-                raise DataError(f"{source}: reading parquet needs pyarrow (pip install pyarrow)") from exc
-            table = pq.read_table(source)
-            column = _pick_column(table.column_names, text_column, source)
-            texts = [str(v) for v in table.column(column).to_pylist()]
-        else:
+    if source.is_dir() or source.suffix.lower() in _STRUCTURED:
+        rows = read_records(source)
+        column = _pick_column(list(rows[0]), text_column, source)
+        texts = [str(row.get(column) or "") for row in rows]
+    else:
+        if not source.is_file():
+            raise DataError(f"data file not found: {path}")
+        try:
             texts = source.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{source}: invalid JSON on a line ({exc.msg})") from exc
-    except csv.Error as exc:
-        raise DataError(f"{source}: invalid CSV ({exc})") from exc
-    except OSError as exc:
-        raise DataError(f"cannot read {source}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        except OSError as exc:
+            raise DataError(f"cannot read {source}: {exc.strerror}") from exc
     texts = [t.strip() for t in texts if t and t.strip()]
     if not texts:
         raise DataError(f"{source}: contains no text")
@@ -81,6 +61,7 @@ def read_texts(path: str | Path, *, text_column: str | None = None, limit: int |
 
 # -- labelled evaluation data ------------------------------------------------------------------------
 
+_STRUCTURED = (".jsonl", ".ndjson", ".csv", ".tsv", ".parquet")
 _PAIR_COLUMNS = (("sentence1", "sentence2"), ("text_a", "text_b"), ("premise", "hypothesis"))
 _LABEL_COLUMNS = ("label", "labels", "score", "answer", "answers")
 
@@ -122,7 +103,13 @@ def read_records(path: str | Path) -> list[dict]:
         raise DataError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except json.JSONDecodeError as exc:
         raise DataError(f"{source}: invalid JSON on a line ({exc.msg})") from exc
-    if not rows or not isinstance(rows[0], dict):
+    except csv.Error as exc:
+        raise DataError(f"{source}: invalid CSV ({exc})") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {source}: {exc.strerror}") from exc
+    if not rows:
+        raise DataError(f"{source}: contains no text")
+    if not isinstance(rows[0], dict):
         raise DataError(f"{source}: no rows (or rows that are not objects)")
     return rows
 
