@@ -14,13 +14,22 @@ EXIT_GATES = 3
 EXIT_INTERRUPTED = 130
 
 
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def _handle_errors(command):
     """Known errors become one line and a non-zero exit; --verbose shows the traceback."""
 
     @wraps(command)
     def wrapper(*args, **kwargs):
+        import signal
+
         from hfexport.errors import FidelityError, HfExportError
 
+        # A `kill` (SIGTERM) cleans up like Ctrl-C does: Python would otherwise skip every `finally`
+        # and leave the build's temporary folder behind.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         verbose = click.get_current_context().find_root().params.get("verbose", False)
         try:
             return command(*args, **kwargs)

@@ -153,3 +153,23 @@ def test_cli_build_gate_failure_exit_code(cli, tiny_model, fast_recipe, tmp_path
 
 def test_cli_run_on_missing_bundle(cli, tmp_path):
     _one_line_error(cli("run", tmp_path / "nothing", "hi"), "bundle folder not found")
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_cli_build_interrupted_by_signal_leaves_nothing(tiny_model, fast_recipe, tmp_path, signame):
+    import os
+    import signal
+
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "hfexport.cli", "build", "--model", str(tiny_model()), "--recipe",
+               str(fast_recipe()), "--output", str(out), "--log-format", "json"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               cwd=tmp_path, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    for line in process.stderr:  # wait until the second pass has started: work is under way
+        if line.startswith("{") and json.loads(line).get("event") == "start" and json.loads(line).get("index") == 2:
+            break
+    process.send_signal(getattr(signal, signame))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a partial bundle or temporary folder was left"
