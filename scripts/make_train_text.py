@@ -1,9 +1,14 @@
 #!/usr/bin/env python
 """Write unlabelled English sentences for distillation from text already on this machine.
 
-Nothing can be downloaded here, so the sentences come from prose every Python install carries: the
-docstrings of the standard library and the long descriptions of installed packages. It is real,
-human-written English (technical in tone), disjoint from hfexport's held-out evaluation corpus.
+Nothing can be downloaded from a model hub here, so the sentences come from human-written prose that
+installs carry: general English from Debian's `fortunes` package when it is installed
+(`apt-get install fortunes`: quotations, sayings, literature), then the docstrings of Python's standard
+library and the descriptions of installed packages (technical English). None of it overlaps
+hfexport's calibration or held-out evaluation corpus.
+
+NOTE: the domain matters more than the amount. Distilling a pruned all-MiniLM-L6-v2 on docstrings
+alone reached mean cosine 0.70 on the everyday-English held-out corpus; general text is what carries.
 
     python scripts/make_train_text.py --count 5000 --output train.txt
 """
@@ -14,9 +19,11 @@ import argparse
 import importlib
 import importlib.metadata
 import pkgutil
+import random
 import re
 import sys
 import warnings
+from pathlib import Path
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*[,;:.!?]?$")
@@ -34,7 +41,22 @@ def _prose(text: str):
                 yield sentence
 
 
-def _sources():
+_FORTUNES = Path("/usr/share/games/fortunes")
+# Categories that are mostly ASCII art, or stereotypes we would rather not train on.
+_SKIP_FORTUNES = {"art", "ascii-art", "ethnic", "men-women", "drugs", "debian", "linux", "computers"}
+
+
+def _general_sources():
+    if _FORTUNES.is_dir():
+        for path in sorted(_FORTUNES.iterdir()):
+            if path.suffix or path.name in _SKIP_FORTUNES or not path.is_file():
+                continue
+            for item in path.read_text(encoding="utf-8", errors="ignore").split("\n%\n"):
+                # Attribution lines ("-- Mark Twain") are not part of the sentence.
+                yield "\n".join(line for line in item.splitlines() if not line.strip().startswith("--"))
+
+
+def _technical_sources():
     for dist in importlib.metadata.distributions():
         yield dist.metadata.get_payload() or dist.metadata.get("Description") or ""
     with warnings.catch_warnings():
@@ -69,20 +91,24 @@ def main() -> int:
 
     held_out = set(default_eval_texts()) | set(default_calibration_texts())
     sys.argv = sys.argv[:1]  # some modules read the command line when imported
-    seen: set[str] = set()
-    for text in _sources():
-        for sentence in _prose(text):
-            if sentence not in seen and sentence not in held_out:
-                seen.add(sentence)
-        if len(seen) >= args.count * 2:
+    chosen: list[str] = []
+    for name, sources in (("general", _general_sources()), ("technical", _technical_sources())):
+        found: set[str] = set()
+        for text in sources:
+            found.update(s for s in _prose(text) if s not in held_out)
+        # A deterministic, spread-out choice rather than the first N (which would come from one source).
+        ordered = sorted(found - set(chosen))
+        wanted = args.count - len(chosen)
+        step = max(1, len(ordered) // max(wanted, 1))
+        picked = ordered[::step][:wanted]
+        chosen.extend(picked)
+        print(f"{name}: {len(picked)} sentences (from {len(found)})", file=sys.stderr)
+        if len(chosen) >= args.count:
             break
-    # A deterministic, spread-out choice rather than the first N (which would come from one package).
-    ordered = sorted(seen)
-    step = max(1, len(ordered) // args.count)
-    chosen = ordered[::step][: args.count]
+    random.Random(0).shuffle(chosen)
     with open(args.output, "w", encoding="utf-8") as handle:
         handle.write("\n".join(chosen) + "\n")
-    print(f"wrote {len(chosen)} sentences to {args.output} (from {len(seen)} candidates)", file=sys.stderr)
+    print(f"wrote {len(chosen)} sentences to {args.output}", file=sys.stderr)
     return 0
 
 

@@ -113,9 +113,9 @@ class DistillPass(Pass[DistillConfig]):
                 step += 1
                 if step % cfg.eval_every == 0 or step == total:
                     score = loss_fn.fidelity(student, teacher, held, device)
-                    history.append({"step": step, "loss": round(float(loss), 5), "held_out": round(score, 5)})
+                    history.append({"step": step, "loss": round(loss.item(), 5), "held_out": round(score, 5)})
                     eta = (time.time() - started) / step * (total - step)
-                    ctx.progress.info(f"step {step}/{total}  loss {float(loss):.4f}  held-out {score:.4f}  "
+                    ctx.progress.info(f"step {step}/{total}  loss {loss.item():.4f}  held-out {score:.4f}  "
                                       f"ETA {eta:.0f}s")
                     if score > best + 1e-5:
                         best, best_state, stale = score, copy.deepcopy(student.state_dict()), 0

@@ -37,6 +37,10 @@ class PruneConfig(PassConfig):
     layers_keep: Keep = Field(1.0, description="layers kept (fraction or count)")
     heads_keep: Keep = Field(1.0, description="decoders: key/value head groups kept per layer")
     protect_layers: list[int] = Field(default_factory=list, description="layer indices never dropped")
+    # How layers are chosen: "output" drops, one at a time, the layer whose removal changes the final
+    # output least on calibration text; "influence" drops the blocks that change their input least
+    # (one pass, cheaper); "spread" keeps evenly spaced layers, as DistilBERT was initialised.
+    layer_selection: Literal["output", "influence", "spread"] = "output"
     sparsity: float = Field(0.5, gt=0, lt=1, description="magnitude method: fraction of weights zeroed")
     calibration_samples: int = Field(128, ge=8, description="texts used to rank importance")
 
@@ -120,11 +124,18 @@ def _batches(ctx: BuildContext, texts: list[str], size: int = 16):
 
 
 def _forward(model, batch) -> object:
-    return model(**batch, output_hidden_states=True, return_dict=True)
+    import inspect
+
+    # No KV cache while ranking: its layer indices would not match a trial set of layers.
+    extra = {"use_cache": False} if "use_cache" in inspect.signature(model.forward).parameters else {}
+    return model(**batch, output_hidden_states=True, return_dict=True, **extra)
 
 
 def _structured(model, layout, config: PruneConfig, batches) -> dict:
     import torch
+
+    batches = list(batches)
+    batches_again = batches  # layer selection by output runs the calibration text again
 
     layers = blocks(model, layout)
     n_layers = len(layers)
@@ -188,8 +199,7 @@ def _structured(model, layout, config: PruneConfig, batches) -> dict:
     protected = {i % n_layers for i in config.protect_layers}
     if keep_layers < len(protected):
         raise PlanError(f"layers_keep {keep_layers} is fewer than the {len(protected)} protected layers")
-    order = sorted(set(range(n_layers)) - protected, key=lambda i: -float(influence[i]))
-    kept = sorted(protected | set(order[: keep_layers - len(protected)]))
+    kept = _choose_layers(model, layout, config.layer_selection, keep_layers, protected, influence, batches_again)
     if len(kept) < n_layers:
         new_blocks = torch.nn.ModuleList([layers[i] for i in kept])
         set_module(model.base_model, layout.layers, new_blocks)
@@ -204,6 +214,40 @@ def _structured(model, layout, config: PruneConfig, batches) -> dict:
     stats["kept_layers"] = kept
     stats["block_influence"] = [round(float(v), 5) for v in influence]
     return stats
+
+
+def _choose_layers(model, layout, how: str, keep: int, protected: set[int], influence, batches) -> list[int]:
+    import torch
+
+    n_layers = len(blocks(model, layout))
+    candidates = sorted(set(range(n_layers)) - protected)
+    if keep >= n_layers:
+        return list(range(n_layers))
+    if how == "spread":
+        spread = [int(i * n_layers / keep) for i in range(keep)]
+        return sorted((sorted(protected) + [i for i in spread if i not in protected])[:keep])
+    if how == "influence":
+        order = sorted(candidates, key=lambda i: -float(influence[i]))
+        return sorted(protected | set(order[: keep - len(protected)]))
+    # "output": greedy, one layer at a time, judged by the final hidden state on calibration text.
+    all_layers = blocks(model, layout)
+    reference = [_forward(model, b).hidden_states[-1] for b in batches]
+    kept = list(range(n_layers))
+    while len(kept) > keep:
+        best, best_score = None, -2.0
+        for drop in (i for i in kept if i not in protected):
+            trial = [i for i in kept if i != drop]
+            set_module(model.base_model, layout.layers, torch.nn.ModuleList([all_layers[i] for i in trial]))
+            score = 0.0
+            for b, ref in zip(batches, reference):
+                mask = b["attention_mask"].bool()
+                out = _forward(model, b).hidden_states[-1]
+                score += float(torch.nn.functional.cosine_similarity(out[mask], ref[mask], dim=-1).mean())
+            if score > best_score:
+                best, best_score = drop, score
+        kept.remove(best)
+    set_module(model.base_model, layout.layers, all_layers)
+    return kept
 
 
 def _prune_heads(model, layers, layout, head_score, head_dim, heads_keep) -> list[int]:
