@@ -26,7 +26,7 @@ _ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method")
 class QuantizeConfig(PassConfig):
     precision: Literal["int8", "int4"] = "int8"
     mode: Literal["dynamic", "static"] = "dynamic"
-    weights_only: bool = Field(False, description="quantise weights only, activations stay float (openvino)")
+    weights_only: bool = Field(False, description="openvino: compress weights only, no calibration")
     group_size: int | None = Field(None, ge=8, description="int4: weights per quantisation group (default 128)")
     ratio: float = Field(1.0, gt=0, le=1, description="int4: share of layers in int4, the rest in int8")
     per_channel: bool | None = Field(None, description="default: the target's ISA preset")
