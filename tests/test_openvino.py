@@ -21,7 +21,8 @@ from tests.test_build import TEXTS, _torch_outputs
 pytest.importorskip("openvino")
 
 FP32 = [{"type": "export_openvino"}]
-INT8_STATIC = [{"type": "export_openvino"}, {"type": "quantize", "precision": "int8", "mode": "static"}]
+INT8_STATIC = [{"type": "export_openvino"},
+               {"type": "quantize", "precision": "int8", "mode": "static", "smooth_quant_alpha": 0.8}]
 INT8_WEIGHTS = [{"type": "export_openvino"}, {"type": "quantize", "precision": "int8", "weights_only": True}]
 # The tiny models' layers are 32 and 64 wide, so int4 groups must be smaller than the default 128.
 INT4_WEIGHTS = [{"type": "export_openvino"},
@@ -105,7 +106,7 @@ def test_openvino_nncf_int8_post_training_quantisation(ov_bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     stats = manifest["passes"][1]["stats"]
     assert stats["algorithm"] == "nncf.quantize" and stats["model_type"] == "transformer"
-    assert stats["quantized_nodes"] > 0 and stats["calibration_samples"] > 0
+    assert stats["quantized_nodes"] > 0 and stats["calibration_samples"] > 0 and stats["smooth_quant_alpha"] == 0.8
     assert manifest["target"]["precision"] == "int8" and manifest["validation"]["passed"]
     assert load(bundle)(TEXTS).shape == (3, 32)
 
@@ -242,6 +243,8 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
     ([{"type": "export_onnx"}, {"type": "quantize", "weights_only": True}], "cpu", "weights_only: ONNX Runtime"),
     ([{"type": "export_onnx"}, {"type": "quantize", "precision": "int4", "weights_only": True}], "cpu",
      "precision 'int4' is not supported by target 'cpu'"),
+    ([{"type": "export_onnx"}, {"type": "quantize", "mode": "static", "smooth_quant_alpha": 0.8}], "cpu",
+     "smooth_quant_alpha: an NNCF option"),
 ])  # fmt: skip
 def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, message):
     with pytest.raises(PlanError, match=message):
@@ -253,6 +256,7 @@ def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, messa
     ({"group_size": 64}, "group_size applies to int4"),
     ({"ratio": 0.5}, "ratio"),
     ({"weights_only": True, "mode": "static"}, "weights_only needs no calibration"),
+    ({"smooth_quant_alpha": 0.8}, "smooth_quant_alpha applies to mode: static"),
 ])
 def test_quantize_config_rejects_impossible_combinations(params, message):
     from hfexport.recipes import PassSpec
