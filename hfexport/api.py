@@ -101,7 +101,8 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
 
         staging = workdir / "bundle"
         model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
-        precision = "int8" if any(r["name"] == "quantize" for r in pass_records) else "fp32"
+        quantized = [r for r in pass_records if r["name"] == "quantize"]
+        precision = quantized[-1]["params"].get("precision", "int8") if quantized else "fp32"
         body = _manifest_body(source, profile, chosen, pass_records, artifact, model_files, tokenizer_dir,
                               precision)
         bundles.write_manifest(staging, body)
@@ -161,7 +162,7 @@ def _manifest_body(source, profile, recipe, records, artifact, model_files, toke
                   "mask_token": tokenizer.mask_token, "mask_token_id": tokenizer.mask_token_id},
         "target": {"name": profile.name, "backend": profile.backend, "device": profile.device,
                    "execution_providers": profile.execution_providers, "isa": profile.effective_isa(),
-                   "precision": precision, "session": profile.session.model_dump(mode="json"),
+                   "precision": precision, "session": profile.session_options(),
                    "runtime_packages": profile.runtime_packages},
         "recipe": {"name": recipe.name, "gates": recipe.gates.model_dump(mode="json"),
                    "evaluation": recipe.evaluation.model_dump(mode="json")},
@@ -207,20 +208,37 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
         candidates.append({"name": name, "kind": artifact.kind,
                            "runner": runner, "size": artifact.size_bytes(), "pass_seconds": seconds})
     last_name, last_artifact, last_seconds = stages[-1]
+    # What the backend actually chose (OpenVINO: device, inference precision, streams), which can differ
+    # from what the profile asked for; the report says which one was measured.
+    target_info = _target_info(bundle)
+    notes = [f"output of {last_name}, loaded through hfexport.runtime.load", *_runtime_notes(target_info)]
     candidates.append({"name": "bundle", "kind": "bundle", "runner": PredictorRunner(bundle, meta),
-                       "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
-                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
+                       "size": last_artifact.size_bytes(), "pass_seconds": last_seconds, "notes": notes})
     report = evaluate(reference=reference, reference_size=reference_size, candidates=candidates, eval_set=eval_set,
                       settings=ctx.recipe.evaluation, threads=n_threads, meta=meta,
                       gates_overrides=ctx.recipe.gates.model_dump(),
                       model_info={"id": ctx.source.model_id, "revision": ctx.source.revision,
                                   "task": ctx.source.task},
-                      target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
-                                                                              "execution_providers")},
-                      versions=tool_versions(), progress=ctx.progress)
+                      target_info=target_info, versions=tool_versions(), progress=ctx.progress)
     if ctx.recipe.evaluation.memory:
         _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
     return report
+
+
+def _target_info(predictor) -> dict:
+    """The manifest's target, plus what the backend actually chose (OpenVINO: device, inference
+    precision, streams), which can differ from what the profile asked for."""
+    info = {k: predictor.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                         "execution_providers")}
+    runtime = dict(getattr(predictor.backend, "effective", None) or {})
+    if runtime:
+        info["runtime"] = runtime
+    return info
+
+
+def _runtime_notes(target_info: dict) -> list[str]:
+    runtime = target_info.get("runtime") or {}
+    return ["runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v is not None)] if runtime else []
 
 
 def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set, threads: int) -> None:
@@ -248,7 +266,7 @@ def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set, thread
 
 
 # The runtime backend that reads each intermediate artifact format.
-_READERS = {"onnx": "onnxruntime"}
+_READERS = {"onnx": "onnxruntime", "openvino": "openvino"}
 
 
 def _write_report(report: Report, folder: Path) -> None:
@@ -267,7 +285,8 @@ def _stats_line(stats: dict, size: int) -> str:
     if stats.get("fused_operators"):
         parts.append("fused " + ", ".join(f"{k} x{v}" for k, v in stats["fused_operators"].items()))
     if "quantized_nodes" in stats:
-        parts.append(f"{stats['quantized_nodes']} int8 nodes ({stats['isa']})")
+        parts.append(f"{stats['quantized_nodes']} {stats.get('precision', 'int8')} nodes "
+                     f"({stats.get('isa') or stats.get('algorithm')})")
     if "parameters_after" in stats:
         parts.append(f"{stats['parameters_before'] / 1e6:.1f}M -> {stats['parameters_after'] / 1e6:.1f}M parameters")
     if "kept_layers" in stats:
@@ -342,12 +361,12 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
             reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
             candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
                          "size": sum(files[name]["bytes"] for name in manifest["model_files"]),
-                         "notes": [f"re-validated on this host from {bundle_path}"]}],
+                         "notes": [f"re-validated on this host from {bundle_path}",
+                                   *_runtime_notes(_target_info(predictor))]}],
             eval_set=eval_set, settings=settings, threads=n_threads, meta=meta,
             gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
             model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
-            target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
-                                                            "execution_providers")},
+            target_info=_target_info(predictor),
             versions=tool_versions(), progress=progress)
     out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
     _write_report(report, out)

@@ -79,4 +79,42 @@ class OnnxModel(Artifact):
         return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
 
 
-ARTIFACT_KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (TorchModel, OnnxModel)}
+@dataclass(frozen=True)
+class OpenVINOModel(Artifact):
+    """OpenVINO IR: `path` is the .xml graph; its weights are the .bin file of the same name beside it."""
+
+    kind: ClassVar[str] = "openvino"
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    stats: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def weights(self) -> Path:
+        return self.path.with_suffix(".bin")
+
+    def files(self) -> list[Path]:
+        return [self.path, self.weights]
+
+    def bundle_files(self) -> dict[str, Path]:
+        # OpenVINO finds the weights as <graph stem>.bin, so both files are renamed together.
+        return {"model.xml": self.path, "model.bin": self.weights}
+
+    def signature(self) -> dict:
+        import openvino
+
+        model = openvino.Core().read_model(str(self.path))
+
+        def describe(ports):
+            # IR keeps no names for dynamic dimensions; ours are always (batch, sequence, ...).
+            return [{"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name,
+                     "shape": [_DIM_NAMES[i] if dim.is_dynamic and i < len(_DIM_NAMES) else
+                               ("?" if dim.is_dynamic else dim.get_length())
+                               for i, dim in enumerate(port.get_partial_shape())]}
+                    for port in ports]
+
+        return {"inputs": describe(model.inputs), "outputs": describe(model.outputs)}
+
+
+_DIM_NAMES = ("batch", "sequence")
+
+ARTIFACT_KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (TorchModel, OnnxModel, OpenVINOModel)}

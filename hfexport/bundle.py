@@ -30,7 +30,8 @@ def tool_versions() -> dict[str, str]:
     import platform
 
     versions = {"hfexport": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "tokenizers", "numpy"):
+    for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
+                    "tokenizers", "numpy"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -125,9 +125,11 @@ def recipes() -> None:
     """List the shipped recipes."""
     from hfexport.recipes import list_recipes
 
-    for recipe in list_recipes():
+    shipped = list_recipes()
+    width = max(len(recipe.name) for recipe in shipped)
+    for recipe in shipped:
         chain = " -> ".join(spec.type for spec in recipe.passes)
-        click.echo(f"{recipe.name:<12} {chain:<40} {recipe.description}")
+        click.echo(f"{recipe.name:<{width}} {chain:<40} {recipe.description}")
 
 
 @main.command()
@@ -148,7 +150,7 @@ def inspect(bundle, as_json) -> None:
     click.echo(f"model      {model['id']} @ {model.get('revision') or '-'}  ({model['task']}, {model['model_type']})")
     click.echo(f"target     {target['name']} ({target['backend']}, {target['isa']}, {target['precision']})")
     for p in m["passes"]:
-        click.echo(f"pass       {p['name']:<12} {p['seconds']:>6.1f}s  {p['size_bytes'] / 1e6:>7.1f} MB")
+        click.echo(f"pass       {p['name']:<16} {p['seconds']:>6.1f}s  {p['size_bytes'] / 1e6:>7.1f} MB")
     total = sum(f["bytes"] for f in m["files"].values())
     click.echo(f"files      {len(m['files'])} files, {total / 1e6:.1f} MB")
     v = m.get("validation")
@@ -168,14 +170,15 @@ def inspect(bundle, as_json) -> None:
 @click.argument("texts", nargs=-1, required=True)
 @click.option("--question", default=None, help="Question answering: the question (TEXTS is the context).")
 @click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text.")
+@click.option("--device", default=None, help="OpenVINO bundles: run on this device (CPU, GPU, NPU, AUTO).")
 @_handle_errors
-def run(bundle, texts, question, top_k) -> None:
+def run(bundle, texts, question, top_k, device) -> None:
     """Run text through a bundle with the torch-free runtime and print the results."""
     import numpy as np
 
     from hfexport.runtime import load
 
-    predictor = load(bundle)
+    predictor = load(bundle, device=device)
     options = {"top_k": top_k} if top_k else {}
     if predictor.task == "question-answering":
         if not question:

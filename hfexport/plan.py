@@ -29,7 +29,9 @@ def make_plan(ctx: PlanContext) -> Plan:
         where = f"recipe {recipe.name!r}, passes.{index} ({pass_type})"
         accepted = cls.accepted_kinds()
         if produced not in accepted:
-            kinds = " or ".join(kind.kind for kind in accepted)
+            # Name the kind this target works in when the pass takes it (quantize takes onnx or openvino).
+            named = [kind for kind in accepted if kind.kind == target.artifact] or accepted
+            kinds = " or ".join(kind.kind for kind in named)
             raise PlanError(
                 f"{where}: takes a {kinds} model but {previous} gives a {produced.kind} model; "
                 f"reorder the passes or add the missing step"

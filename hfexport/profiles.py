@@ -38,6 +38,26 @@ class SessionOptions(_Strict):
     execution_mode: Literal["sequential", "parallel"] = "sequential"
 
 
+class OpenVINOOptions(_Strict):
+    """How the OpenVINO runtime compiles a bundle (passed to `Core.compile_model` as properties)."""
+
+    device: Literal["CPU", "GPU", "NPU", "AUTO"] = "CPU"
+    # LATENCY: one stream using every thread, for batch-1 calls. THROUGHPUT: several streams; the
+    # runtime splits a batch across them so each stream runs part of it in parallel.
+    performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
+    # NOTE: always set. Left unset, OpenVINO picks bf16 on CPUs with AVX512-BF16 (and f16 on GPUs)
+    # without saying so; the profile decides and the report records what the runtime actually used.
+    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+    streams: int | Literal["AUTO"] | None = Field(None, description="null = what the hint picks")
+    cache_dir: str | None = Field(None, description="compiled-blob cache (saves GPU/NPU compile time); ~ expands")
+
+    @model_validator(mode="after")
+    def _check(self) -> OpenVINOOptions:
+        if isinstance(self.streams, int) and self.streams < 1:
+            raise ValueError("streams must be at least 1 (or AUTO, or null)")
+        return self
+
+
 class HostRequirements(_Strict):
     isa_any: list[Isa] = Field(default_factory=list, description="host must have at least one of these")
     devices: list[str] = Field(default_factory=list, description="e.g. cuda; checked by the backend")
@@ -57,6 +77,8 @@ class TargetProfile(_Strict):
     isa: Isa | Literal["auto"] = "auto"
     quant_presets: list[QuantPreset] = Field(default_factory=list)
     session: SessionOptions = Field(default_factory=SessionOptions)
+    # Backend-specific compile options; only for `backend: openvino`, where it defaults to OpenVINOOptions().
+    openvino: OpenVINOOptions | None = None
     requires: HostRequirements = Field(default_factory=HostRequirements)
     default_recipe: str = "default"
     runtime_packages: list[str] = Field(default_factory=list)
@@ -68,7 +90,16 @@ class TargetProfile(_Strict):
         isas = [p.isa for p in self.quant_presets]
         if len(isas) != len(set(isas)):
             raise ValueError("quant_presets lists an ISA twice")
+        if self.openvino is not None and self.backend != "openvino":
+            raise ValueError(f"openvino: options are for backend openvino, not {self.backend}")
         return self
+
+    def session_options(self) -> dict:
+        """What the runtime backend receives (through the manifest's `target.session`)."""
+        options = self.session.model_dump(mode="json")
+        if self.backend == "openvino":
+            options["openvino"] = (self.openvino or OpenVINOOptions()).model_dump(mode="json")
+        return options
 
     # -- derived facts -------------------------------------------------------------------------
 
@@ -102,6 +133,15 @@ class TargetProfile(_Strict):
             missing = [p for p in self.execution_providers if p not in available]
             if missing:
                 return False, f"onnxruntime lacks {', '.join(missing)}"
+        if self.backend == "openvino":
+            try:
+                import openvino
+            except ImportError:
+                return False, "openvino is not installed"
+            device = (self.openvino or OpenVINOOptions()).device
+            available = openvino.Core().available_devices
+            if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
+                return False, f"OpenVINO has no {device} device here (has: {', '.join(available)})"
         return True, f"ok ({self.effective_isa()})"
 
 

@@ -18,6 +18,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "prune": "hfexport.passes.prune:PrunePass",
     "distill": "hfexport.passes.distill:DistillPass",
     "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
+    "export_openvino": "hfexport.passes.export_openvino:ExportOpenVINOPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",
 }

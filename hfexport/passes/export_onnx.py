@@ -16,12 +16,8 @@ from pydantic import Field
 from hfexport.artifacts import OnnxModel, TorchModel
 from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import ExportError, PlanError
+from hfexport.passes._torch_graph import check_against_torch, task_graph
 from hfexport.passes.base import Pass, PassConfig
-from hfexport.tasks import TASKS
-
-_TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-_SAMPLE_LENGTH = 19
-_SAMPLE_TEXTS = ["hfexport traces the model with this sentence.", "A second, longer sample text sets the batch axis apart."]
 
 
 class ExportOnnxConfig(PassConfig):
@@ -45,30 +41,21 @@ class ExportOnnxPass(Pass[ExportOnnxConfig]):
             raise PlanError(f"target {plan.target.name!r} deploys {plan.target.artifact}, not ONNX")
 
     def run(self, artifact: TorchModel, ctx: BuildContext) -> OnnxModel:
-        import numpy as np
         import onnx
         import onnxruntime as ort
-        import torch
 
         model = ctx.torch_module(artifact.path)
-        # A fixed, odd sample length keeps the sequence axis apart from any label count.
-        sample = ctx.hf_tokenizer()(_SAMPLE_TEXTS, padding="max_length", max_length=_SAMPLE_LENGTH,
-                                    truncation=True, return_tensors="pt")
-        accepted = set(_forward_parameters(model))
-        input_names = [n for n in _TOKEN_INPUTS if n in sample and n in accepted]
-        output_names = list(TASKS[ctx.source.task].outputs)
-        wrapper = _wrapper(model, input_names, output_names)
-        with torch.inference_mode():
-            want = [t.numpy() for t in wrapper(*[sample[n] for n in input_names])]
+        graph = task_graph(model, ctx.hf_tokenizer(), ctx.source.task)
+        sample, input_names, output_names = graph.sample, graph.input_names, graph.output_names
         axes = {name: {0: "batch", 1: "sequence"} for name in input_names}
-        for name, value in zip(output_names, want):
-            axes[name] = {0: "batch", 1: "sequence"} if value.shape[1:2] == (_SAMPLE_LENGTH,) else {0: "batch"}
+        for index, name in enumerate(output_names):
+            axes[name] = {0: "batch", 1: "sequence"} if graph.has_sequence_axis(index) else {0: "batch"}
 
         path = ctx.stage_dir(self.name) / "model.onnx"
         opset = self.config.opset or ctx.target.opset
         try:
             if self.config.exporter == "torchscript":
-                _export_torchscript(wrapper, sample, input_names, output_names, axes, path, opset)
+                _export_torchscript(graph.wrapper, sample, input_names, output_names, axes, path, opset)
             else:
                 _export_dynamo(model, sample, input_names, output_names, path, opset)
         except ExportError:
@@ -76,45 +63,13 @@ class ExportOnnxPass(Pass[ExportOnnxConfig]):
         except Exception as exc:  # exporters raise anything; the first line is what the user needs
             raise ExportError(f"ONNX export ({self.config.exporter}) failed: {str(exc).splitlines()[0]}") from exc
 
-        # A typed check, not a warning: a graph that disagrees with PyTorch is not passed on.
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = session.run(output_names, {n: sample[n].numpy() for n in input_names})
-        mask = sample["attention_mask"].numpy().astype(bool)
-        worst = 0.0
-        for name, g, w in zip(output_names, got, want):
-            diff = np.abs(g - w)
-            if diff.shape[:2] == mask.shape:
-                diff = diff[mask]  # padded positions carry no meaning
-            worst = max(worst, float(diff.max()))
-            if worst > self.config.tolerance:
-                raise ExportError(f"exported graph output {name!r} differs from PyTorch by {worst:.2e} "
-                                  f"(tolerance {self.config.tolerance:.0e})")
-        graph = onnx.load(str(path), load_external_data=False).graph
+        got = session.run(output_names, graph.sample_feeds())
+        worst = check_against_torch(graph, got, self.config.tolerance)
+        onnx_graph = onnx.load(str(path), load_external_data=False).graph
         return OnnxModel(path, tuple(input_names), tuple(output_names),
-                         stats={"nodes": len(graph.node), "max_abs_diff_vs_torch": worst, "opset": opset,
+                         stats={"nodes": len(onnx_graph.node), "max_abs_diff_vs_torch": worst, "opset": opset,
                                 "exporter": self.config.exporter})
-
-
-def _forward_parameters(model) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(model.forward).parameters)
-
-
-def _wrapper(model, input_names: list[str], output_names: list[str]):
-    """A module with positional tensor inputs and a tuple of tensor outputs, as exporters want."""
-    import torch
-
-    class TaskGraph(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.model = model
-
-        def forward(self, *tensors):
-            outputs = self.model(**dict(zip(input_names, tensors)), return_dict=True)
-            return tuple(outputs[name] for name in output_names)
-
-    return TaskGraph().eval()
 
 
 def _export_torchscript(wrapper, sample, input_names, output_names, axes, path, opset) -> None:

@@ -1,26 +1,39 @@
-"""int8 quantisation. The recipe says `int8`; the target's ISA preset says how.
+"""Low-bit quantisation. The recipe says `int8` (or `int4`); the target decides how.
 
-On onnxruntime targets: dynamic quantisation (weights int8 per channel, activations quantised on the
-fly) is the safe default; static QDQ with calibration text is an option. Both quantise MatMul only
-by default (see `op_types`), and the build's fidelity gates stop any configuration that loses the
-model's behaviour (static QDQ with ORT's defaults measured mean cosine 0.35 on all-MiniLM-L6-v2).
+- onnxruntime targets: ONNX Runtime dynamic or static QDQ int8, flavoured by the target's ISA preset
+  (`_quantize_ort.py`).
+- openvino targets: NNCF post-training int8 (`mode: static`) or weight compression to int8/int4
+  (`mode: dynamic` / `weights_only: true`) (`_quantize_nncf.py`).
+
+Options that only one backend has are rejected on the other by the planner, naming the field.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from hfexport.artifacts import OnnxModel
+from hfexport.artifacts import Artifact, OnnxModel, OpenVINOModel
 from hfexport.context import BuildContext, PlanContext
-from hfexport.errors import ExportError, PlanError
+from hfexport.errors import PlanError
 from hfexport.passes.base import Pass, PassConfig
+
+# Fields that mean something to ONNX Runtime's quantiser only; an openvino target rejects them when set.
+_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method")
 
 
 class QuantizeConfig(PassConfig):
-    precision: Literal["int8"] = "int8"
+    precision: Literal["int8", "int4"] = "int8"
     mode: Literal["dynamic", "static"] = "dynamic"
+    weights_only: bool = Field(False, description="openvino: compress weights only, no calibration")
+    group_size: int | None = Field(None, ge=8, description="int4: weights per quantisation group (default 128)")
+    ratio: float = Field(1.0, gt=0, le=1, description="int4: share of layers in int4, the rest in int8")
+    # NOTE: NNCF's default for transformers is 0.95. On all-MiniLM-L6-v2 (256 held-out texts) 0.95 gave
+    # min cosine 0.9867; 0.7 / 0.75 / 0.8 / 0.85 / 0.9 gave 0.9892 / 0.9910 / 0.9909 / 0.9887 / 0.9874
+    # at the same mean (0.9975-0.9979); 0.5 fell to 0.9680. The openvino default recipe sets 0.8.
+    smooth_quant_alpha: float | None = Field(None, ge=0, le=1, description=(
+        "openvino, mode static: SmoothQuant strength on MatMul; null = NNCF's default, 0 = off"))
     per_channel: bool | None = Field(None, description="default: the target's ISA preset")
     reduce_range: bool | None = Field(None, description="7-bit weights; default: the target's ISA preset")
     # NOTE: MatMul only by default. On all-MiniLM-L6-v2 (320 held-out texts), quantising every op
@@ -35,89 +48,61 @@ class QuantizeConfig(PassConfig):
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
     symmetric_activations: bool = False
 
+    @model_validator(mode="after")
+    def _check(self) -> QuantizeConfig:
+        if self.precision == "int4" and not self.weights_only:
+            raise ValueError("precision int4 quantises weights only: add weights_only: true")
+        if self.precision != "int4" and self.group_size is not None:
+            raise ValueError("group_size applies to int4 weights only (int8 weights are per channel)")
+        if self.precision != "int4" and self.ratio != 1.0:
+            raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
+        if self.weights_only and self.mode == "static":
+            raise ValueError("weights_only needs no calibration: drop mode: static")
+        if self.smooth_quant_alpha is not None and (self.weights_only or self.mode != "static"):
+            raise ValueError("smooth_quant_alpha applies to mode: static (post-training quantisation) only")
+        return self
+
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    summary = "int8 weights (dynamic, or static QDQ with calibration), flavoured by the target ISA"
-    consumes = OnnxModel
-    produces = OnnxModel
+    summary = "int8 (or int4 weights), done the target's way: ONNX Runtime int8 or NNCF on OpenVINO IR"
+    consumes = (OnnxModel, OpenVINOModel)
+    produces = None
     config_class = QuantizeConfig
 
     def describe(self) -> str:
-        return f"quantize({self.config.precision}, {self.config.mode})"
+        how = "weights only" if self.config.weights_only else self.config.mode
+        return f"quantize({self.config.precision}, {how})"
 
     def check(self, plan: PlanContext) -> None:
-        if self.config.precision not in plan.target.precisions:
+        target, config = plan.target, self.config
+        if config.precision not in target.precisions:
             raise PlanError(
-                f"precision {self.config.precision!r} is not supported by target {plan.target.name!r} "
-                f"(supports: {', '.join(plan.target.precisions)})"
+                f"precision {config.precision!r} is not supported by target {target.name!r} "
+                f"(supports: {', '.join(target.precisions)})"
             )
-        if plan.target.backend != "onnxruntime":
-            raise PlanError(f"ONNX Runtime quantisation needs an onnxruntime target, not {plan.target.backend}")
-        if self.config.mode == "static" and not plan.has_calibration_data:
+        if target.backend == "onnxruntime":
+            if config.weights_only:
+                raise PlanError("weights_only: ONNX Runtime int8 here quantises activations too; weight-only "
+                                "compression is for openvino targets (drop weights_only)")
+            if config.smooth_quant_alpha is not None:
+                raise PlanError("smooth_quant_alpha: an NNCF option for openvino targets (remove it)")
+        elif target.backend == "openvino":
+            explicit = [name for name in _ORT_ONLY if name in config.model_fields_set]
+            if explicit:
+                raise PlanError(f"{explicit[0]}: an ONNX Runtime quantiser option; NNCF on target "
+                                f"{target.name!r} decides it (remove {explicit[0]})")
+        else:
+            raise PlanError(f"no quantiser for backend {target.backend}")
+        if config.mode == "static" and not config.weights_only and not plan.has_calibration_data:
             raise PlanError("mode: static needs calibration data (--calibration-data)")
 
-    def run(self, artifact: OnnxModel, ctx: BuildContext) -> OnnxModel:
-        import onnx
-        from onnxruntime.quantization import QuantType
+    def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
+        out_dir = ctx.stage_dir(self.name)
+        if isinstance(artifact, OpenVINOModel):
+            from hfexport.passes._quantize_nncf import quantize_openvino
 
-        preset = ctx.target.quant_preset()
-        per_channel = preset.per_channel if self.config.per_channel is None else self.config.per_channel
-        reduce_range = preset.reduce_range if self.config.reduce_range is None else self.config.reduce_range
-        types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-        out = ctx.stage_dir(self.name) / "model.onnx"
-        # The fused graph's contrib ops lack type information; without a default the quantizer fails
-        # with "Unable to find data type for weight_name".
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-        settings = {"isa": preset.isa, "per_channel": per_channel, "reduce_range": reduce_range,
-                    "weight_type": preset.weight_type, "mode": self.config.mode}
-        try:
-            if self.config.mode == "dynamic":
-                from onnxruntime.quantization import quantize_dynamic
+            return quantize_openvino(self.config, artifact, ctx, out_dir)
+        from hfexport.passes._quantize_ort import quantize_onnx
 
-                quantize_dynamic(str(artifact.path), str(out), op_types_to_quantize=self.config.op_types,
-                                 per_channel=per_channel, reduce_range=reduce_range,
-                                 weight_type=types[preset.weight_type],
-                                 nodes_to_exclude=self.config.exclude_nodes, extra_options=extra)
-            else:
-                self._static(artifact, out, ctx, per_channel, reduce_range, preset, types, extra, settings)
-        except (ExportError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise ExportError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from exc
-        graph = onnx.load(str(out), load_external_data=False).graph
-        quantized_ops = sum(1 for n in graph.node if n.op_type in _INT8_OPS)
-        return OnnxModel(out, artifact.inputs, artifact.outputs,
-                         stats={"nodes": len(graph.node), "quantized_nodes": quantized_ops, **settings})
-
-    def _static(self, artifact, out, ctx, per_channel, reduce_range, preset, types, extra, settings) -> None:
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
-
-        texts = ctx.calibration_texts[: self.config.calibration_samples]
-        tokenizer = ctx.hf_tokenizer()
-        names = list(artifact.inputs)
-        max_length = ctx.source.max_length
-
-        class Reader:
-            def __init__(self):
-                self._items = iter(texts)
-
-            def get_next(self):
-                text = next(self._items, None)
-                if text is None:
-                    return None
-                encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
-                return {n: encoded[n].astype("int64") for n in names}
-
-        extra = dict(extra, ActivationSymmetric=self.config.symmetric_activations)
-        settings.update(calibration_method=self.config.calibration_method, calibration_samples=len(texts))
-        quantize_static(str(artifact.path), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=self.config.op_types, per_channel=per_channel,
-                        reduce_range=reduce_range, activation_type=types[preset.activation_type],
-                        weight_type=types[preset.weight_type], nodes_to_exclude=self.config.exclude_nodes,
-                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
-
-
-_INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear",
-             "QAttention", "DynamicQuantizeMatMul", "QEmbedLayerNormalization", "MatMulIntegerToFloat",
-             "QGemm", "DynamicQuantizeLSTM"}  # fmt: skip
+        return quantize_onnx(self.config, artifact, ctx, out_dir)

@@ -205,6 +205,8 @@ def _facts(report: Report) -> str:
     items += [(key.replace("_", " "), value) for key, value in host.items()]
     target_text = " · ".join(str(target[k]) for k in ("name", "backend", "isa", "precision") if target.get(k))
     items += [("target", target_text), ("execution providers", target.get("execution_providers"))]
+    # What the backend chose at load time (OpenVINO: device, inference precision, streams).
+    items += [("runtime", target.get("runtime"))]
     items += [("samples", ev.samples), ("sequence length", ev.sequence_length), ("batch size", ev.batch_size)]
     items += [("timed runs", ev.latency_runs), ("text source", ev.text_source)]
     items += [("model revision", report.model.get("revision")), ("created", report.created)]

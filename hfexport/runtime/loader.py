@@ -86,19 +86,25 @@ def open_encoder(bundle: Path, manifest: dict) -> TextEncoder:
                        pad_id=tok["pad_token_id"], pad_token=tok["pad_token"])
 
 
-def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None, backend: str | None = None):
+def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None, backend: str | None = None,
+               device: str | None = None):
     """The backend session for one model file, configured as the manifest's target says."""
     target = manifest["target"]
     session = dict(target.get("session") or {}, execution_providers=target.get("execution_providers"))
-    return open_backend(backend or target["backend"], model_path, session, providers=providers, threads=threads)
+    return open_backend(backend or target["backend"], model_path, session, providers=providers, threads=threads,
+                        device=device)
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-         verify: bool = True) -> Predictor:
-    """Load a bundle folder. Checksums of every file are verified first unless verify=False."""
+         device: str | None = None, verify: bool = True) -> Predictor:
+    """Load a bundle folder. Checksums of every file are verified first unless verify=False.
+
+    `device` runs an OpenVINO bundle on another device than its profile names (e.g. "GPU", "NPU", "AUTO").
+    """
     bundle = Path(path).expanduser()
     manifest = read_manifest(bundle)
     if verify:
         verify_files(bundle, manifest)
-    backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads)
+    backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads,
+                         device=device)
     return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)

@@ -41,7 +41,11 @@ def _physical_cores() -> int:
         return os.cpu_count() or 1
 
 
-def open_session(model_path: Path, session: dict, *, providers=None, threads=None) -> OnnxRuntimeSession:
+def open_session(model_path: Path, session: dict, *, providers=None, threads=None,
+                 device=None) -> OnnxRuntimeSession:
+    if device is not None:
+        raise HfExportError("ONNX Runtime bundles choose hardware by execution provider: pass providers=, "
+                            "not device=")
     try:
         import onnxruntime as ort
     except ImportError as exc:
