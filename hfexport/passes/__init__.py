@@ -16,6 +16,7 @@ __all__ = ["Pass", "PassConfig", "get_pass", "pass_names"]
 
 BUILTIN_PASSES: dict[str, str] = {
     "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
+    "export_onnx_generation": "hfexport.passes.export_onnx_generation:ExportOnnxGenerationPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",
 }
