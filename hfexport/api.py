@@ -62,14 +62,17 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     output = Path(output).expanduser().resolve()
     # Every check that needs no heavy work runs before any: a bad argument fails in a second.
     profile = load_target(target)
-    chosen = load_recipe(recipe or profile.default_recipe)
+    chosen = load_recipe(recipe) if recipe else None
     bundles.check_output(output, force)
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
     eval_texts = (data.read_texts(eval_data, text_column=text_column) if eval_data
-                  else data.default_eval_texts())[: chosen.evaluation.samples]
+                  else data.default_eval_texts())
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
+    # The target's default recipe can depend on the task (an LLM needs a KV-cache export).
+    chosen = chosen or load_recipe(profile.recipe_for(source.task))
+    eval_texts = eval_texts[: chosen.evaluation.samples]
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
     progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
 
@@ -92,8 +95,10 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
             stages.append((step.name, artifact, seconds))
 
         staging = workdir / "bundle"
-        model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
-        precision = "int8" if any(r["name"] == "quantize" for r in records) else "fp32"
+        extra = {"generation_config.json": _generation_config(source, workdir)} if _generative(source) else {}
+        model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json",
+                                           extra)
+        precision = next((r["params"]["precision"] for r in reversed(records) if r["name"] == "quantize"), "fp32")
         body = _manifest_body(source, profile, chosen, records, artifact, model_files, tokenizer_dir, precision)
         bundles.write_manifest(staging, body)
 
@@ -118,6 +123,25 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
         return BuildResult(output, manifest, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _generative(source) -> bool:
+    from hfexport.tasks import TASKS
+
+    return TASKS[source.task].generative
+
+
+def _generation_config(source, workdir: Path) -> Path:
+    """The model's generation config as JSON (EOS ids, sampling defaults) for the runtime's generation loop."""
+    from transformers import GenerationConfig, PretrainedConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(str(source.local_dir))
+    except OSError:  # no generation_config.json: derive it from config.json, as transformers does
+        config = GenerationConfig.from_model_config(PretrainedConfig.from_dict(source.config))
+    path = workdir / "generation_config.json"
+    path.write_text(config.to_json_string(use_diff=True), encoding="utf-8")
+    return path
 
 
 def _prepare_tokenizer(source, folder: Path) -> Path:
@@ -179,6 +203,8 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts,
 
     n_threads = threads or ctx.target.session.intra_op_threads or host.physical_cores()
     torch.set_num_threads(n_threads)
+    if _generative(ctx.source):
+        return _validate_generation(ctx, staging, stages, reference_size, eval_texts, text_source, n_threads)
     bundle = load(staging, threads=n_threads)
     meta = bundle.manifest["model"]
     reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
@@ -209,6 +235,38 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_texts,
                     target_info={k: bundle.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
                                                                           "execution_providers")},
                     text_source=text_source, versions=tool_versions(), progress=ctx.progress)
+
+
+def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_texts, text_source,
+                         n_threads: int) -> Report:
+    from hfexport.bundle import tool_versions
+    from hfexport.evaluation_generation import BundleGeneration, TorchGeneration, evaluate_generation
+    from hfexport.runtime import load
+    from hfexport.runtime.generation import TextGenerator
+    from hfexport.runtime.loader import open_model
+
+    bundle = load(staging, threads=n_threads)
+    manifest = bundle.manifest
+    tokenizer_file = staging / manifest["tokenizer"]["file"]
+    candidates = []
+    for name, artifact, seconds in stages[:-1]:
+        if artifact.kind != "onnx":  # a pruned checkpoint has no generation loop to measure here
+            continue
+        model = open_model(artifact.path, manifest, threads=n_threads, backend=_READERS[artifact.kind])
+        candidates.append({"name": name, "kind": artifact.kind, "size": artifact.size_bytes(), "pass_seconds": seconds,
+                           "runner": BundleGeneration(TextGenerator(manifest, staging, model, tokenizer_file))})
+    last_name, last_artifact, last_seconds = stages[-1]
+    candidates.append({"name": "bundle", "kind": "bundle", "runner": BundleGeneration(bundle),
+                       "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
+                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
+    reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir), bundle.eos_token_ids, bundle.pad_token_id)
+    return evaluate_generation(
+        reference=reference, tokenizer=ctx.hf_tokenizer(), reference_size=reference_size, candidates=candidates,
+        texts=eval_texts, settings=ctx.recipe.evaluation, threads=n_threads,
+        gates_overrides=ctx.recipe.gates.model_dump(),
+        model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
+        target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision", "execution_providers")},
+        text_source=text_source, versions=tool_versions(), progress=ctx.progress)
 
 
 # The runtime backend that reads each intermediate artifact format.

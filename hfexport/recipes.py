@@ -51,6 +51,7 @@ class Gates(_Strict):
     token_agreement: float | None = Field(None, ge=0, le=1)
     span_agreement: float | None = Field(None, ge=0, le=1)
     top5_overlap: float | None = Field(None, ge=0, le=1)
+    greedy_agreement: float | None = Field(None, ge=0, le=1)
 
 
 class Evaluation(_Strict):
@@ -58,6 +59,7 @@ class Evaluation(_Strict):
     batch_size: int = Field(32, ge=1, description="batch for the throughput figure")
     latency_runs: int = Field(50, ge=5, description="timed batch-1 runs per side (median and p90 reported)")
     sequence_length: int = Field(128, ge=8, description="tokens per text for latency and throughput")
+    generation_tokens: int = Field(32, ge=2, description="text generation: new tokens per greedy check and timing")
 
 
 class Recipe(_Strict):

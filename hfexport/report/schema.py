@@ -30,6 +30,8 @@ class StageMetrics(_Model):
     throughput_per_s: float | None = None  # texts per second at the evaluation batch size
     fidelity: dict[str, float] = Field(default_factory=dict)  # metric -> value, vs the pytorch reference
     peak_rss_mb: float | None = None
+    # text generation only: time_to_first_token_ms, prefill_tokens_per_s, decode_tokens_per_s, new_tokens
+    generation: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
 

@@ -94,11 +94,18 @@ def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-         verify: bool = True) -> Predictor:
-    """Load a bundle folder. Checksums of every file are verified first unless verify=False."""
+         verify: bool = True):
+    """Load a bundle folder. Checksums of every file are verified first unless verify=False.
+
+    Returns a Predictor (encoder tasks) or a TextGenerator (text-generation bundles).
+    """
     bundle = Path(path).expanduser()
     manifest = read_manifest(bundle)
     if verify:
         verify_files(bundle, manifest)
     backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads)
+    if manifest["model"]["task"] == "text-generation":
+        from hfexport.runtime.generation import TextGenerator
+
+        return TextGenerator(manifest, bundle, backend, bundle / manifest["tokenizer"]["file"])
     return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
