@@ -1,9 +1,14 @@
-"""int8 quantisation. The recipe says `int8`; the target's ISA preset says how.
+"""int8 quantisation, and weight-only int8/int4 for LLMs. The recipe says what; the target says how.
 
 On onnxruntime targets: dynamic quantisation (weights int8 per channel, activations quantised on the
 fly) is the safe default; static QDQ with calibration text is an option. Both quantise MatMul only
 by default (see `op_types`), and the build's fidelity gates stop any configuration that loses the
 model's behaviour (static QDQ with ORT's defaults measured mean cosine 0.35 on all-MiniLM-L6-v2).
+
+`weights_only: true` is the LLM path: MatMul weights in int4 or int8 blocks of `group_size` with a
+scale (and zero point) per block, activations stay float (ONNX Runtime's MatMulNBits; see
+hfexport/passes/_weight_only.py). The embedding table and the LM head keep float unless
+`embedding_precision` / `lm_head_precision` say otherwise.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from hfexport.passes.base import Pass, PassConfig
 
 
 class QuantizeConfig(PassConfig):
-    precision: Literal["int8"] = "int8"
+    precision: Literal["int8", "int4"] = "int8"
     mode: Literal["dynamic", "static"] = "dynamic"
     per_channel: bool | None = Field(None, description="default: the target's ISA preset")
     reduce_range: bool | None = Field(None, description="7-bit weights; default: the target's ISA preset")
@@ -34,6 +39,24 @@ class QuantizeConfig(PassConfig):
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
     symmetric_activations: bool = False
+    # Weight-only (LLMs). Fields below apply only with weights_only: true; check() rejects them otherwise.
+    weights_only: bool = Field(False, description="quantise MatMul weights only; activations stay float")
+    group_size: Literal[32, 64, 128] | None = Field(None, description="weights per scale; default 128")
+    lm_head_precision: Literal["fp32", "int8", "int4"] | None = Field(None, description="default fp32")
+    embedding_precision: Literal["fp32", "int4"] | None = Field(
+        None, description="default fp32; int4 is the only quantised embedding ONNX Runtime's Gather kernel has")
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None, description="MatMulNBits compute type: 4 = int8 activations inside the kernel (fastest on CPU), "
+                          "0 = float; default 4")
+
+    def weight_only_settings(self) -> dict:
+        return {"bits": 4 if self.precision == "int4" else 8, "group_size": self.group_size or 128,
+                "lm_head_precision": self.lm_head_precision or "fp32",
+                "embedding_precision": self.embedding_precision or "fp32",
+                "accuracy_level": 4 if self.accuracy_level is None else self.accuracy_level}
+
+
+_WEIGHT_ONLY_FIELDS = ("group_size", "lm_head_precision", "embedding_precision", "accuracy_level")
 
 
 class QuantizePass(Pass[QuantizeConfig]):
@@ -44,9 +67,30 @@ class QuantizePass(Pass[QuantizeConfig]):
     config_class = QuantizeConfig
 
     def describe(self) -> str:
+        if self.config.weights_only:
+            return f"quantize({self.config.precision}, weights only, group {self.config.weight_only_settings()['group_size']})"
         return f"quantize({self.config.precision}, {self.config.mode})"
 
     def check(self, plan: PlanContext) -> None:
+        config = self.config
+        if config.weights_only:
+            if config.mode != "dynamic":
+                raise PlanError("mode: static calibrates activations, but weights_only: true leaves them float; "
+                                "remove mode or weights_only")
+            if config.precision not in plan.target.weight_only_precisions:
+                raise PlanError(
+                    f"precision {config.precision!r} with weights_only is not supported by target "
+                    f"{plan.target.name!r} (weight_only_precisions: {', '.join(plan.target.weight_only_precisions) or 'none'})"
+                )
+            if plan.target.backend != "onnxruntime":
+                raise PlanError(f"MatMulNBits weight-only quantisation needs an onnxruntime target, not "
+                                f"{plan.target.backend}")
+            return
+        stray = [f for f in _WEIGHT_ONLY_FIELDS if f in config.model_fields_set]
+        if stray:
+            raise PlanError(f"{stray[0]} applies to weight-only quantisation; add weights_only: true or remove it")
+        if config.precision == "int4":
+            raise PlanError("precision: int4 needs weights_only: true (int4 exists as weight-only MatMulNBits only)")
         if self.config.precision not in plan.target.precisions:
             raise PlanError(
                 f"precision {self.config.precision!r} is not supported by target {plan.target.name!r} "
@@ -60,6 +104,14 @@ class QuantizePass(Pass[QuantizeConfig]):
     def run(self, artifact: OnnxModel, ctx: BuildContext) -> OnnxModel:
         import onnx
         from onnxruntime.quantization import QuantType
+
+        if self.config.weights_only:
+            from hfexport.passes._weight_only import quantize_weights_only
+
+            out = ctx.stage_dir(self.name) / "model.onnx"
+            stats = quantize_weights_only(artifact.path, out, exclude_nodes=self.config.exclude_nodes,
+                                          **self.config.weight_only_settings())
+            return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
 
         preset = ctx.target.quant_preset()
         per_channel = preset.per_channel if self.config.per_channel is None else self.config.per_channel
