@@ -343,10 +343,29 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
 
     n_threads = threads or manifest["target"]["session"].get("intra_op_threads") or host.physical_cores()
     torch.set_num_threads(n_threads)
-    reference = TorchRunner(load_torch_model(source), AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
-                            meta["task"], meta, meta["max_length"], [i["name"] for i in manifest["signature"]["inputs"]])
     files = manifest["files"]
     model_bytes = sum(files[name]["bytes"] for name in manifest["model_files"])
+    if meta["task"] == "text-generation":
+        from hfexport.evaluation_generation import BundleGeneration, TorchGeneration, evaluate_generation
+
+        report = evaluate_generation(
+            reference=TorchGeneration(load_torch_model(source), predictor.eos_token_ids, predictor.pad_token_id),
+            tokenizer=AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
+            reference_size=TorchModel(source.local_dir).size_bytes(),
+            candidates=[{"name": "bundle", "kind": "bundle", "runner": BundleGeneration(predictor),
+                         "size": model_bytes, "notes": ["re-validated on this host"]}],
+            texts=texts, settings=settings, threads=n_threads,
+            gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
+            model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
+            target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
+                                                            "execution_providers")},
+            text_source="file " + str(eval_data) if eval_data else "hfexport held-out corpus",
+            versions=tool_versions(), progress=progress)
+        out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
+        _write_report(report, out)
+        return report
+    reference = TorchRunner(load_torch_model(source), AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer")),
+                            meta["task"], meta, meta["max_length"], [i["name"] for i in manifest["signature"]["inputs"]])
     report = evaluate(reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
                       candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
                                    "size": model_bytes, "notes": ["re-validated on this host"]}],

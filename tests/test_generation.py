@@ -332,3 +332,14 @@ def test_cli_run_streams_generation_and_chats(llm_bundle):
     assert chat.exit_code == 0 and len(chat.output.splitlines()) == 2
     missing = runner.invoke(main, ["run", bundle])
     assert missing.exit_code != 0 and "give a prompt, or --chat" in missing.output
+
+
+def test_validate_bundle_revalidates_text_generation_with_html(llm_bundle, tmp_path):
+    from hfexport.api import validate_bundle
+    from hfexport.progress import Progress
+
+    report = validate_bundle(llm_bundle("llama")[0], report_dir=tmp_path / "v", threads=1,
+                             progress=Progress("quiet"))
+    assert report.passed and report.summary["greedy_agreement"] == 1.0
+    page = (tmp_path / "v" / "report.html").read_text()
+    assert "decode tok/s" in page and "TTFT p50 ms" in page

@@ -36,6 +36,23 @@ def find_embeddings(graph) -> list[str]:
 
 def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int, lm_head_precision: str,
                           embedding_precision: str, accuracy_level: int, exclude_nodes: list[str]) -> dict:
+    import logging
+
+    # NOTE: importing the quantiser runs logging.basicConfig(level=INFO), which undoes the build's quiet
+    # root logger; its module logger would then print a line for every node it skips.
+    chatty = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    saved_level = chatty.level
+    chatty.setLevel(logging.ERROR)
+    try:
+        return _quantize(source, out, bits=bits, group_size=group_size, lm_head_precision=lm_head_precision,
+                         embedding_precision=embedding_precision, accuracy_level=accuracy_level,
+                         exclude_nodes=exclude_nodes)
+    finally:
+        chatty.setLevel(saved_level)
+
+
+def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_precision, accuracy_level,
+              exclude_nodes) -> dict:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
