@@ -34,6 +34,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="full generations per side (TTFT gets 4x)")
     parser.add_argument("--windows", type=int, default=32, help="evaluation windows for top-1 and perplexity")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the model and bundles here; bundles already there are reused")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
     parser.add_argument("--markdown", action="store_true", help="print a markdown table")
     return parser.parse_args()
@@ -80,7 +82,9 @@ else:
     from hfexport.runtime import load
     llm = load(path, threads=threads)
     llm.generate_ids([list(range(1, 17))], max_new_tokens=new, min_new_tokens=new)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# NOTE: VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of this (large) process
+# would report the parent's peak.
+print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
 """
 
 
@@ -113,11 +117,16 @@ def main() -> int:
     from hfexport.validate import time_alternating
 
     torch.set_num_threads(args.threads)
-    scratch = Path(tempfile.mkdtemp(prefix="hfexport-bench-gen-"))
-    model_dir = make_model(scratch / "model", args.layers, args.hidden, args.vocab)
+    scratch = args.workdir or Path(tempfile.mkdtemp(prefix="hfexport-bench-gen-"))
+    model_dir = scratch / "model"
+    if not (model_dir / "config.json").is_file():
+        make_model(model_dir, args.layers, args.hidden, args.vocab)
     bundles, build_seconds = {}, {}
     for recipe in args.recipes:
         name = Path(recipe).stem  # a shipped recipe's name, or a recipe file's
+        if (scratch / name / "manifest.json").is_file():
+            bundles[name] = scratch / name
+            continue
         print(f"building {name} ...", file=sys.stderr)
         started = time.perf_counter()
         # Gates off: the point is to measure; a random model's int4 top-1 is reported, not enforced.

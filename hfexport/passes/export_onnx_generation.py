@@ -12,17 +12,22 @@ position ids are inputs, so batches of left-padded prompts run in one call.
 
 NOTE: why a tensor-only wrapper traced by TorchScript (`dynamo=False`), measured on transformers 5.23,
 torch 2.13, onnxruntime 1.32 (2 threads, random Llama: 4 layers, hidden 512, vocab 32000, 16-token
-prompt, 64 new tokens):
+prompt, 64 new tokens, one process):
 
-- this graph in a numpy loop: 287-294 tokens/s, 262-314 with IOBinding (noisy); PyTorch eager `generate` 85-89
-  in the same process (a busy shared machine; the issue measured 207 for PyTorch and 266 for this
-  approach on a quiet one). Export takes under 1 s for a tiny model; greedy tokens match PyTorch for
-  Llama, Qwen2, Qwen3, Mistral, Phi-3 and GPT-2, including a left-padded batch.
+- this graph, run by hfexport.runtime's loop: 297-304 decode tokens/s and 6.4 ms to the first token,
+  against PyTorch eager `generate` at 97 tokens/s and 13 ms (scripts/bench_generation.py on a quiet
+  machine; a first probe with a plain numpy loop gave 287-294 tokens/s end to end against PyTorch's
+  85-89 on a busy one). Export takes under 1 s for a 2-layer model; greedy tokens match PyTorch for
+  Llama, Qwen2, Qwen3, Mistral, Phi-3 and GPT-2, left-padded batches included.
 - `transformers.exporters.OnnxExporter().export_for_generation`: 9 s to export a 2-layer tiny Llama,
   and its prefill/decode graphs have batch fixed to 1 and no attention-mask input, so batched
-  prompts with left padding cannot run on them; the issue measured them slower (231 vs 266 tokens/s).
+  prompts with left padding cannot run on them; the issue measured them slower (231 vs 266 tokens/s
+  for this approach).
 - the same wrapper through `torch.onnx.export(dynamo=True)` fails on the mask length constraint
   (`past + sequence` is not expressible as a dynamic dim of the sample).
+
+One graph rather than prefill + decode: the same weights serve both (one file to ship, checksum
+and quantise), and prefill is the same graph fed an empty (4-D, length 0) past.
 
 The wrapper builds a `DynamicCache` from the explicit past tensors inside forward, which is how
 `torch.onnx.export` (which cannot take a cache object as an argument) sees the cache.
