@@ -229,13 +229,15 @@ def _charts(stages: list[StageMetrics]) -> str:
             if y is not None:
                 points.append(_Point(s.name, p50, y, role))
     lo, hi = _fidelity_range([b.value for b in fidelity] + [p.y for p in points])
+    # Text generation reports the time to first token as its latency.
+    latency_name = "Time to first token" if any(s.generation for s in stages) else "Latency"
     zoomed = f"axis {_num(lo)} – {_num(hi)}, zoomed so small differences show · higher is better"
     zoom = zoomed if lo > 0 else f"axis {_num(lo)} – {_num(hi)}"
     charts = [
-        _bar_chart("Latency per stage", "ms, batch 1", latency, "bar = p50, whisker = p90 · lower is better"),
+        _bar_chart(f"{latency_name} per stage", "ms, batch 1", latency, "bar = p50, whisker = p90 · lower is better"),
         _bar_chart(f"Fidelity per stage: {name}", name, fidelity, zoom, lo, hi),
         _bar_chart("Size per stage", "megabytes on disk", sizes, "lower is better"),
-        _scatter(f"Latency vs {name}", "p50 latency, ms", name, points, lo, hi),
+        _scatter(f"{latency_name} vs {name}", "p50 latency, ms", name, points, lo, hi),
     ]
     return "<div class='charts'>" + "".join(f"<div class='chart'>{c}</div>" for c in charts) + "</div>"
 
