@@ -266,7 +266,8 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
         gates_overrides=ctx.recipe.gates.model_dump(),
         model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
         target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision", "execution_providers")},
-        text_source=text_source, versions=tool_versions(), progress=ctx.progress)
+        text_source=text_source, versions=tool_versions(), progress=ctx.progress,
+        memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
 
 
 # The runtime backend that reads each intermediate artifact format.
@@ -360,7 +361,8 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
             target_info={k: manifest["target"][k] for k in ("name", "backend", "isa", "precision",
                                                             "execution_providers")},
             text_source="file " + str(eval_data) if eval_data else "hfexport held-out corpus",
-            versions=tool_versions(), progress=progress)
+            versions=tool_versions(), progress=progress,
+            memory_paths={"pytorch": source.local_dir, "bundle": bundle_path})
         out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
         _write_report(report, out)
         return report

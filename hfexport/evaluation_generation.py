@@ -12,7 +12,11 @@ Timings alternate between PyTorch and each candidate in blocks inside one proces
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
@@ -83,6 +87,42 @@ class BundleGeneration:
                                     do_sample=False)
 
 
+# A fresh process loads one side and generates; VmHWM (not ru_maxrss, which Linux carries across exec
+# from the parent) is its peak resident memory: what a deployment of that side pays.
+_MEMORY_PROBE = """
+import sys
+side, path, threads, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+prompt = list(range(1, 17))
+if side == "pytorch":
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0)
+else:
+    from hfexport.runtime import load
+    load(path, threads=threads).generate_ids([prompt], max_new_tokens=new, min_new_tokens=new)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)
+"""
+
+
+def peak_rss_mb(side: str, path: Path, threads: int, new_tokens: int) -> float | None:
+    """Peak RSS (MB) of a fresh process running `side` ("pytorch" or "bundle"); None where it cannot tell."""
+    if not Path("/proc/self/status").is_file():
+        return None  # VmHWM is Linux-only
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, side, str(path), str(threads), str(new_tokens)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return None
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def _log_softmax(x: np.ndarray) -> np.ndarray:
     shifted = x - x.max(-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -104,8 +144,12 @@ def generation_fidelity(ref_logits, cand_logits, windows, ref_greedy, cand_greed
 
 def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size: int, candidates: list[dict],
                         texts: list[str], settings, threads: int, gates_overrides: dict, model_info: dict,
-                        target_info: dict, text_source: str, versions: dict, progress) -> Report:
-    """`candidates`: dicts with name, kind, runner (BundleGeneration), size, pass_seconds, notes."""
+                        target_info: dict, text_source: str, versions: dict, progress,
+                        memory_paths: dict[str, Path] | None = None) -> Report:
+    """`candidates`: dicts with name, kind, runner (BundleGeneration), size, pass_seconds, notes.
+
+    `memory_paths`: {"pytorch": model folder, "bundle": bundle folder} to measure peak memory of each.
+    """
     length, new_tokens = settings.sequence_length, settings.generation_tokens
     windows = token_windows(tokenizer, texts, settings.samples, length)
     prompts = windows[:_GREEDY_PROMPTS]
@@ -136,10 +180,16 @@ def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size
         speed[name] = {"time_to_first_token_ms": ttft, "prefill_tokens_per_s": length / (ttft / 1000),
                        "decode_tokens_per_s": (new_tokens - 1) / (decode_ms / 1000), "new_tokens": new_tokens}
 
+    memory = {}
+    if memory_paths:
+        progress.info("peak memory: a fresh process per side")
+        memory = {name: peak_rss_mb(name, path, threads, new_tokens) for name, path in memory_paths.items()}
+
     def stage(name, kind, size, pass_seconds=None, fidelity=None, notes=None) -> StageMetrics:
         return StageMetrics(name=name, kind=kind, size_bytes=size, pass_seconds=pass_seconds,
                             latency=latency_of(first[name]), throughput_per_s=speed[name]["decode_tokens_per_s"],
-                            fidelity=fidelity or {}, generation=speed[name], notes=notes or [])
+                            fidelity=fidelity or {}, generation=speed[name], peak_rss_mb=memory.get(name),
+                            notes=notes or [])
 
     stages = [stage("pytorch", "torch", reference_size,
                     notes=["reference: PyTorch fp32 eager, transformers generate",

@@ -65,37 +65,6 @@ def make_model(folder: Path, layers: int, hidden: int, vocab: int) -> Path:
     return folder
 
 
-# Peak resident memory of a fresh process that loads one side and generates: what a deployment pays.
-_MEMORY_PROBE = """
-import resource, sys
-side, path, threads, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-if side == "pytorch":
-    import torch
-    from transformers import AutoModelForCausalLM
-    torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    ids = torch.arange(1, 17)[None]
-    with torch.inference_mode():
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
-                       do_sample=False, pad_token_id=0)
-else:
-    from hfexport.runtime import load
-    llm = load(path, threads=threads)
-    llm.generate_ids([list(range(1, 17))], max_new_tokens=new, min_new_tokens=new)
-# NOTE: VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a child of this (large) process
-# would report the parent's peak.
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
-"""
-
-
-def peak_rss_mb(side: str, path: Path, threads: int, new_tokens: int) -> float:
-    import subprocess
-
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, side, str(path), str(threads), str(new_tokens)],
-                         capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> int:
     args = _parse()
     import numpy as np
@@ -108,6 +77,7 @@ def main() -> int:
         BundleGeneration,
         TorchGeneration,
         generation_fidelity,
+        peak_rss_mb,
         perplexity,
         token_windows,
     )
@@ -170,7 +140,8 @@ def main() -> int:
     if not args.no_memory:
         paths = {"pytorch": model_dir, **bundles}
         for row in rows:
-            row["peak_rss_mb"] = peak_rss_mb(row["path"], paths[row["path"]], args.threads, args.new_tokens)
+            side = "pytorch" if row["path"] == "pytorch" else "bundle"
+            row["peak_rss_mb"] = peak_rss_mb(side, paths[row["path"]], args.threads, args.new_tokens)
     base = rows[0]
     fp32_size = sizes.get("llm-fp32")
     for row in rows:

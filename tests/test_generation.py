@@ -79,6 +79,8 @@ def test_generation_bundle_greedy_tokens_equal_pytorch_generate(llm_bundle, tiny
     assert result.report.passed and result.report.summary["greedy_agreement"] == 1.0
     bundle_stage = result.report.stage("bundle")
     assert bundle_stage.generation["decode_tokens_per_s"] > 0 and bundle_stage.latency.p50_ms > 0
+    # Peak memory of a fresh process per side; the torch-free bundle needs less than PyTorch.
+    assert 0 < bundle_stage.peak_rss_mb < result.report.stage("pytorch").peak_rss_mb
     assert result.manifest["model"]["task"] == "text-generation"
     assert {"generation_config.json", "tokenizer/chat_template.jinja"} <= set(result.manifest["files"])
 
