@@ -345,3 +345,29 @@ def test_validate_bundle_revalidates_text_generation_with_html(llm_bundle, tmp_p
     assert report.passed and report.summary["greedy_agreement"] == 1.0
     page = (tmp_path / "v" / "report.html").read_text()
     assert "decode tok/s" in page and "TTFT p50 ms" in page
+
+
+def test_export_onnx_generation_fails_typed_when_greedy_tokens_differ(tiny_llm, tmp_path, monkeypatch):
+    from hfexport.artifacts import TorchModel
+    from hfexport.context import BuildContext
+    from hfexport.errors import ExportError
+    from hfexport.loading import resolve_model
+    from hfexport.passes import export_onnx_generation as module
+    from hfexport.profiles import load_target
+    from hfexport.recipes import Recipe
+
+    source = resolve_model(str(tiny_llm("llama")))
+    ctx = BuildContext(load_target("cpu"), Recipe(name="t", passes=FP32_PASSES), source, tmp_path,
+                       source.local_dir, [])
+    monkeypatch.setattr(module, "_greedy_check", lambda *args: ([1, 2, 3], [1, 2, 4], 0.5))
+    with pytest.raises(ExportError, match=r"differ from PyTorch's generate at token 2 .*5.00e-01"):
+        module.ExportOnnxGenerationPass(module.ExportOnnxGenerationConfig()).run(TorchModel(source.local_dir), ctx)
+
+
+def test_generation_without_chat_template_says_so(llm_bundle):
+    from hfexport.runtime import load
+
+    generator = load(llm_bundle("llama")[0])
+    generator.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        generator.generate([{"role": "user", "content": "hi"}])
