@@ -371,3 +371,29 @@ def test_generation_without_chat_template_says_so(llm_bundle):
     generator.chat_template = None
     with pytest.raises(ValueError, match="no chat template"):
         generator.generate([{"role": "user", "content": "hi"}])
+
+
+@pytest.mark.parametrize("arch", ["mistral", "phi3"])
+def test_generation_sliding_window_past_the_window_equals_pytorch(tmp_path, arch):
+    """Prompt and output longer than the window and than the traced sample: nothing shape-bound was baked in."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hfexport.api import build
+    from hfexport.progress import Progress
+    from hfexport.runtime import load
+    from tests.conftest import make_tiny_llm
+
+    folder = make_tiny_llm(tmp_path / "model", arch)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "sliding_window": 16}))
+    build(str(folder), recipe="llm-fp32", output=tmp_path / "bundle", progress=Progress("quiet"), gates=False)
+    generator = load(tmp_path / "bundle")
+    prompt = generator.encode(" ".join(PROMPTS * 4))[:40]
+    assert len(prompt) == 40
+    model = AutoModelForCausalLM.from_pretrained(str(folder), attn_implementation="eager").eval()
+    with torch.inference_mode():
+        ids = torch.tensor([prompt])
+        want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, min_new_tokens=30,
+                              do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
+    assert generator.generate_ids([prompt], max_new_tokens=30, min_new_tokens=30)[0] == want
