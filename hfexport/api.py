@@ -66,7 +66,7 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     output = Path(output).expanduser().resolve()
     # Every check that needs no heavy work runs before any: a bad argument fails in a second.
     profile = load_target(target)
-    chosen = load_recipe(recipe or profile.default_recipe)
+    chosen = load_recipe(recipe) if recipe else None
     bundles.check_output(output, force)
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
@@ -74,6 +74,8 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
     train_texts = data.read_texts(train_data, text_column=text_column) if train_data else None
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
+    # The target's default recipe can depend on the task (an LLM needs a KV-cache export).
+    chosen = chosen or load_recipe(profile.recipe_for(source.task))
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
     progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
 
@@ -96,13 +98,16 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
             stats = getattr(artifact, "stats", {})
             progress.done(step.name, _stats_line(stats, artifact.size_bytes()), stats=stats)
             pass_records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
-                            "seconds": round(seconds, 3), "size_bytes": artifact.size_bytes(), "stats": stats})
+                                 "seconds": round(seconds, 3), "size_bytes": artifact.size_bytes(),
+                                 "stats": stats})
             stages.append((step.name, artifact, seconds))
 
         staging = workdir / "bundle"
-        model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json")
-        quantized = [r for r in pass_records if r["name"] == "quantize"]
-        precision = quantized[-1]["params"].get("precision", "int8") if quantized else "fp32"
+        extra = {"generation_config.json": _generation_config(source, workdir)} if _generative(source) else {}
+        model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json",
+                                           extra)
+        precision = next((r["params"]["precision"] for r in reversed(pass_records) if r["name"] == "quantize"),
+                         "fp32")
         body = _manifest_body(source, profile, chosen, pass_records, artifact, model_files, tokenizer_dir,
                               precision)
         bundles.write_manifest(staging, body)
@@ -127,6 +132,25 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
         return BuildResult(output, manifest, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _generative(source) -> bool:
+    from hfexport.tasks import TASKS
+
+    return TASKS[source.task].generative
+
+
+def _generation_config(source, workdir: Path) -> Path:
+    """The model's generation config as JSON (EOS ids, sampling defaults) for the runtime's generation loop."""
+    from transformers import GenerationConfig, PretrainedConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(str(source.local_dir))
+    except OSError:  # no generation_config.json: derive it from config.json, as transformers does
+        config = GenerationConfig.from_model_config(PretrainedConfig.from_dict(source.config))
+    path = workdir / "generation_config.json"
+    path.write_text(config.to_json_string(use_diff=True), encoding="utf-8")
+    return path
 
 
 def _prepare_tokenizer(source, folder: Path) -> Path:
@@ -188,6 +212,9 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
 
     n_threads = threads or ctx.target.session.intra_op_threads or host.physical_cores()
     torch.set_num_threads(n_threads)
+    if _generative(ctx.source):
+        return _validate_generation(ctx, staging, stages, reference_size, eval_set.texts, eval_set.source,
+                                    n_threads)
     bundle = load(staging, threads=n_threads)
     meta = bundle.manifest["model"]
     reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
@@ -263,6 +290,38 @@ def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set, thread
             args = ("stage", artifact.path, inputs, threads, scratch, str(staging), backend)
         by_name[name].peak_rss_mb = peak_rss_mb(*args)
     by_name["bundle"].peak_rss_mb = peak_rss_mb("bundle", staging, inputs, threads, scratch)
+
+
+def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_texts, text_source,
+                         n_threads: int) -> Report:
+    from hfexport.bundle import tool_versions
+    from hfexport.evaluation_generation import BundleGeneration, TorchGeneration, evaluate_generation
+    from hfexport.runtime import load
+    from hfexport.runtime.generation import TextGenerator
+    from hfexport.runtime.loader import open_model
+
+    bundle = load(staging, threads=n_threads)
+    manifest = bundle.manifest
+    tokenizer_file = staging / manifest["tokenizer"]["file"]
+    candidates = []
+    for name, artifact, seconds in stages[:-1]:
+        if artifact.kind != "onnx":  # a pruned checkpoint has no generation loop to measure here
+            continue
+        model = open_model(artifact.path, manifest, threads=n_threads, backend=_READERS[artifact.kind])
+        candidates.append({"name": name, "kind": artifact.kind, "size": artifact.size_bytes(), "pass_seconds": seconds,
+                           "runner": BundleGeneration(TextGenerator(manifest, staging, model, tokenizer_file))})
+    last_name, last_artifact, last_seconds = stages[-1]
+    candidates.append({"name": "bundle", "kind": "bundle", "runner": BundleGeneration(bundle),
+                       "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
+                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
+    reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir), bundle.eos_token_ids, bundle.pad_token_id)
+    return evaluate_generation(
+        reference=reference, tokenizer=ctx.hf_tokenizer(), reference_size=reference_size, candidates=candidates,
+        texts=eval_texts, settings=ctx.recipe.evaluation, threads=n_threads,
+        gates_overrides=ctx.recipe.gates.model_dump(),
+        model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
+        target_info=_target_info(bundle), text_source=text_source, versions=tool_versions(), progress=ctx.progress,
+        memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
 
 
 # The runtime backend that reads each intermediate artifact format.
@@ -351,23 +410,33 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
 
         torch.set_num_threads(n_threads)
         tokenizer = AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer"))
-        reference = TorchRunner(load_torch_model(source), tokenizer, meta["task"], meta, meta["max_length"],
-                                [i["name"] for i in manifest["signature"]["inputs"]])
         eval_set = make_eval_set(meta["task"], records, samples=settings.samples, mask_token=tokenizer.mask_token,
                                  text_column=text_column, label_column=label_column,
                                  source=f"file {eval_data}" if eval_data else "hfexport held-out corpus")
         files = manifest["files"]
-        report = evaluate(
-            reference=reference, reference_size=TorchModel(source.local_dir).size_bytes(),
-            candidates=[{"name": "bundle", "kind": "bundle", "runner": PredictorRunner(predictor, meta),
-                         "size": sum(files[name]["bytes"] for name in manifest["model_files"]),
-                         "notes": [f"re-validated on this host from {bundle_path}",
-                                   *_runtime_notes(_target_info(predictor))]}],
-            eval_set=eval_set, settings=settings, threads=n_threads, meta=meta,
-            gates_overrides=Gates(**manifest["recipe"]["gates"]).model_dump(),
-            model_info={"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
-            target_info=_target_info(predictor),
-            versions=tool_versions(), progress=progress)
+        common = {
+            "reference_size": TorchModel(source.local_dir).size_bytes(), "settings": settings, "threads": n_threads,
+            "gates_overrides": Gates(**manifest["recipe"]["gates"]).model_dump(),
+            "model_info": {"id": meta["id"], "revision": meta.get("revision"), "task": meta["task"]},
+            "target_info": _target_info(predictor), "versions": tool_versions(), "progress": progress,
+        }
+        bundle_stage = {"name": "bundle", "kind": "bundle",
+                        "size": sum(files[name]["bytes"] for name in manifest["model_files"]),
+                        "notes": [f"re-validated on this host from {bundle_path}",
+                                  *_runtime_notes(_target_info(predictor))]}
+        if meta["task"] == "text-generation":
+            from hfexport.evaluation_generation import BundleGeneration, TorchGeneration, evaluate_generation
+
+            report = evaluate_generation(
+                reference=TorchGeneration(load_torch_model(source), predictor.eos_token_ids, predictor.pad_token_id),
+                tokenizer=tokenizer, candidates=[{**bundle_stage, "runner": BundleGeneration(predictor)}],
+                texts=eval_set.texts, text_source=eval_set.source,
+                memory_paths={"pytorch": source.local_dir, "bundle": bundle_path}, **common)
+        else:
+            reference = TorchRunner(load_torch_model(source), tokenizer, meta["task"], meta, meta["max_length"],
+                                    [i["name"] for i in manifest["signature"]["inputs"]])
+            report = evaluate(reference=reference, meta=meta, eval_set=eval_set,
+                              candidates=[{**bundle_stage, "runner": PredictorRunner(predictor, meta)}], **common)
     out = Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation")
     _write_report(report, out)
     return report

@@ -15,7 +15,7 @@ from hfexport.errors import OutputExistsError
 from hfexport.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_table
 
 # Files copied from the tokenizer folder: JSON only, so a bundle never holds a pickle.
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -39,8 +39,10 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
-def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_config_file: Path) -> list[str]:
-    """Copy the final model, tokenizer and model config into the staging folder; return the model's files."""
+def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_config_file: Path,
+                 extra_files: dict[str, Path] | None = None) -> list[str]:
+    """Copy the final model, tokenizer, model config and extra JSON files (e.g. generation_config.json)
+    into the staging folder; return the model's files."""
     staging.mkdir(parents=True)
     files = artifact.bundle_files()
     for name, source in files.items():
@@ -50,6 +52,8 @@ def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_c
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, staging / "tokenizer" / name)
     shutil.copyfile(model_config_file, staging / "config.json")
+    for name, source in (extra_files or {}).items():
+        shutil.copyfile(source, staging / name)
     return list(files)
 
 

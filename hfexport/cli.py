@@ -167,18 +167,42 @@ def inspect(bundle, as_json) -> None:
 
 @main.command()
 @click.argument("bundle", type=click.Path())
-@click.argument("texts", nargs=-1, required=True)
+@click.argument("texts", nargs=-1)
 @click.option("--question", default=None, help="Question answering: the question (TEXTS is the context).")
-@click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text.")
+@click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text; "
+              "text generation: sample from the k most likely tokens.")
+@click.option("--max-new-tokens", type=int, default=None, help="Text generation: tokens to generate at most.")
+@click.option("--chat", is_flag=True, help="Text generation: interactive chat, one user message per stdin line.")
+@click.option("--do-sample/--greedy", default=None, help="Text generation [default: the model's generation config].")
+@click.option("--temperature", type=float, default=None)
+@click.option("--top-p", type=float, default=None)
+@click.option("--repetition-penalty", type=float, default=None)
+@click.option("--seed", type=int, default=None, help="Text generation: repeatable sampling.")
+@click.option("--stop", multiple=True, help="Text generation: stop at this string (repeatable).")
 @click.option("--device", default=None, help="OpenVINO bundles: run on this device (CPU, GPU, NPU, AUTO).")
 @_handle_errors
-def run(bundle, texts, question, top_k, device) -> None:
-    """Run text through a bundle with the torch-free runtime and print the results."""
+def run(bundle, texts, question, top_k, max_new_tokens, chat, do_sample, temperature, top_p, repetition_penalty,
+        seed, stop, device) -> None:
+    """Run text through a bundle with the torch-free runtime and print the results.
+
+    Text-generation bundles stream the generated text of each prompt as it comes; --chat reads user
+    messages from stdin (one per line, until EOF) and streams each reply.
+    """
     import numpy as np
 
     from hfexport.runtime import load
 
     predictor = load(bundle, device=device)
+    if predictor.task == "text-generation":
+        options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                   "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty, "seed": seed,
+                   "stop": list(stop) or None}
+        _run_generation(predictor, texts, chat, options)
+        return
+    if chat:
+        raise click.UsageError("--chat needs a text-generation bundle")
+    if not texts:
+        raise click.UsageError("give at least one text")
     options = {"top_k": top_k} if top_k else {}
     if predictor.task == "question-answering":
         if not question:
@@ -196,6 +220,37 @@ def run(bundle, texts, question, top_k, device) -> None:
         return
     for text, result in zip(texts, results):
         click.echo(f"{text!r}: {json.dumps(result)}")
+
+
+def _run_generation(generator, prompts, chat: bool, options: dict) -> None:
+    if not chat:
+        if not prompts:
+            raise click.UsageError("give a prompt, or --chat")
+        for prompt in prompts:
+            for piece in generator.stream(prompt, **options):
+                click.echo(piece, nl=False)
+            click.echo()
+        return
+    if not generator.chat_template:
+        raise click.UsageError("this model's tokenizer has no chat template; run it with a prompt instead")
+    messages = [{"role": "user", "content": p} for p in prompts]
+    interactive = sys.stdin.isatty()
+    while True:
+        if not messages or messages[-1]["role"] != "user":
+            if interactive:
+                click.echo("> ", nl=False)
+            line = sys.stdin.readline()
+            if not line:
+                return
+            if not line.strip():
+                continue
+            messages.append({"role": "user", "content": line.rstrip("\n")})
+        reply = []
+        for piece in generator.stream(messages, **options):
+            reply.append(piece)
+            click.echo(piece, nl=False)
+        click.echo()
+        messages.append({"role": "assistant", "content": "".join(reply)})
 
 
 @main.command()

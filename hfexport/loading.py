@@ -151,7 +151,7 @@ def read_max_length(folder: Path, config: dict) -> int:
         value = json.loads(tok_config.read_text()).get("model_max_length")
         if isinstance(value, int) and 0 < value < 1_000_000:
             candidates.append(value)
-    positions = config.get("max_position_embeddings")
+    positions = config.get("max_position_embeddings") or config.get("n_positions")  # n_positions: GPT-2
     if positions:
         # RoBERTa-style models offset positions by padding_idx + 1.
         offset = 2 if config.get("model_type") in ("roberta", "xlm-roberta", "camembert", "longformer") else 0

@@ -73,6 +73,9 @@ class TargetProfile(_Strict):
     artifact: ArtifactKind = "onnx"
     precisions: list[Precision] = Field(min_length=1)
     preferred_precision: Precision = "fp32"
+    # NOTE: apart from `precisions` because weight-only kernels (int4 weights, float activations) exist
+    # on targets whose int8 activation path does not, and the reverse.
+    weight_only_precisions: list[Literal["int8", "int4"]] = Field(default_factory=list)
     opset: int = Field(17, ge=13, le=23)
     isa: Isa | Literal["auto"] = "auto"
     quant_presets: list[QuantPreset] = Field(default_factory=list)
@@ -81,6 +84,8 @@ class TargetProfile(_Strict):
     openvino: OpenVINOOptions | None = None
     requires: HostRequirements = Field(default_factory=HostRequirements)
     default_recipe: str = "default"
+    # Per-task defaults where the general one does not fit, e.g. {text-generation: llm-int4}.
+    task_recipes: dict[str, str] = Field(default_factory=dict)
     runtime_packages: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -102,6 +107,9 @@ class TargetProfile(_Strict):
         return options
 
     # -- derived facts -------------------------------------------------------------------------
+
+    def recipe_for(self, task: str) -> str:
+        return self.task_recipes.get(task, self.default_recipe)
 
     def effective_isa(self) -> str:
         """The ISA the bundle is built for: the profile's, or this host's best when `auto`."""

@@ -51,6 +51,7 @@ class Gates(_Strict):
     token_agreement: float | None = Field(None, ge=0, le=1)
     span_agreement: float | None = Field(None, ge=0, le=1)
     top5_overlap: float | None = Field(None, ge=0, le=1)
+    greedy_agreement: float | None = Field(None, ge=0, le=1)
 
 
 class Evaluation(_Strict):
@@ -59,6 +60,7 @@ class Evaluation(_Strict):
     latency_runs: int = Field(50, ge=5, description="timed batch-1 runs per side (median and p90 reported)")
     sequence_length: int = Field(128, ge=8, description="tokens per text for latency and throughput")
     memory: bool = Field(True, description="peak RSS per stage, each in a fresh process (a few seconds each)")
+    generation_tokens: int = Field(32, ge=2, description="text generation: new tokens per greedy check and timing")
 
 
 class Recipe(_Strict):

@@ -15,6 +15,7 @@ class TaskSpec:
     auto_class: str  # transformers Auto class that loads the model for this task
     outputs: tuple[str, ...]  # graph outputs, in order
     pair_input: bool = False  # question answering feeds (question, context)
+    generative: bool = False  # exported with a KV cache and run by the runtime's generation loop
 
 
 TASKS: dict[str, TaskSpec] = {
@@ -25,6 +26,8 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("token-classification", "AutoModelForTokenClassification", ("logits",)),
         TaskSpec("question-answering", "AutoModelForQuestionAnswering", ("start_logits", "end_logits"), True),
         TaskSpec("fill-mask", "AutoModelForMaskedLM", ("logits",)),
+        # Outputs past the logits are the KV cache (`present.<layer>.key/value`), named per model at export.
+        TaskSpec("text-generation", "AutoModelForCausalLM", ("logits",), generative=True),
     )
 }
 
@@ -34,6 +37,7 @@ ALIASES = {
     "sequence-classification": "text-classification",
     "ner": "token-classification",
     "masked-lm": "fill-mask",
+    "causal-lm": "text-generation",
 }
 
 # Architecture class-name endings -> task. Order matters: the longest ending is tried first.
@@ -43,6 +47,7 @@ _ARCHITECTURE_SUFFIXES = (
     ("ForQuestionAnswering", "question-answering"),
     ("ForMaskedLM", "fill-mask"),
     ("ForCausalLM", "text-generation"),
+    ("LMHeadModel", "text-generation"),  # GPT-2 and its relatives predate the ForCausalLM name
     ("ForConditionalGeneration", "text2text-generation"),
     ("ForPreTraining", "fill-mask"),
     ("Model", "feature-extraction"),

@@ -28,6 +28,9 @@ DEFAULT_GATES: dict[str, dict[str, float]] = {
     "token-classification": {"token_agreement": 0.98},
     "question-answering": {"span_agreement": 0.90},
     "fill-mask": {"top1_agreement": 0.90, "top5_overlap": 0.80},
+    # NOTE: next-token agreement, not greedy equality: one flipped token in an int4 run changes the whole
+    # tail of a greedy sequence. fp32 recipes add `greedy_agreement: 1.0`.
+    "text-generation": {"top1_agreement": 0.90},
 }
 
 _QUESTIONS = ("What is this about?", "Who is mentioned?", "What happened?", "When did it happen?",
@@ -157,6 +160,7 @@ _GATE_METRICS = {
     "token-classification": {"token_agreement"},
     "question-answering": {"span_agreement"},
     "fill-mask": {"top1_agreement", "top5_overlap"},
+    "text-generation": {"top1_agreement", "greedy_agreement"},
 }
 
 

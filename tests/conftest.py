@@ -133,3 +133,64 @@ def built_bundle(tiny_model, fast_recipe, tmp_path_factory):
 
 
 INT8_PASSES = [{"type": "export_onnx"}, {"type": "optimize"}, {"type": "quantize", "precision": "int8"}]
+
+
+# -- decoder LLMs ---------------------------------------------------------------------------------------
+
+LLM_ARCHS = ("llama", "qwen2", "qwen3", "mistral", "phi3", "gpt2")
+CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+                 "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _llm_tokenizer(folder: Path):
+    """A byte-level BPE trained in a second on the shipped corpus; no pad token, like most LLMs."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from hfexport.data import default_calibration_texts
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(default_calibration_texts(), vocab_size=400,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token="<|endoftext|>",
+                                        eos_token="<|endoftext|>", model_max_length=256)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(folder))
+    return tokenizer
+
+
+def make_tiny_llm(folder: Path, arch: str, seed: int = 0, layers: int = 2, hidden: int = 64) -> Path:
+    import torch
+    import transformers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _llm_tokenizer(folder)
+    eos = tokenizer.eos_token_id
+    common = {"vocab_size": len(tokenizer), "bos_token_id": eos, "eos_token_id": eos, "pad_token_id": None}
+    sizes = {"hidden_size": hidden, "intermediate_size": 2 * hidden, "num_hidden_layers": layers,
+             "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}
+    if arch == "gpt2":
+        config = transformers.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=256, **common)
+    else:
+        config_class = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config,
+                        "qwen3": transformers.Qwen3Config, "mistral": transformers.MistralConfig,
+                        "phi3": transformers.Phi3Config}[arch]
+        extra = {"head_dim": hidden // 4} if arch == "qwen3" else {}
+        config = config_class(**sizes, **extra, **common)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    model.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_llm(tmp_path_factory):
+    """tiny_llm(arch) -> folder of a saved random-init decoder LLM (2 layers, hidden 64)."""
+    cache: dict[str, Path] = {}
+
+    def factory(arch: str = "llama") -> Path:
+        if arch not in cache:
+            cache[arch] = make_tiny_llm(tmp_path_factory.mktemp(f"llm-{arch}"), arch)
+        return cache[arch]
+
+    return factory

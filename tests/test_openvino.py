@@ -26,7 +26,7 @@ INT8_STATIC = [{"type": "export_openvino"},
 INT8_WEIGHTS = [{"type": "export_openvino"}, {"type": "quantize", "precision": "int8", "weights_only": True}]
 # The tiny models' layers are 32 and 64 wide, so int4 groups must be smaller than the default 128.
 INT4_WEIGHTS = [{"type": "export_openvino"},
-                {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 16}]
+                {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 32}]
 QA_PAIR = ("Who wrote the first program?", "Ada Lovelace wrote the first program for the Analytical Engine.")
 
 
@@ -123,7 +123,7 @@ def test_openvino_nncf_int4_weight_compression_with_groups(ov_bundle):
     bundle = ov_bundle("bert", "feature-extraction", INT4_WEIGHTS, gates={"cosine_mean": 0.5, "cosine_min": 0.0})
     manifest = json.loads((bundle / "manifest.json").read_text())
     stats = manifest["passes"][1]["stats"]
-    assert stats["weights"] == "int4_sym" and stats["group_size"] == 16
+    assert stats["weights"] == "int4_sym" and stats["group_size"] == 32
     assert manifest["target"]["precision"] == "int4"
     assert np.isfinite(load(bundle)(TEXTS)).all()
 
@@ -240,9 +240,12 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
      r"passes.1 \(optimize\): takes a onnx model but passes.0 \(export_openvino\) gives a openvino model"),
     ([{"type": "export_openvino"}, {"type": "quantize", "op_types": ["MatMul"]}], "openvino",
      r"passes.1 \(quantize\): op_types: an ONNX Runtime quantiser option"),
-    ([{"type": "export_onnx"}, {"type": "quantize", "weights_only": True}], "cpu", "weights_only: ONNX Runtime"),
-    ([{"type": "export_onnx"}, {"type": "quantize", "precision": "int4", "weights_only": True}], "cpu",
-     "precision 'int4' is not supported by target 'cpu'"),
+    ([{"type": "export_onnx"}, {"type": "quantize", "precision": "int4", "weights_only": True, "ratio": 0.5}],
+     "cpu", "ratio: an NNCF option"),
+    ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "lm_head_precision": "int8"}],
+     "openvino", "lm_head_precision: an ONNX Runtime quantiser option"),
+    ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "group_size": 64}], "openvino",
+     "group_size: NNCF compresses int8 weights per channel"),
     ([{"type": "export_onnx"}, {"type": "quantize", "mode": "static", "smooth_quant_alpha": 0.8}], "cpu",
      "smooth_quant_alpha: an NNCF option"),
 ])  # fmt: skip
@@ -253,7 +256,7 @@ def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, messa
 
 @pytest.mark.parametrize("params, message", [
     ({"precision": "int4"}, "weights_only: true"),
-    ({"group_size": 64}, "group_size applies to int4"),
+    ({"group_size": 64}, "group_size applies to weights_only"),
     ({"ratio": 0.5}, "ratio"),
     ({"weights_only": True, "mode": "static"}, "weights_only needs no calibration"),
     ({"smooth_quant_alpha": 0.8}, "smooth_quant_alpha applies to mode: static"),

@@ -19,6 +19,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "distill": "hfexport.passes.distill:DistillPass",
     "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
     "export_openvino": "hfexport.passes.export_openvino:ExportOpenVINOPass",
+    "export_onnx_generation": "hfexport.passes.export_onnx_generation:ExportOnnxGenerationPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",
 }

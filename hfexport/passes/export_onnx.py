@@ -18,6 +18,7 @@ from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import ExportError, PlanError
 from hfexport.passes._torch_graph import check_against_torch, task_graph
 from hfexport.passes.base import Pass, PassConfig
+from hfexport.tasks import TASKS
 
 
 class ExportOnnxConfig(PassConfig):
@@ -39,6 +40,9 @@ class ExportOnnxPass(Pass[ExportOnnxConfig]):
     def check(self, plan: PlanContext) -> None:
         if plan.target.artifact != "onnx":
             raise PlanError(f"target {plan.target.name!r} deploys {plan.target.artifact}, not ONNX")
+        if TASKS[plan.source.task].generative:
+            raise PlanError(f"{plan.source.task} needs a KV cache: use export_onnx_generation "
+                            f"(e.g. --recipe llm-fp32 or llm-int4)")
 
     def run(self, artifact: TorchModel, ctx: BuildContext) -> OnnxModel:
         import onnx

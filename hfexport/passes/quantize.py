@@ -1,11 +1,13 @@
-"""Low-bit quantisation. The recipe says `int8` (or `int4`); the target decides how.
+"""Low-bit quantisation. The recipe says `int8` or `int4`; the target decides how.
 
-- onnxruntime targets: ONNX Runtime dynamic or static QDQ int8, flavoured by the target's ISA preset
-  (`_quantize_ort.py`).
+- onnxruntime targets: dynamic or static QDQ int8, flavoured by the target's ISA preset
+  (`_quantize_ort.py`); with `weights_only: true`, MatMulNBits int8/int4 weight blocks with float
+  activations, the LLM path (`_weight_only.py`).
 - openvino targets: NNCF post-training int8 (`mode: static`) or weight compression to int8/int4
   (`mode: dynamic` / `weights_only: true`) (`_quantize_nncf.py`).
 
-Options that only one backend has are rejected on the other by the planner, naming the field.
+`weights_only` means the same on both: weights in low bits, activations stay float. Options that only
+one backend has are rejected on the other by the planner, naming the field.
 """
 
 from __future__ import annotations
@@ -19,21 +21,27 @@ from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
 from hfexport.passes.base import Pass, PassConfig
 
-# Fields that mean something to ONNX Runtime's quantiser only; an openvino target rejects them when set.
-_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method")
+# Fields that mean something to one backend's quantiser only; the other backend rejects them when set.
+_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "lm_head_precision",
+             "embedding_precision", "accuracy_level")
+_OPENVINO_ONLY = ("smooth_quant_alpha", "ratio")
+# ONNX Runtime fields that apply to weight-only (MatMulNBits) quantisation only.
+_ORT_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
 
 
 class QuantizeConfig(PassConfig):
     precision: Literal["int8", "int4"] = "int8"
     mode: Literal["dynamic", "static"] = "dynamic"
-    weights_only: bool = Field(False, description="openvino: compress weights only, no calibration")
-    group_size: int | None = Field(None, ge=8, description="int4: weights per quantisation group (default 128)")
-    ratio: float = Field(1.0, gt=0, le=1, description="int4: share of layers in int4, the rest in int8")
+    weights_only: bool = Field(False, description="low-bit weights, float activations (LLMs; no calibration)")
+    group_size: Literal[32, 64, 128] | None = Field(None, description="weights_only: weights per scale (128)")
+    # -- openvino (NNCF) ----------------------------------------------------------------------------
+    ratio: float = Field(1.0, gt=0, le=1, description="openvino int4: share of layers in int4, the rest int8")
     # NOTE: NNCF's default for transformers is 0.95. On all-MiniLM-L6-v2 (256 held-out texts) 0.95 gave
     # min cosine 0.9867; 0.7 / 0.75 / 0.8 / 0.85 / 0.9 gave 0.9892 / 0.9910 / 0.9909 / 0.9887 / 0.9874
     # at the same mean (0.9975-0.9979); 0.5 fell to 0.9680. The openvino default recipe sets 0.8.
     smooth_quant_alpha: float | None = Field(None, ge=0, le=1, description=(
         "openvino, mode static: SmoothQuant strength on MatMul; null = NNCF's default, 0 = off"))
+    # -- onnxruntime ----------------------------------------------------------------------------------
     per_channel: bool | None = Field(None, description="default: the target's ISA preset")
     reduce_range: bool | None = Field(None, description="7-bit weights; default: the target's ISA preset")
     # NOTE: MatMul only by default. On all-MiniLM-L6-v2 (320 held-out texts), quantising every op
@@ -47,54 +55,74 @@ class QuantizeConfig(PassConfig):
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
     symmetric_activations: bool = False
+    lm_head_precision: Literal["fp32", "int8", "int4"] | None = Field(None, description="weights_only; fp32")
+    embedding_precision: Literal["fp32", "int4"] | None = Field(
+        None, description="weights_only; default fp32 (int4 is the only quantised Gather ONNX Runtime has)")
+    # NOTE: measured on the bench model (scripts/bench_generation.py, int4 group 32, 2 threads, one process):
+    # accuracy_level 4 decoded 971 tokens/s and 0 only 22 (TTFT 3.6 vs 49 ms), with the same top-1
+    # agreement (0.494 / 0.490); a loaded machine gave 218 vs 14.
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
+        None, description="weights_only: MatMulNBits compute type, 4 = int8 inside the kernel (fastest on "
+                          "CPU), 0 = float; default 4")
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
         if self.precision == "int4" and not self.weights_only:
             raise ValueError("precision int4 quantises weights only: add weights_only: true")
-        if self.precision != "int4" and self.group_size is not None:
-            raise ValueError("group_size applies to int4 weights only (int8 weights are per channel)")
-        if self.precision != "int4" and self.ratio != 1.0:
-            raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
         if self.weights_only and self.mode == "static":
             raise ValueError("weights_only needs no calibration: drop mode: static")
+        if self.group_size is not None and not self.weights_only:
+            raise ValueError("group_size applies to weights_only quantisation")
+        if self.precision != "int4" and self.ratio != 1.0:
+            raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
         if self.smooth_quant_alpha is not None and (self.weights_only or self.mode != "static"):
             raise ValueError("smooth_quant_alpha applies to mode: static (post-training quantisation) only")
         return self
 
+    def weight_only_settings(self) -> dict:
+        """MatMulNBits settings, defaults filled in."""
+        return {"bits": 4 if self.precision == "int4" else 8, "group_size": self.group_size or 128,
+                "lm_head_precision": self.lm_head_precision or "fp32",
+                "embedding_precision": self.embedding_precision or "fp32",
+                "accuracy_level": 4 if self.accuracy_level is None else self.accuracy_level}
+
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    summary = "int8 (or int4 weights), done the target's way: ONNX Runtime int8 or NNCF on OpenVINO IR"
+    summary = "int8 or int4 weights, done the target's way: ONNX Runtime (int8, MatMulNBits) or NNCF"
     consumes = (OnnxModel, OpenVINOModel)
     produces = None
     config_class = QuantizeConfig
 
     def describe(self) -> str:
-        how = "weights only" if self.config.weights_only else self.config.mode
-        return f"quantize({self.config.precision}, {how})"
+        if self.config.weights_only:
+            return f"quantize({self.config.precision}, weights only, group {self.config.group_size or 128})"
+        return f"quantize({self.config.precision}, {self.config.mode})"
 
     def check(self, plan: PlanContext) -> None:
         target, config = plan.target, self.config
-        if config.precision not in target.precisions:
-            raise PlanError(
-                f"precision {config.precision!r} is not supported by target {target.name!r} "
-                f"(supports: {', '.join(target.precisions)})"
-            )
+        allowed = target.weight_only_precisions if config.weights_only else target.precisions
+        if config.precision not in allowed:
+            listing = "weight_only_precisions" if config.weights_only else "precisions"
+            raise PlanError(f"precision {config.precision!r}{' with weights_only' if config.weights_only else ''} "
+                            f"is not supported by target {target.name!r} ({listing}: {', '.join(allowed) or 'none'})")
         if target.backend == "onnxruntime":
-            if config.weights_only:
-                raise PlanError("weights_only: ONNX Runtime int8 here quantises activations too; weight-only "
-                                "compression is for openvino targets (drop weights_only)")
-            if config.smooth_quant_alpha is not None:
-                raise PlanError("smooth_quant_alpha: an NNCF option for openvino targets (remove it)")
+            foreign = [name for name in _OPENVINO_ONLY if name in config.model_fields_set]
+            if foreign:
+                raise PlanError(f"{foreign[0]}: an NNCF option for openvino targets (remove it)")
+            stray = [name for name in _ORT_WEIGHT_ONLY if name in config.model_fields_set]
+            if stray and not config.weights_only:
+                raise PlanError(f"{stray[0]} applies to weight-only quantisation; add weights_only: true or remove it")
         elif target.backend == "openvino":
-            explicit = [name for name in _ORT_ONLY if name in config.model_fields_set]
-            if explicit:
-                raise PlanError(f"{explicit[0]}: an ONNX Runtime quantiser option; NNCF on target "
-                                f"{target.name!r} decides it (remove {explicit[0]})")
+            foreign = [name for name in _ORT_ONLY if name in config.model_fields_set]
+            if foreign:
+                raise PlanError(f"{foreign[0]}: an ONNX Runtime quantiser option; NNCF on target "
+                                f"{target.name!r} decides it (remove {foreign[0]})")
+            if config.precision == "int8" and config.group_size is not None:
+                raise PlanError("group_size: NNCF compresses int8 weights per channel; groups are for int4")
         else:
             raise PlanError(f"no quantiser for backend {target.backend}")
-        if config.mode == "static" and not config.weights_only and not plan.has_calibration_data:
+        if config.mode == "static" and not plan.has_calibration_data:
             raise PlanError("mode: static needs calibration data (--calibration-data)")
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
@@ -103,6 +131,13 @@ class QuantizePass(Pass[QuantizeConfig]):
             from hfexport.passes._quantize_nncf import quantize_openvino
 
             return quantize_openvino(self.config, artifact, ctx, out_dir)
+        if self.config.weights_only:
+            from hfexport.passes._weight_only import quantize_weights_only
+
+            out = out_dir / "model.onnx"
+            stats = quantize_weights_only(artifact.path, out, exclude_nodes=self.config.exclude_nodes,
+                                          **self.config.weight_only_settings())
+            return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
         from hfexport.passes._quantize_ort import quantize_onnx
 
         return quantize_onnx(self.config, artifact, ctx, out_dir)

@@ -164,13 +164,15 @@ def _gates_table(report: Report) -> str:
 
 def _stages_table(stages: list[StageMetrics]) -> str:
     metrics = _fidelity_keys(stages)
+    # Text generation: latency is the time to first token and throughput is decode tokens/s.
+    generative = any(s.generation for s in stages)
+    timing = (["TTFT p50 ms", "TTFT p90 ms", "decode tok/s", "prefill tok/s"] if generative
+              else ["p50 ms", "p90 ms", "texts/s"])
     head = [
         "stage",
         "size MB",
         "pass time s",
-        "p50 ms",
-        "p90 ms",
-        "texts/s",
+        *timing,
         "peak RSS MB",
         *metrics,
         "notes",
@@ -180,6 +182,8 @@ def _stages_table(stages: list[StageMetrics]) -> str:
         p50, p90 = (s.latency.p50_ms, s.latency.p90_ms) if s.latency else (None, None)
         cells = [_td(s.name), _td(f"{s.size_bytes / 1e6:.1f}"), _td(_opt(s.pass_seconds, ".1f"))]
         cells += [_td(_opt(p50, ".2f")), _td(_opt(p90, ".2f")), _td(_opt(s.throughput_per_s, ".1f"))]
+        if generative:
+            cells += [_td(_opt(s.generation.get("prefill_tokens_per_s"), ".0f"))]
         cells += [_td(_opt(s.peak_rss_mb, ".0f"))]
         cells += [_td(_num(s.fidelity[m]) if m in s.fidelity else _MISSING) for m in metrics]
         rows.append((_role(s), [*cells, _td("; ".join(s.notes) or _MISSING, "text")]))
@@ -239,13 +243,15 @@ def _charts(stages: list[StageMetrics]) -> str:
             if y is not None:
                 points.append(_Point(s.name, p50, y, role))
     lo, hi = _fidelity_range([b.value for b in fidelity] + [p.y for p in points])
+    # Text generation reports the time to first token as its latency.
+    latency_name = "Time to first token" if any(s.generation for s in stages) else "Latency"
     zoomed = f"axis {_num(lo)} – {_num(hi)}, zoomed so small differences show · higher is better"
     zoom = zoomed if lo > 0 else f"axis {_num(lo)} – {_num(hi)}"
     charts = [
-        _bar_chart("Latency per stage", "ms, batch 1", latency, "bar = p50, whisker = p90 · lower is better"),
+        _bar_chart(f"{latency_name} per stage", "ms, batch 1", latency, "bar = p50, whisker = p90 · lower is better"),
         _bar_chart(f"Fidelity per stage: {name}", name, fidelity, zoom, lo, hi),
         _bar_chart("Size per stage", "megabytes on disk", sizes, "lower is better"),
-        _scatter(f"Latency vs {name}", "p50 latency, ms", name, points, lo, hi),
+        _scatter(f"{latency_name} vs {name}", "p50 latency, ms", name, points, lo, hi),
     ]
     return "<div class='charts'>" + "".join(f"<div class='chart'>{c}</div>" for c in charts) + "</div>"
 

@@ -32,6 +32,8 @@ class StageMetrics(_Model):
     # Task metrics on labelled evaluation data (accuracy, F1, Spearman, exact match), when labels were given.
     task_metrics: dict[str, float] = Field(default_factory=dict)
     peak_rss_mb: float | None = None
+    # text generation only: time_to_first_token_ms, prefill_tokens_per_s, decode_tokens_per_s, new_tokens
+    generation: dict[str, float] = Field(default_factory=dict)
     notes: list[str] = Field(default_factory=list)
 
 

@@ -96,10 +96,11 @@ def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-         device: str | None = None, verify: bool = True) -> Predictor:
+         device: str | None = None, verify: bool = True):
     """Load a bundle folder. Checksums of every file are verified first unless verify=False.
 
-    `device` runs an OpenVINO bundle on another device than its profile names (e.g. "GPU", "NPU", "AUTO").
+    Returns a Predictor (encoder tasks) or a TextGenerator (text-generation bundles). `device` runs an
+    OpenVINO bundle on another device than its profile names (e.g. "GPU", "NPU", "AUTO").
     """
     bundle = Path(path).expanduser()
     manifest = read_manifest(bundle)
@@ -107,4 +108,8 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
         verify_files(bundle, manifest)
     backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads,
                          device=device)
+    if manifest["model"]["task"] == "text-generation":
+        from hfexport.runtime.generation import TextGenerator
+
+        return TextGenerator(manifest, bundle, backend, bundle / manifest["tokenizer"]["file"])
     return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)

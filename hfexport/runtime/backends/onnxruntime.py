@@ -24,6 +24,10 @@ class OnnxRuntimeSession:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
+    def decoder(self) -> OnnxRuntimeDecoder:
+        """A step runner for KV-cache graphs (text generation)."""
+        return OnnxRuntimeDecoder(self)
+
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; no lock is needed around it.
         values = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
@@ -67,3 +71,45 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
             f"onnxruntime (has: {', '.join(sorted(available))})"
         )
     return OnnxRuntimeSession(ort.InferenceSession(str(model_path), options, providers=usable))
+
+
+class OnnxRuntimeDecoder:
+    """Runs a KV-cache graph step by step (see hfexport/passes/export_onnx_generation.py for its layout).
+
+    NOTE: the cache stays inside ONNX Runtime. Each step binds the previous step's `present` OrtValues
+    as this step's `past` through IOBinding, so no cache tensor is converted to numpy or copied on the
+    host between steps; only the last position's logits come back. The graph's Concat still writes
+    past + new into a fresh `present` (O(past) per token, as in every concat-cache ONNX graph); a
+    shared-buffer GroupQueryAttention graph would remove that too.
+    """
+
+    def __init__(self, runtime: OnnxRuntimeSession):
+        self.session = runtime.session
+        inputs = runtime.session.get_inputs()
+        self.past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
+        self.present_names = [o.name for o in runtime.session.get_outputs() if o.name.startswith("present.")]
+        shape = next(i.shape for i in inputs if i.name in self.past_names)
+        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+
+    def empty_cache(self, batch: int) -> list:
+        import onnxruntime as ort
+
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
+        return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
+        """One forward over `input_ids`; returns logits (last position, or every position) and the new cache."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
+        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        for name, value in zip(self.past_names, cache):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output("logits", "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy()
+        return (logits if all_logits else logits[:, -1]), outputs[1:]

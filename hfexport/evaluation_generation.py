@@ -1,0 +1,211 @@
+"""Validation of text-generation bundles: PyTorch `generate` against the bundle's generation loop.
+
+Fidelity, per candidate (an intermediate graph or the bundle, each run by the runtime's TextGenerator):
+- greedy_agreement: share of prompts whose greedy tokens equal PyTorch `generate(do_sample=False)`;
+- top1_agreement: share of positions where the next-token argmax equals PyTorch's, teacher-forced on
+  evaluation text (robust for quantised models, where one flipped token changes a greedy run's tail);
+- perplexity and perplexity_ratio (candidate / PyTorch) on the same text.
+Speed, batch 1, on a `sequence_length`-token prompt: time to first token (the `latency` column),
+prefill tokens/s, and decode tokens/s (the `throughput` column) over `generation_tokens` new tokens.
+Timings alternate between PyTorch and each candidate in blocks inside one process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from hfexport import host
+from hfexport.report.schema import Evaluation, Report, StageMetrics
+from hfexport.validate import check_gates, latency_of, time_alternating
+
+_GREEDY_PROMPTS = 8
+
+
+def token_windows(tokenizer, texts: list[str], count: int, length: int) -> list[list[int]]:
+    """`count` prompts of exactly `length` tokens cut from the text (with the tokenizer's own prefix, e.g. BOS)."""
+    prefix = tokenizer("")["input_ids"]
+    body = length - len(prefix)
+    ids: list[int] = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
+    while len(ids) < count * body:
+        ids = ids + ids
+    return [prefix + ids[i * body:(i + 1) * body] for i in range(count)]
+
+
+class TorchGeneration:
+    """The reference: PyTorch fp32 eager and transformers' `generate`."""
+
+    def __init__(self, model, eos_ids: list[int], pad_id: int):
+        self.model, self.eos_ids, self.pad_id = model, set(eos_ids), pad_id
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> list[int]:
+        out = self._generate(prompt, new_tokens, 0)
+        return out[:next((i for i, t in enumerate(out) if t in self.eos_ids), len(out))]
+
+    def logits(self, prompt: list[int]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            return self.model(input_ids=torch.tensor([prompt])).logits[0].float().numpy()
+
+    def timed(self, prompt: list[int], new_tokens: int) -> None:
+        self._generate(prompt, new_tokens, new_tokens)
+
+    def _generate(self, prompt, new_tokens, min_new) -> list[int]:
+        import torch
+
+        ids = torch.tensor([prompt])
+        with torch.inference_mode():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                                      min_new_tokens=min_new, do_sample=False, pad_token_id=self.pad_id)
+        return out[0, len(prompt):].tolist()
+
+
+class BundleGeneration:
+    """A candidate through hfexport.runtime's TextGenerator: exactly what users run."""
+
+    def __init__(self, generator):
+        self.generator = generator
+
+    def greedy(self, prompt: list[int], new_tokens: int) -> list[int]:
+        return self.generator.generate_ids([prompt], max_new_tokens=new_tokens, do_sample=False)[0]
+
+    def logits(self, prompt: list[int]) -> np.ndarray:
+        decoder = self.generator.decoder
+        ids = np.asarray([prompt], np.int64)
+        logits, _ = decoder.step(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], decoder.empty_cache(1),
+                                 all_logits=True)
+        return logits[0]
+
+    def timed(self, prompt: list[int], new_tokens: int) -> None:
+        self.generator.generate_ids([prompt], max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                                    do_sample=False)
+
+
+# A fresh process loads one side and generates; VmHWM (not ru_maxrss, which Linux carries across exec
+# from the parent) is its peak resident memory: what a deployment of that side pays.
+_MEMORY_PROBE = """
+import sys
+side, path, threads, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+prompt = list(range(1, 17))
+if side == "pytorch":
+    import torch
+    from transformers import AutoModelForCausalLM
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
+                       do_sample=False, pad_token_id=0)
+else:
+    from hfexport.runtime import load
+    load(path, threads=threads).generate_ids([prompt], max_new_tokens=new, min_new_tokens=new)
+print(next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM")) / 1024)
+"""
+
+
+def peak_rss_mb(side: str, path: Path, threads: int, new_tokens: int) -> float | None:
+    """Peak RSS (MB) of a fresh process running `side` ("pytorch" or "bundle"); None where it cannot tell."""
+    if not Path("/proc/self/status").is_file():
+        return None  # VmHWM is Linux-only
+    env = dict(os.environ)
+    package_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, side, str(path), str(threads), str(new_tokens)],
+                         capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        return None
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    shifted = x - x.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def perplexity(logits: list[np.ndarray], windows: list[list[int]]) -> float:
+    nll = [-_log_softmax(lg[:-1].astype(np.float64))[np.arange(len(w) - 1), w[1:]] for lg, w in zip(logits, windows)]
+    return float(np.exp(np.concatenate(nll).mean()))
+
+
+def generation_fidelity(ref_logits, cand_logits, windows, ref_greedy, cand_greedy, ref_ppl) -> dict[str, float]:
+    top1 = np.concatenate([r.argmax(-1) == c.argmax(-1) for r, c in zip(ref_logits, cand_logits)])
+    ppl = perplexity(cand_logits, windows)
+    # top1_agreement first: the report's charts plot the first fidelity metric.
+    return {"top1_agreement": float(top1.mean()),
+            "greedy_agreement": float(np.mean([r == c for r, c in zip(ref_greedy, cand_greedy)])),
+            "perplexity": ppl, "perplexity_ratio": ppl / ref_ppl}
+
+
+def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size: int, candidates: list[dict],
+                        texts: list[str], settings, threads: int, gates_overrides: dict, model_info: dict,
+                        target_info: dict, text_source: str, versions: dict, progress,
+                        memory_paths: dict[str, Path] | None = None) -> Report:
+    """`candidates`: dicts with name, kind, runner (BundleGeneration), size, pass_seconds, notes.
+
+    `memory_paths`: {"pytorch": model folder, "bundle": bundle folder} to measure peak memory of each.
+    """
+    length, new_tokens = settings.sequence_length, settings.generation_tokens
+    windows = token_windows(tokenizer, texts, settings.samples, length)
+    prompts = windows[:_GREEDY_PROMPTS]
+
+    progress.info(f"fidelity: {len(windows)} windows of {length} tokens; greedy {new_tokens} tokens "
+                  f"on {len(prompts)} prompts")
+    ref_logits = [reference.logits(w) for w in windows]
+    ref_ppl = perplexity(ref_logits, windows)
+    ref_greedy = [reference.greedy(p, new_tokens) for p in prompts]
+    fid = {}
+    for c in candidates:
+        runner = c["runner"]
+        fid[c["name"]] = generation_fidelity(ref_logits, [runner.logits(w) for w in windows], windows, ref_greedy,
+                                             [runner.greedy(p, new_tokens) for p in prompts], ref_ppl)
+
+    progress.info(f"speed: {length}-token prompt, {new_tokens} new tokens, {settings.latency_runs} runs each")
+    prompt = windows[0]
+    runners = {"pytorch": reference, **{c["name"]: c["runner"] for c in candidates}}
+    first = time_alternating({k: (lambda r=r: r.timed(prompt, 1)) for k, r in runners.items()},
+                             settings.latency_runs)
+    runs = max(3, settings.latency_runs // 3)
+    full = time_alternating({k: (lambda r=r: r.timed(prompt, new_tokens)) for k, r in runners.items()}, runs,
+                            warmup=1, block=3)
+    speed = {}
+    for name in runners:
+        ttft = float(np.median(first[name]))
+        decode_ms = max(float(np.median(full[name])) - ttft, 1e-6)
+        speed[name] = {"time_to_first_token_ms": ttft, "prefill_tokens_per_s": length / (ttft / 1000),
+                       "decode_tokens_per_s": (new_tokens - 1) / (decode_ms / 1000), "new_tokens": new_tokens}
+
+    memory = {}
+    if memory_paths:
+        progress.info("peak memory: a fresh process per side")
+        memory = {name: peak_rss_mb(name, path, threads, new_tokens) for name, path in memory_paths.items()}
+
+    def stage(name, kind, size, pass_seconds=None, fidelity=None, notes=None) -> StageMetrics:
+        return StageMetrics(name=name, kind=kind, size_bytes=size, pass_seconds=pass_seconds,
+                            latency=latency_of(first[name]), throughput_per_s=speed[name]["decode_tokens_per_s"],
+                            fidelity=fidelity or {}, generation=speed[name], peak_rss_mb=memory.get(name),
+                            notes=notes or [])
+
+    stages = [stage("pytorch", "torch", reference_size,
+                    notes=["reference: PyTorch fp32 eager, transformers generate",
+                           f"reference perplexity {ref_ppl:.3f}",
+                           "latency = time to first token; throughput = decode tokens/s"])]
+    stages += [stage(c["name"], c["kind"], c["size"], c.get("pass_seconds"), fid[c["name"]], c.get("notes"))
+               for c in candidates]
+    final = stages[-1]
+    gates = check_gates("text-generation", gates_overrides, final.fidelity)
+    summary = {"speedup": final.throughput_per_s / stages[0].throughput_per_s,
+               "throughput_ratio": final.throughput_per_s / stages[0].throughput_per_s,
+               "size_ratio": final.size_bytes / max(reference_size, 1), **final.fidelity}
+    return Report(
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        model=model_info, target=target_info, host={**host.host_summary(), "versions": versions},
+        evaluation=Evaluation(samples=len(windows), sequence_length=length, batch_size=1,
+                              latency_runs=settings.latency_runs, threads=threads, text_source=text_source),
+        stages=stages, gates=gates, passed=all(g.passed for g in gates), summary=summary,
+    )

@@ -1,0 +1,217 @@
+"""The torch-free generation loop: prompts in, generated text out (or streamed), over a KV-cache graph.
+
+Prompts of different lengths run as one batch, left-padded: the attention mask hides the padding and
+position ids count real tokens only (as transformers' `generate` does), so a batched prompt gives the
+same tokens as the prompt alone. Defaults (EOS ids, sampling settings) come from the bundle's
+`generation_config.json`, the model's own generation config saved at build time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from hfexport.runtime.chat import read_chat_template, render_chat
+from hfexport.runtime.sampling import SamplingSettings, choose
+
+Prompt = str | list[dict]  # a text, or a conversation rendered with the chat template
+
+
+class TextGenerator:
+    """`generate(prompts, ...)` -> generated texts; `stream(prompt, ...)` -> text pieces as they come.
+
+    Safe to call from several threads at once: every call has its own cache, binding and random state.
+    """
+
+    task = "text-generation"
+
+    def __init__(self, manifest: dict, bundle: Path, backend, tokenizer_file: Path):
+        from tokenizers import Tokenizer
+
+        self.manifest, self.path, self.backend = manifest, bundle, backend
+        self.decoder = backend.decoder()
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self.generation_config = _read_json(bundle / "generation_config.json")
+        model_config = _read_json(bundle / "config.json")
+        meta = manifest["model"]
+        eos = self.generation_config.get("eos_token_id", model_config.get("eos_token_id"))
+        self.eos_token_ids: list[int] = sorted({int(e) for e in ([eos] if isinstance(eos, int) else eos or [])})
+        pad = self.generation_config.get("pad_token_id", meta.get("pad_token_id"))
+        self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
+        self.max_length = int(meta["max_length"])
+        tok_dir = tokenizer_file.parent
+        self.chat_template = read_chat_template(tok_dir)
+        tok_config = _read_json(tok_dir / "tokenizer_config.json")
+        self._special_tokens = {k: _token_text(tok_config.get(k)) for k in ("bos_token", "eos_token", "pad_token",
+                                                                             "unk_token")}
+
+    def __repr__(self) -> str:
+        return f"<TextGenerator {self.manifest['model']['id']} backend={self.backend.backend}>"
+
+    # -- text <-> tokens ---------------------------------------------------------------------------------
+
+    def apply_chat_template(self, messages: list[dict], *, add_generation_prompt: bool = True, **variables) -> str:
+        if not self.chat_template:
+            raise ValueError("this model's tokenizer has no chat template")
+        return render_chat(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
+                           special_tokens=self._special_tokens, **variables)
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        if isinstance(prompt, list):  # the rendered template carries its own special tokens
+            return self.tokenizer.encode(self.apply_chat_template(prompt), add_special_tokens=False).ids
+        return self.tokenizer.encode(prompt).ids
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    # -- the calls users make ----------------------------------------------------------------------------
+
+    def generate(self, prompts: Prompt | list[Prompt], *, max_new_tokens: int | None = None, stop=None,
+                 seed: int | None = None, **sampling) -> str | list[str]:
+        """Generated text (without the prompt) for one prompt, or a list for a list of prompts.
+
+        Options: max_new_tokens, min_new_tokens, do_sample, temperature, top_k, top_p,
+        repetition_penalty (unset ones come from the model's generation config), stop (a string or a
+        list: generation ends at the first and the text is cut before it), seed (sampling repeats).
+        """
+        batch, single = _as_batch(prompts)
+        ids = self.generate_ids([self.encode(p) for p in batch], max_new_tokens=max_new_tokens, stop=stop,
+                                seed=seed, **sampling)
+        texts = [_cut_at_stop(self.decode(row), _stops(stop))[0] for row in ids]
+        return texts[0] if single else texts
+
+    __call__ = generate
+
+    def generate_ids(self, prompt_ids: list[list[int]], *, max_new_tokens: int | None = None, stop=None,
+                     seed: int | None = None, **sampling) -> list[list[int]]:
+        """Token ids in, generated token ids out (EOS excluded); what validation compares with PyTorch."""
+        stops = _stops(stop)
+        rows: list[list[int]] = [[] for _ in prompt_ids]
+        stopped = np.zeros(len(prompt_ids), bool)
+        for tokens, active in self._steps(prompt_ids, max_new_tokens, seed, sampling, stopped):
+            for row in np.flatnonzero(active):
+                rows[row].append(int(tokens[row]))
+                if stops and _cut_at_stop(self.decode(rows[row]), stops)[1]:
+                    stopped[row] = True
+        return rows
+
+    def stream(self, prompt: Prompt, *, max_new_tokens: int | None = None, stop=None, seed: int | None = None,
+               **sampling) -> Iterator[str]:
+        """Text pieces in order; joined, they equal `generate(prompt, ...)` with the same arguments."""
+        stops = _stops(stop)
+        # Text that could still become the start of a stop string is held back until it cannot.
+        hold = max((len(s) for s in stops), default=1) - 1
+        tokens: list[int] = []
+        emitted = 0
+        stopped = np.zeros(1, bool)
+        text = ""
+        for step, active in self._steps([self.encode(prompt)], max_new_tokens, seed, sampling, stopped):
+            if not active[0]:
+                break
+            tokens.append(int(step[0]))
+            text, hit = _cut_at_stop(self.decode(tokens), stops)
+            if hit:
+                stopped[0] = True
+                break
+            if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
+                continue
+            safe = len(text) - hold
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+        if len(text) > emitted:
+            yield text[emitted:]
+
+    # -- the loop ------------------------------------------------------------------------------------------
+
+    def settings(self, **overrides) -> SamplingSettings:
+        """Sampling settings: the call's, else the model's generation config, else transformers' defaults."""
+        unknown = set(overrides) - set(SamplingSettings.__dataclass_fields__)
+        if unknown:
+            raise TypeError(f"unknown generation option(s): {', '.join(sorted(unknown))}")
+        values = {}
+        for name, default in SamplingSettings.__dataclass_fields__.items():
+            value = overrides.get(name)
+            if value is None:
+                value = self.generation_config.get(name)
+            values[name] = default.default if value is None else value
+        values["top_k"] = int(values["top_k"])
+        return SamplingSettings(**values)
+
+    def _steps(self, prompt_ids: list[list[int]], max_new_tokens: int | None, seed: int | None, sampling: dict,
+               stopped: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield (next tokens [batch], rows still active [batch]) per step; callers may set `stopped[row]`."""
+        if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
+            raise ValueError("every prompt needs at least one token")
+        sampling = dict(sampling)
+        min_new_tokens = int(sampling.pop("min_new_tokens", None) or 0)
+        settings = self.settings(**sampling)
+        longest = max(len(p) for p in prompt_ids)
+        if longest >= self.max_length:
+            raise ValueError(f"prompt of {longest} tokens leaves no room (model max length {self.max_length})")
+        wanted = max_new_tokens or self.generation_config.get("max_new_tokens") or 20
+        budget = min(int(wanted), self.max_length - longest)
+        batch = len(prompt_ids)
+        input_ids = np.full((batch, longest), self.pad_token_id, np.int64)
+        # One mask buffer for the whole run: each step passes a longer view of it, nothing is reallocated.
+        mask = np.zeros((batch, longest + budget), np.int64)
+        for row, ids in enumerate(prompt_ids):
+            input_ids[row, longest - len(ids):] = ids
+            mask[row, longest - len(ids):] = 1
+        positions = np.where(mask[:, :longest] == 1, np.cumsum(mask[:, :longest], 1) - 1, 1)
+        next_position = positions[:, -1:] + 1
+        seen = [np.asarray(ids, np.int64) for ids in prompt_ids]
+        rng = np.random.default_rng(seed)
+        eos = np.asarray(self.eos_token_ids, np.int64)
+        done = np.zeros(batch, bool)
+        logits, cache = self.decoder.step(input_ids, mask[:, :longest], positions, self.decoder.empty_cache(batch))
+        for step in range(budget):
+            if step < min_new_tokens and eos.size:
+                logits = logits.copy()
+                logits[:, eos] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
+            tokens = choose(logits, seen, settings, rng)
+            tokens[done] = self.pad_token_id
+            active = ~done
+            done = done | np.isin(tokens, eos)
+            yield tokens, active & ~np.isin(tokens, eos)
+            done |= stopped
+            if done.all() or step == budget - 1:
+                return
+            if settings.repetition_penalty != 1.0:
+                seen = [np.append(s, t) if a else s for s, t, a in zip(seen, tokens, active)]
+            total = longest + step + 1
+            logits, cache = self.decoder.step(tokens[:, None], mask[:, :total], next_position, cache)
+            next_position = next_position + 1
+
+
+def _as_batch(prompts) -> tuple[list[Prompt], bool]:
+    if isinstance(prompts, str):
+        return [prompts], True
+    if isinstance(prompts, list) and prompts and all(isinstance(p, dict) for p in prompts):
+        return [prompts], True  # one conversation
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("pass a prompt, a conversation (list of messages) or a list of them")
+    return list(prompts), False
+
+
+def _stops(stop) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    return (stop,) if isinstance(stop, str) else tuple(s for s in stop if s)
+
+
+def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
+    """The text up to the earliest stop string (excluded), and whether one occurred."""
+    cuts = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return (text[:min(cuts)], True) if cuts else (text, False)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _token_text(value) -> str | None:
+    return value.get("content") if isinstance(value, dict) else value
