@@ -7,6 +7,18 @@ from pathlib import Path
 
 import pytest
 
+# Prelude for a child process that must run with torch, transformers, optimum and nncf unimportable: any
+# import of them anywhere (the runtime included) raises, so a test of the torch-free runtime cannot pass
+# by accident. The child also prints which heavy modules ended up in sys.modules.
+TORCH_BLOCKER = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in ("torch", "transformers", "optimum", "nncf"):
+            raise ImportError("blocked: " + name)
+sys.meta_path.insert(0, Block())
+"""
+
 TASK_CLASSES = {
     "feature-extraction": "AutoModel",
     "text-classification": "AutoModelForSequenceClassification",

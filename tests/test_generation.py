@@ -7,6 +7,7 @@ import json
 import pytest
 
 from hfexport.tasks import infer_task_from_folder, normalize_task
+from tests.conftest import TORCH_BLOCKER
 
 
 @pytest.mark.parametrize("architecture", ["LlamaForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
@@ -216,13 +217,7 @@ def test_generation_chat_uses_the_bundle_template(llm_bundle, tiny_llm):
 
 # -- torch-free load ------------------------------------------------------------------------------------------
 
-_ISOLATED = """
-import importlib.abc, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "optimum"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+_ISOLATED = TORCH_BLOCKER + """
 from hfexport.runtime import load
 model = load(sys.argv[1])
 text = model.generate(["first prompt", "second"], max_new_tokens=4)

@@ -16,6 +16,7 @@ from hfexport.errors import ConfigError, HfExportError, PlanError
 from hfexport.progress import Progress
 from hfexport.runtime import load
 from hfexport.runtime.loader import open_model
+from tests.conftest import TORCH_BLOCKER
 from tests.test_build import TEXTS, _torch_outputs
 
 pytest.importorskip("openvino")
@@ -131,13 +132,7 @@ def test_openvino_nncf_int4_weight_compression_with_groups(ov_bundle):
 # -- the runtime backend ---------------------------------------------------------------------------
 
 # Blocks torch and transformers outright, so an import anywhere in the runtime fails the test.
-_ISOLATED = """
-import importlib.abc, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "optimum", "nncf"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+_ISOLATED = TORCH_BLOCKER + """
 from hfexport.runtime import load
 model = load(sys.argv[1])
 result = model(["first sentence", "second one"])

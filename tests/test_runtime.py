@@ -12,15 +12,10 @@ import pytest
 
 from hfexport.errors import BundleIntegrityError
 from hfexport.runtime import load
+from tests.conftest import TORCH_BLOCKER
 
 # Blocks torch and transformers outright, so an import anywhere in the runtime fails the test.
-_ISOLATED = """
-import importlib.abc, json, sys
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name.split(".")[0] in ("torch", "transformers", "optimum"):
-            raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, Block())
+_ISOLATED = TORCH_BLOCKER + """
 from hfexport.runtime import load
 model = load(sys.argv[1])
 result = model(["first sentence", "second one"])
