@@ -215,7 +215,9 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     if _generative(ctx.source):
         return _validate_generation(ctx, staging, stages, reference_size, eval_set.texts, eval_set.source,
                                     n_threads)
-    bundle = load(staging, threads=n_threads)
+    # NOTE: side by side in one process, ONNX Runtime sessions whose idle threads spin for the next call
+    # steal the 2 cores from whichever side is being timed; validation switches spinning off.
+    bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
     meta = bundle.manifest["model"]
     reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
                             ctx.source.max_length, [i["name"] for i in bundle.manifest["signature"]["inputs"]])
@@ -230,7 +232,8 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
             # An intermediate graph runs on the target's backend when it is in the target's format, and on
             # the runtime that reads its format otherwise (an ONNX stage before an OpenVINO conversion).
             backend = ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
-            model = open_model(artifact.path, bundle.manifest, threads=n_threads, backend=backend)
+            model = open_model(artifact.path, bundle.manifest, threads=n_threads, backend=backend,
+                               session_overrides=_NO_SPIN)
             runner = PredictorRunner(Predictor(bundle.manifest, encoder, model), meta)
         candidates.append({"name": name, "kind": artifact.kind,
                            "runner": runner, "size": artifact.size_bytes(), "pass_seconds": seconds})
@@ -323,6 +326,8 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
         target_info=_target_info(bundle), text_source=text_source, versions=tool_versions(), progress=ctx.progress,
         memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
 
+
+_NO_SPIN = {"allow_spinning": False}
 
 # The runtime backend that reads each intermediate artifact format.
 _READERS = {"onnx": "onnxruntime", "openvino": "openvino"}

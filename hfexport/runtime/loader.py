@@ -87,16 +87,21 @@ def open_encoder(bundle: Path, manifest: dict) -> TextEncoder:
 
 
 def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None, backend: str | None = None,
-               device: str | None = None):
-    """The backend session for one model file, configured as the manifest's target says."""
+               device: str | None = None, session_overrides: dict | None = None):
+    """The backend session for one model file, configured as the manifest's target says.
+
+    `session_overrides` replaces session settings for this process only (validation switches ONNX
+    Runtime's thread spinning off so sessions side by side do not steal each other's cores).
+    """
     target = manifest["target"]
-    session = dict(target.get("session") or {}, execution_providers=target.get("execution_providers"))
+    session = dict(target.get("session") or {}, execution_providers=target.get("execution_providers"),
+                   **(session_overrides or {}))
     return open_backend(backend or target["backend"], model_path, session, providers=providers, threads=threads,
                         device=device)
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-         device: str | None = None, verify: bool = True):
+         device: str | None = None, verify: bool = True, session_overrides: dict | None = None):
     """Load a bundle folder. Checksums of every file are verified first unless verify=False.
 
     Returns a Predictor (encoder tasks) or a TextGenerator (text-generation bundles). `device` runs an
@@ -107,7 +112,7 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
     if verify:
         verify_files(bundle, manifest)
     backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads,
-                         device=device)
+                         device=device, session_overrides=session_overrides)
     if manifest["model"]["task"] == "text-generation":
         from hfexport.runtime.generation import TextGenerator
 

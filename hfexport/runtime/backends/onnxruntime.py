@@ -62,6 +62,9 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
     if session.get("execution_mode") == "parallel":
         options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if session.get("allow_spinning") is False:
+        # Idle worker threads sleep at once instead of spinning for the next call.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     wanted = list(providers or session.get("execution_providers") or ["CPUExecutionProvider"])
     available = set(ort.get_available_providers())
     usable = [p for p in wanted if p in available]
