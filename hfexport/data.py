@@ -118,9 +118,12 @@ def labelled_examples(rows: list[dict], task: str, *, text_column: str | None = 
                       label_column: str | None = None, source: str = "data") -> tuple[list, list]:
     """(inputs, labels) for the task: texts or text pairs, and their labels; empty labels when none."""
     columns = list(rows[0])
-    label = label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
     if label_column and label_column not in columns:
         raise DataError(f"{source}: no column {label_column!r} (has: {', '.join(columns)})")
+    words_column = text_column or "tokens"
+    if task == "token-classification" and isinstance(rows[0].get(words_column), list):
+        return _word_labelled(rows, words_column, label_column, columns, source)
+    label = label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
     if task == "question-answering":
         for needed in ("question", "context"):
             if needed not in columns:
@@ -134,4 +137,24 @@ def labelled_examples(rows: list[dict], task: str, *, text_column: str | None = 
             column = _pick_column(columns, text_column, Path(source))
             inputs = [str(r[column]) for r in rows]
     labels = [r[label] for r in rows] if label else []
+    return inputs, labels
+
+
+def _word_labelled(rows, words_column, label_column, columns, source) -> tuple[list, list]:
+    """CoNLL-style rows (a list of words and a list of tags): the words joined by spaces, and per text
+    the character span of every word with its tag, so predictions can be matched word by word."""
+    label = label_column or next((c for c in ("ner_tags", "tags", "labels", "label") if c in columns), None)
+    inputs, labels = [], []
+    for row in rows:
+        words = [str(word) for word in row[words_column]]
+        spans, position = [], 0
+        for word in words:
+            spans.append((position, position + len(word)))
+            position += len(word) + 1
+        inputs.append(" ".join(words))
+        if label:
+            tags = list(row[label])
+            if len(tags) != len(words):
+                raise DataError(f"{source}: a row has {len(words)} words but {len(tags)} tags")
+            labels.append({"spans": spans, "tags": tags})
     return inputs, labels

@@ -70,6 +70,25 @@ class TorchRunner:
         return result
 
 
+    def token_predictions(self, texts: list[str]) -> list[list[tuple[int, int, int]]]:
+        """Token classification: (char start, char end, label id) of every real token of every text."""
+        import torch
+
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
+        with torch.inference_mode():
+            out = self.model(**{n: enc[n] for n in self.input_names if n in enc}, return_dict=True)
+        return _token_labels(out["logits"].numpy(), enc["attention_mask"].numpy(),
+                             enc["special_tokens_mask"].numpy(), enc["offset_mapping"].numpy())
+
+
+def _token_labels(logits, attention_mask, special_tokens_mask, offsets) -> list[list[tuple[int, int, int]]]:
+    labels = logits.argmax(-1)
+    return [[(int(offsets[row, pos, 0]), int(offsets[row, pos, 1]), int(labels[row, pos]))
+             for pos in range(labels.shape[1]) if attention_mask[row, pos] and not special_tokens_mask[row, pos]]
+            for row in range(labels.shape[0])]
+
+
 class PredictorRunner:
     """A candidate seen through the runtime: the bundle itself, or an intermediate stage's file."""
 
@@ -91,6 +110,11 @@ class PredictorRunner:
     def answers(self, inputs: list) -> list[str]:
         return [result["answer"] for result in self.predictor(inputs)]
 
+    def token_predictions(self, texts: list[str]) -> list[list[tuple[int, int, int]]]:
+        batch = self.predictor.encode(texts)
+        logits = self.predictor.forward(batch)["logits"]
+        return _token_labels(logits, batch.attention_mask, batch.special_tokens_mask, batch.offsets)
+
 
 def task_metrics(runner, task: str, inputs: list, labels: list, meta: dict, batch: int) -> dict[str, float]:
     """Accuracy/F1, STS Spearman or exact match of one runner on labelled data ({} where not defined)."""
@@ -105,6 +129,9 @@ def task_metrics(runner, task: str, inputs: list, labels: list, meta: dict, batc
         return metrics.similarity_spearman(first, second, labels)
     if task == "question-answering":
         return metrics.answers(_batched(runner.answers, inputs, batch), labels)
+    if task == "token-classification" and labels and isinstance(labels[0], dict):
+        return metrics.token_classification(_batched(runner.token_predictions, inputs, batch), labels,
+                                            meta.get("id2label") or {})
     return {}
 
 

@@ -56,3 +56,44 @@ def answers(predicted: list[str], gold: list) -> dict[str, float]:
                 best = max(best, 2 * precision * recall / (precision + recall))
         f1.append(best)
     return {"exact_match": float(np.mean(exact)), "f1": float(np.mean(f1))}
+
+
+def _entities(tags: list[str]) -> set[tuple[str, int, int]]:
+    """BIO(ES) word tags -> entity spans (type, first word, last word), as seqeval counts them."""
+    found, current = set(), None
+    for index, tag in enumerate([*tags, "O"]):
+        prefix, _, kind = tag.partition("-") if "-" in tag else ("I" if tag != "O" else "O", "", tag)
+        continues = current is not None and prefix in ("I", "E") and kind == current[0]
+        if current is not None and not continues:
+            found.add((current[0], current[1], index - 1))
+            current = None
+        if tag != "O" and not continues:
+            current = (kind, index)
+    return found
+
+
+def token_classification(predicted: list[list[tuple[int, int, int]]], gold: list[dict],
+                         id2label: dict) -> dict[str, float]:
+    """Word accuracy and entity-level F1; a word takes the label of its first sub-word token."""
+    def name(value) -> str:
+        key = str(int(value)) if isinstance(value, (int, np.integer)) or str(value).isdigit() else None
+        return str(id2label.get(key, value)) if key is not None else str(value)
+
+    correct = total = 0
+    predicted_entities: set = set()
+    gold_entities: set = set()
+    for index, (tokens, truth) in enumerate(zip(predicted, gold)):
+        first = {}
+        for start, _end, label in tokens:
+            first.setdefault(start, label)
+        words_predicted = [name(first[start]) if start in first else "O" for start, _ in truth["spans"]]
+        words_gold = [name(tag) for tag in truth["tags"]]
+        correct += sum(p == g for p, g in zip(words_predicted, words_gold))
+        total += len(words_gold)
+        predicted_entities |= {(index, *e) for e in _entities(words_predicted)}
+        gold_entities |= {(index, *e) for e in _entities(words_gold)}
+    hits = len(predicted_entities & gold_entities)
+    precision = hits / len(predicted_entities) if predicted_entities else 0.0
+    recall = hits / len(gold_entities) if gold_entities else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"word_accuracy": correct / max(total, 1), "entity_f1": f1}

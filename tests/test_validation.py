@@ -151,3 +151,27 @@ def test_cli_validate_exit_code_follows_gates(built_bundle, tmp_path):
     result = CliRunner().invoke(main, ["validate", str(built_bundle("bert", "feature-extraction")), "--quiet",
                                        "--report-dir", str(tmp_path / "r")])
     assert result.exit_code == 0 and result.output.startswith("passed")
+
+
+def test_token_classification_word_metrics_from_conll_rows(tiny_model, fast_recipe, tmp_path):
+    from hfexport.api import build
+
+    rows = [{"tokens": ["Ada", "Lovelace", "visited", "London", "today"],
+             "ner_tags": ["B-PER", "I-PER", "O", "B-LOC", "O"]} for _ in range(6)]
+    result = build(str(tiny_model("bert", "token-classification")), recipe=str(fast_recipe()),
+                   output=tmp_path / "ner", task="token-classification",
+                   eval_data=_write(rows, tmp_path / "ner.jsonl"), progress=Progress("quiet"))
+    reference, bundle = result.report.stage("pytorch").task_metrics, result.report.stage("bundle").task_metrics
+    assert set(reference) == {"word_accuracy", "entity_f1"}
+    assert reference == pytest.approx(bundle, abs=1e-6)
+
+
+def test_entities_from_bio_tags_match_seqeval_counting():
+    from hfexport.task_metrics import _entities, token_classification
+
+    assert _entities(["B-PER", "I-PER", "O", "B-LOC", "I-PER", "O"]) == {("PER", 0, 1), ("LOC", 3, 3), ("PER", 4, 4)}
+    gold = [{"spans": [(0, 3), (4, 12), (13, 19)], "tags": ["B-PER", "I-PER", "O"]}]
+    # Sub-word tokens: "Love" + "lace" for the second word; only the first sub-word's label counts.
+    predicted = [[(0, 3, 1), (4, 8, 2), (8, 12, 0), (13, 19, 0)]]
+    metrics = token_classification(predicted, gold, {"0": "O", "1": "B-PER", "2": "I-PER"})
+    assert metrics == {"word_accuracy": 1.0, "entity_f1": 1.0}
