@@ -36,6 +36,13 @@ def _handle_errors(command):
         except KeyboardInterrupt:
             click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(EXIT_INTERRUPTED)
+        except BrokenPipeError:
+            # The reader went away (`hfexport recipes | head`): nothing to report. Point stdout at
+            # devnull so Python's own flush at exit does not raise again.
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(EXIT_ERROR)
         except FidelityError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_GATES)
@@ -125,11 +132,10 @@ def recipes() -> None:
     """List the shipped recipes."""
     from hfexport.recipes import list_recipes
 
-    shipped = list_recipes()
-    width = max(len(recipe.name) for recipe in shipped)
-    for recipe in shipped:
-        chain = " -> ".join(spec.type for spec in recipe.passes)
-        click.echo(f"{recipe.name:<{width}} {chain:<40} {recipe.description}")
+    rows = [(r.name, " -> ".join(spec.type for spec in r.passes), r.description) for r in list_recipes()]
+    name_width, chain_width = (max(len(row[i]) for row in rows) for i in (0, 1))
+    for name, chain, description in rows:
+        click.echo(f"{name:<{name_width}}  {chain:<{chain_width}}  {description}")
 
 
 @main.command()

@@ -19,6 +19,22 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 """
 
+
+
+def assert_thread_safe(model, count: int = 32, workers: int = 8) -> None:
+    """Many threads calling one loaded model at once get exactly what single calls get."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+
+    texts = [f"sentence number {i} " * (1 + i % 7) for i in range(count)]
+    expected = [model([t])[0] for t in texts]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        got = list(pool.map(lambda t: model([t])[0], texts * 3))
+    for i, vector in enumerate(got):
+        np.testing.assert_allclose(vector, expected[i % len(texts)], atol=1e-5)
+
+
 TASK_CLASSES = {
     "feature-extraction": "AutoModel",
     "text-classification": "AutoModelForSequenceClassification",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from hfexport.errors import BundleIntegrityError
 from hfexport.runtime import load
-from tests.conftest import TORCH_BLOCKER
+from tests.conftest import TORCH_BLOCKER, assert_thread_safe
 
 # Blocks torch and transformers outright, so an import anywhere in the runtime fails the test.
 _ISOLATED = TORCH_BLOCKER + """
@@ -33,13 +32,7 @@ def test_runtime_loads_and_runs_without_torch_or_transformers(built_bundle):
 
 
 def test_runtime_thread_safe_concurrent_calls(built_bundle):
-    model = load(built_bundle("bert", "feature-extraction"))
-    texts = [f"sentence number {i} " * (1 + i % 7) for i in range(64)]
-    expected = [model([t])[0] for t in texts]
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        got = list(pool.map(lambda t: model([t])[0], texts * 3))
-    for i, vector in enumerate(got):
-        np.testing.assert_allclose(vector, expected[i % len(texts)], atol=1e-5)
+    assert_thread_safe(load(built_bundle("bert", "feature-extraction")), count=64)
 
 
 def test_runtime_truncates_to_model_max_length(built_bundle):
