@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 import time
@@ -95,11 +94,10 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
             started = time.perf_counter()
             artifact = step.run(artifact, ctx)
             seconds = time.perf_counter() - started
-            stats = getattr(artifact, "stats", {})
-            progress.done(step.name, _stats_line(stats, artifact.size_bytes()), stats=stats)
+            stats, size = getattr(artifact, "stats", {}), artifact.size_bytes()
+            progress.done(step.name, _stats_line(stats, size), stats=stats)
             pass_records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
-                                 "seconds": round(seconds, 3), "size_bytes": artifact.size_bytes(),
-                                 "stats": stats})
+                                 "seconds": round(seconds, 3), "size_bytes": size, "stats": stats})
             stages.append((step.name, artifact, seconds))
 
         staging = workdir / "bundle"
@@ -108,7 +106,7 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
                                            extra)
         precision = next((r["params"]["precision"] for r in reversed(pass_records) if r["name"] == "quantize"),
                          "fp32")
-        body = _manifest_body(source, profile, chosen, pass_records, artifact, model_files, tokenizer_dir,
+        body = _manifest_body(source, profile, chosen, pass_records, artifact, model_files, ctx.hf_tokenizer(),
                               precision)
         bundles.write_manifest(staging, body)
 
@@ -120,10 +118,9 @@ def _build(model, *, target, recipe, output, task, revision, trust_remote_code, 
                               "gates": [g.model_dump() for g in report.gates], "report": "report/report.json"}
         manifest = bundles.write_manifest(staging, body)
 
-        from hfexport.validate import gate_failure
+        if gates and not report.passed:
+            from hfexport.validate import gate_failure
 
-        failure = gate_failure(report.gates, None)
-        if failure and gates:
             kept = output.with_name(output.name + ".failed-report")
             shutil.rmtree(kept, ignore_errors=True)
             shutil.move(str(staging / "report"), kept)
@@ -169,14 +166,10 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     return folder
 
 
-def _manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer_dir, precision) -> dict:
+def _manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
     from hfexport import host
     from hfexport.bundle import tool_versions
 
-    tok = json.loads((tokenizer_dir / "tokenizer_config.json").read_text())
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = source.config
     return {
         "model": {"id": source.model_id, "revision": source.revision, "task": source.task,
@@ -194,7 +187,7 @@ def _manifest_body(source, profile, recipe, records, artifact, model_files, toke
         "model_file": model_files[0],
         "model_files": model_files,
         "tokenizer": {"file": "tokenizer/tokenizer.json", "pad_token": tokenizer.pad_token,
-                      "pad_token_id": tokenizer.pad_token_id, "padding_side": tok.get("padding_side", "right")},
+                      "pad_token_id": tokenizer.pad_token_id, "padding_side": tokenizer.padding_side},
         "signature": artifact.signature(),
         "tools": tool_versions(),
         "build_host": host.host_summary(),
@@ -219,21 +212,18 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     # steal the 2 cores from whichever side is being timed; validation switches spinning off.
     bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
     meta = bundle.manifest["model"]
+    input_names = [i["name"] for i in bundle.manifest["signature"]["inputs"]]
     reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
-                            ctx.source.max_length, [i["name"] for i in bundle.manifest["signature"]["inputs"]])
+                            ctx.source.max_length, input_names)
     candidates = []
     encoder = open_encoder(staging, bundle.manifest)
-    input_names = [i["name"] for i in bundle.manifest["signature"]["inputs"]]
     for name, artifact, seconds in stages[:-1]:
         if artifact.kind == "torch":  # a pruned or distilled checkpoint: measured in PyTorch, like the reference
             runner = TorchRunner(ctx.torch_module(artifact.path), ctx.hf_tokenizer(), ctx.source.task, meta,
                                  ctx.source.max_length, input_names)
         else:
-            # An intermediate graph runs on the target's backend when it is in the target's format, and on
-            # the runtime that reads its format otherwise (an ONNX stage before an OpenVINO conversion).
-            backend = ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
-            model = open_model(artifact.path, bundle.manifest, threads=n_threads, backend=backend,
-                               session_overrides=_NO_SPIN)
+            model = open_model(artifact.path, bundle.manifest, threads=n_threads,
+                               backend=_stage_backend(ctx, artifact), session_overrides=_NO_SPIN)
             runner = PredictorRunner(Predictor(bundle.manifest, encoder, model), meta)
         candidates.append({"name": name, "kind": artifact.kind,
                            "runner": runner, "size": artifact.size_bytes(), "pass_seconds": seconds})
@@ -289,8 +279,7 @@ def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set, thread
             args = ("torch", artifact.path, inputs, threads, scratch, TASKS[ctx.source.task].auto_class,
                     str(ctx.tokenizer_dir))
         else:
-            backend = ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
-            args = ("stage", artifact.path, inputs, threads, scratch, str(staging), backend)
+            args = ("stage", artifact.path, inputs, threads, scratch, str(staging), _stage_backend(ctx, artifact))
         by_name[name].peak_rss_mb = peak_rss_mb(*args)
     by_name["bundle"].peak_rss_mb = peak_rss_mb("bundle", staging, inputs, threads, scratch)
 
@@ -328,6 +317,12 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
 
 
 _NO_SPIN = {"allow_spinning": False}
+
+
+def _stage_backend(ctx, artifact: Artifact) -> str:
+    """An intermediate graph runs on the target's backend when it is in the target's format, and on the
+    runtime that reads its format otherwise (an ONNX stage before an OpenVINO conversion)."""
+    return ctx.target.backend if artifact.kind == ctx.target.artifact else _READERS[artifact.kind]
 
 # The runtime backend that reads each intermediate artifact format.
 _READERS = {"onnx": "onnxruntime", "openvino": "openvino"}

@@ -8,7 +8,8 @@ from collections import Counter
 import numpy as np
 
 
-def _spearman(a, b) -> float:
+def spearman(a, b) -> float:
+    """Rank correlation (no tie correction); 1.0 for fewer than two values."""
     ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
     return float(np.corrcoef(ra, rb)[0, 1]) if len(a) > 1 else 1.0
 
@@ -32,7 +33,7 @@ def classification(predicted_ids: list[int], labels: list, id2label: dict) -> di
 def similarity_spearman(first: np.ndarray, second: np.ndarray, scores: list) -> dict[str, float]:
     """Spearman between the cosine of each embedded pair and its gold similarity score (STS-style)."""
     cos = (first * second).sum(1) / (np.linalg.norm(first, axis=1) * np.linalg.norm(second, axis=1) + 1e-12)
-    return {"sts_spearman": _spearman(cos, np.array(scores, dtype=float))}
+    return {"sts_spearman": spearman(cos, np.array(scores, dtype=float))}
 
 
 def _tokens(text: str) -> list[str]:

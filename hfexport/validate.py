@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 
 from hfexport.errors import FidelityError
-from hfexport.report.schema import GateResult, Latency, StageMetrics
+from hfexport.report.schema import GateResult, Latency
 from hfexport.runtime.tasks import softmax
 from hfexport.runtime.tasks.feature_extraction import pool
 from hfexport.runtime.tasks.question_answering import best_span
+from hfexport.task_metrics import spearman
 
 # Per-task defaults; a recipe's `gates:` overrides any of them.
 DEFAULT_GATES: dict[str, dict[str, float]] = {
@@ -140,11 +141,7 @@ def _similarity_spearman(ref: np.ndarray, cand: np.ndarray) -> float:
         full = unit @ unit.T
         return full[np.triu_indices(len(x), k=1)]
 
-    a, b = sims(ref), sims(cand)
-    if a.size < 2:
-        return 1.0
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
+    return spearman(sims(ref), sims(cand))
 
 
 def check_gates(task: str, overrides: dict[str, float | None], measured: dict[str, float]) -> list[GateResult]:
@@ -216,10 +213,3 @@ def text_of_length(tokenizer, texts: list[str], tokens: int) -> str:
     encoded = tokenizer(passage, add_special_tokens=False, return_offsets_mapping=True)
     cut = encoded["offset_mapping"][tokens - special - 1][1]
     return passage[:cut]
-
-
-def stage_metrics(name: str, kind: str, size: int, pass_seconds: float | None, latency_ms=None,
-                  throughput=None, fid=None, notes=None) -> StageMetrics:
-    return StageMetrics(name=name, kind=kind, size_bytes=size, pass_seconds=pass_seconds,
-                        latency=latency_of(latency_ms) if latency_ms else None,
-                        throughput_per_s=throughput, fidelity=fid or {}, notes=notes or [])

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from hfexport.errors import HfExportError
+from hfexport.host import physical_cores
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}  # fmt: skip
@@ -34,17 +35,6 @@ class OnnxRuntimeSession:
         return dict(zip(self.output_names, values))
 
 
-def _physical_cores() -> int:
-    import os
-
-    try:
-        import psutil
-
-        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:
-        return os.cpu_count() or 1
-
-
 def open_session(model_path: Path, session: dict, *, providers=None, threads=None,
                  device=None) -> OnnxRuntimeSession:
     if device is not None:
@@ -56,7 +46,7 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
         raise HfExportError("this bundle needs onnxruntime: pip install onnxruntime") from exc
     options = ort.SessionOptions()
     intra = threads if threads is not None else session.get("intra_op_threads", 0)
-    options.intra_op_num_threads = intra or _physical_cores()
+    options.intra_op_num_threads = intra or physical_cores()
     options.inter_op_num_threads = session.get("inter_op_threads", 1)
     level = session.get("graph_optimization_level", "all")
     options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
