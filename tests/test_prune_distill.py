@@ -129,6 +129,16 @@ def test_distill_recovers_what_pruning_lost(tmp_path):
     assert stages["distill"].fidelity["cosine_mean"] > stages["prune"].fidelity["cosine_mean"]
 
 
+def test_distill_hidden_targets_follow_the_span_each_student_layer_replaces():
+    from hfexport.passes.distill import hidden_targets
+
+    # hidden_states[j] is what teacher layer j reads; the last entry is the final output.
+    assert hidden_targets([0, 4, 5], 6) == [4, 5, 6]
+    assert hidden_targets([1, 3, 5], 6) == [3, 5, 6]
+    assert hidden_targets([0, 1, 2], 6) == [1, 2, 6]  # the last student layer stands in for 2..5
+    assert hidden_targets([0, 4, 5], 6, "copied") == [1, 5, 6]
+
+
 def test_distill_is_deterministic_with_a_seed(tmp_path):
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     passes = [{"type": "prune", "layers_keep": 1}, {"type": "distill", "max_steps": 6, "eval_every": 3},

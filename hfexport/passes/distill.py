@@ -34,11 +34,21 @@ class DistillConfig(PassConfig):
     max_grad_norm: float = Field(1.0, gt=0)
     temperature: float = Field(2.0, gt=0, description="softmax temperature for logit KL")
     hidden_weight: float = Field(1.0, ge=0, description="weight of the hidden-state loss (0 = off)")
+    # Which teacher hidden state student layer i is trained to reproduce when layers were dropped.
+    # "span": the state the next kept teacher layer reads (student layer i stands in for the whole span of
+    # teacher layers up to the next kept one; the last student layer for the rest, so it targets the
+    # teacher's final output). "copied": the output of the teacher layer it was copied from.
+    hidden_map: Literal["span", "copied"] = "span"
     max_length: int = Field(128, ge=8, description="training sequence length cap")
     max_texts: int = Field(5000, ge=16, description="training texts used at most")
     holdout: float = Field(0.1, gt=0, lt=0.5, description="share of training texts held out for early stopping")
     eval_every: int = Field(50, ge=1, description="steps between held-out checks")
     patience: int = Field(4, ge=1, description="held-out checks without improvement before stopping")
+    # Data augmentation (as TinyBERT did for small training sets): the teacher labels any text, so each
+    # epoch after the first replaces this share of batches with edited copies of their texts (a random
+    # crop, two texts joined, words dropped, or words swapped for others from the training text). Those
+    # batches need a fresh teacher forward (their targets cannot be cached), so steps cost more.
+    augment: float = Field(0.0, ge=0, le=1, description="share of batches replaced by augmented copies")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
     # NOTE: the teacher's targets are computed once per batch and reused every epoch (batches keep their
@@ -107,16 +117,18 @@ class DistillPass(Pass[DistillConfig]):
         stop = False
         cache: dict[int, dict] = {}
         cache_budget = cfg.teacher_cache_mb * 2**20
+        augmenter = _Augmenter(train, cfg.seed) if cfg.augment else None
         for epoch in range(cfg.epochs):
             order = list(range(len(batches)))
             random.Random(cfg.seed + epoch).shuffle(order)
             for index in order:
-                encoded = loss_fn.encode(batches[index], device)
-                targets = cache.get(index)
+                augmented = augmenter is not None and epoch > 0 and augmenter.rng.random() < cfg.augment
+                encoded = loss_fn.encode(augmenter(batches[index]) if augmented else batches[index], device)
+                targets = None if augmented else cache.get(index)
                 if targets is None:
                     targets = loss_fn.targets(teacher, encoded)
                     size = sum(t.numel() * t.element_size() for t in _tensors(targets))
-                    if size <= cache_budget:
+                    if not augmented and size <= cache_budget:
                         cache[index], cache_budget = targets, cache_budget - size
                 with autocast:
                     loss = loss_fn(student, encoded, targets)
@@ -164,6 +176,31 @@ class _nullcontext:
         return False
 
 
+class _Augmenter:
+    """Edited copies of training texts: still text the teacher can label, but text the student has not seen."""
+
+    def __init__(self, texts: list[str], seed: int):
+        self.rng = random.Random(seed + 7919)
+        self.texts = texts
+        self.words = sorted({w for t in texts for w in t.split() if w.isalpha()})
+
+    def __call__(self, batch: list[str]) -> list[str]:
+        return [self.one(text) for text in batch]
+
+    def one(self, text: str) -> str:
+        rng, words = self.rng, text.split()
+        kind = rng.choice(("crop", "join", "drop", "swap"))
+        if kind == "join" or len(words) < 6:
+            return f"{text} {rng.choice(self.texts)}"
+        if kind == "crop":
+            size = rng.randint(max(4, len(words) // 2), len(words) - 1)
+            start = rng.randint(0, len(words) - size)
+            return " ".join(words[start:start + size])
+        if kind == "drop":
+            return " ".join(w for w in words if rng.random() > 0.15) or text
+        return " ".join(rng.choice(self.words) if rng.random() < 0.15 and self.words else w for w in words)
+
+
 def _seed(seed: int) -> None:
     import numpy as np
     import torch
@@ -188,6 +225,17 @@ def _layer_map(artifact: TorchModel) -> list[int] | None:
         if kept:
             return kept
     return None
+
+
+def hidden_targets(kept: list[int], teacher_layers: int, mode: str = "span") -> list[int]:
+    """For each student layer, the index into the teacher's hidden_states (0 = embeddings) it should match.
+
+    Teacher 6 layers, kept [0, 4, 5]: "span" gives [4, 5, 6] (student layer 0 must hand layer 4's copy
+    what teacher layer 4 reads); "copied" gives [1, 5, 6].
+    """
+    if mode == "copied":
+        return [i + 1 for i in kept]
+    return [*kept[1:], teacher_layers]
 
 
 class _Loss:
@@ -226,7 +274,8 @@ class _Loss:
             for name in ("start_logits", "end_logits") if self.task == "question-answering" else ("logits",):
                 out[name] = getattr(t, name).half()
         if self.cfg.hidden_weight and self.layer_map is not None:
-            out["hidden"] = [t.hidden_states[i + 1].half() for i in self.layer_map]
+            out["hidden"] = [t.hidden_states[i].half() for i in hidden_targets(self.layer_map, len(t.hidden_states) - 1,
+                                                                          self.cfg.hidden_map)]
         return out
 
     def __call__(self, student, batch, targets):
