@@ -139,6 +139,19 @@ def test_distill_hidden_targets_follow_the_span_each_student_layer_replaces():
     assert hidden_targets([0, 4, 5], 6, "copied") == [1, 5, 6]
 
 
+def test_distill_augmenter_edits_texts_deterministically():
+    from hfexport.passes.distill import _Augmenter
+
+    texts = ["the cat sat on the warm mat all afternoon", "a quick brown fox jumps over the lazy dog today",
+             "rain is expected in the north by the evening"]
+    first, second = _Augmenter(texts, 3), _Augmenter(texts, 3)
+    edited = [first(texts) for _ in range(5)]
+    assert edited == [second(texts) for _ in range(5)]
+    flat = [e for batch in edited for e in batch]
+    assert sum(e not in texts for e in flat) >= len(flat) - 2  # nearly every copy is edited
+    assert all(e.strip() for e in flat)
+
+
 def test_distill_is_deterministic_with_a_seed(tmp_path):
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     passes = [{"type": "prune", "layers_keep": 1}, {"type": "distill", "max_steps": 6, "eval_every": 3},

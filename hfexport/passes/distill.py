@@ -196,9 +196,11 @@ class _Augmenter:
             size = rng.randint(max(4, len(words) // 2), len(words) - 1)
             start = rng.randint(0, len(words) - size)
             return " ".join(words[start:start + size])
-        if kind == "drop":
-            return " ".join(w for w in words if rng.random() > 0.15) or text
-        return " ".join(rng.choice(self.words) if rng.random() < 0.15 and self.words else w for w in words)
+        # drop or swap: about one word in seven, at least one
+        chosen = set(rng.sample(range(len(words)), max(1, round(len(words) * 0.15))))
+        if kind == "drop" or not self.words:
+            return " ".join(w for i, w in enumerate(words) if i not in chosen)
+        return " ".join(rng.choice(self.words) if i in chosen else w for i, w in enumerate(words))
 
 
 def _seed(seed: int) -> None:
