@@ -88,7 +88,8 @@ def test_openvino_bundle_manifest_and_report_record_what_ran(ov_bundle):
     target = manifest["target"]
     assert target["backend"] == "openvino" and target["precision"] == "fp32"
     assert target["session"]["openvino"] == {"device": "CPU", "performance_hint": "LATENCY",
-                                             "inference_precision": "f32", "streams": None, "cache_dir": None}
+                                             "inference_precision": "f32", "kv_cache_precision": "f32",
+                                             "streams": None, "cache_dir": None}
     inputs = {i["name"]: i for i in manifest["signature"]["inputs"]}
     assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     assert manifest["passes"][0]["stats"]["max_abs_diff_vs_torch"] < 1e-3
