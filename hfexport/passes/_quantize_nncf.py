@@ -17,6 +17,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -37,6 +38,11 @@ def quantize_openvino(config: QuantizeConfig, artifact: OpenVINOModel, ctx: Buil
 
     model = ov.Core().read_model(str(artifact.path))
     ignored = nncf.IgnoredScope(names=list(config.exclude_nodes)) if config.exclude_nodes else None
+    # NOTE: NNCF prints tables and progress bars through its own stdout handler at INFO, set when it is
+    # imported; a quiet build (root logger at ERROR) silences it too.
+    nncf_logger = logging.getLogger("nncf")
+    saved_level = nncf_logger.level
+    nncf_logger.setLevel(max(saved_level, logging.getLogger().level))
     try:
         if config.weights_only or config.mode == "dynamic":
             result, settings = _compress_weights(nncf, model, config)
@@ -46,6 +52,8 @@ def quantize_openvino(config: QuantizeConfig, artifact: OpenVINOModel, ctx: Buil
         raise
     except Exception as exc:  # NNCF raises anything; the first line is what the user needs
         raise ExportError(f"NNCF {config.precision} quantisation failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        nncf_logger.setLevel(saved_level)
     out = out_dir / "model.xml"
     ov.save_model(result, str(out), compress_to_fp16=False)
     return OpenVINOModel(out, artifact.inputs, artifact.outputs,
