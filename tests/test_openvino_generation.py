@@ -129,6 +129,19 @@ def test_openvino_generation_concurrent_calls_get_their_own_state(ov_llm_bundle)
     assert got == expected * 2
 
 
+def test_openvino_decoder_refuses_a_model_without_kv_cache(tmp_path):
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from hfexport.errors import HfExportError
+    from hfexport.runtime.backends.openvino import open_session
+
+    ids = ops.parameter([1, 4], ov.Type.f32, name="input_ids")
+    ov.save_model(ov.Model([ops.relu(ids)], [ids]), str(tmp_path / "model.xml"))
+    with pytest.raises(HfExportError, match="no KV cache"):
+        open_session(tmp_path / "model.xml", {}).decoder()
+
+
 # -- weight compression -------------------------------------------------------------------------------------
 
 

@@ -48,7 +48,10 @@ class OpenVINOSession:
         """A step runner for KV-cache graphs (text generation), stateful or with explicit past/present ports."""
         if any(name.startswith("past_key_values.") for name in self.input_names):
             return OpenVINODecoder(self)
-        return OpenVINOStatefulDecoder(self)
+        if "beam_idx" in self.input_names:
+            return OpenVINOStatefulDecoder(self)
+        raise HfExportError("this OpenVINO model has no KV cache (neither past_key_values.* nor beam_idx inputs); "
+                            "build it with export_openvino_generation")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {k: feeds[k] for k in self.input_names}
