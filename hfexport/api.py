@@ -297,22 +297,24 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
     tokenizer_file = staging / manifest["tokenizer"]["file"]
     candidates = []
     for name, artifact, seconds in stages[:-1]:
-        if artifact.kind != "onnx":  # a pruned checkpoint has no generation loop to measure here
+        if artifact.kind == "torch":  # a pruned checkpoint has no generation loop to measure here
             continue
-        model = open_model(artifact.path, manifest, threads=n_threads, backend=_READERS[artifact.kind])
+        model = open_model(artifact.path, manifest, threads=n_threads, backend=_stage_backend(ctx, artifact))
         candidates.append({"name": name, "kind": artifact.kind, "size": artifact.size_bytes(), "pass_seconds": seconds,
                            "runner": BundleGeneration(TextGenerator(manifest, staging, model, tokenizer_file))})
     last_name, last_artifact, last_seconds = stages[-1]
+    target_info = _target_info(bundle)
     candidates.append({"name": "bundle", "kind": "bundle", "runner": BundleGeneration(bundle),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
-                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load"]})
+                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load",
+                                 *_runtime_notes(target_info)]})
     reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir), bundle.eos_token_ids, bundle.pad_token_id)
     return evaluate_generation(
         reference=reference, tokenizer=ctx.hf_tokenizer(), reference_size=reference_size, candidates=candidates,
         texts=eval_texts, settings=ctx.recipe.evaluation, threads=n_threads,
         gates_overrides=ctx.recipe.gates.model_dump(),
         model_info={"id": ctx.source.model_id, "revision": ctx.source.revision, "task": ctx.source.task},
-        target_info=_target_info(bundle), text_source=text_source, versions=tool_versions(), progress=ctx.progress,
+        target_info=target_info, text_source=text_source, versions=tool_versions(), progress=ctx.progress,
         memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
 
 

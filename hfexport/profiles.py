@@ -48,6 +48,10 @@ class OpenVINOOptions(_Strict):
     # NOTE: always set. Left unset, OpenVINO picks bf16 on CPUs with AVX512-BF16 (and f16 on GPUs)
     # without saying so; the profile decides and the report records what the runtime actually used.
     inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+    # NOTE: always set, for the same reason. OpenVINO 2026.4's CPU plugin keeps a stateful LLM's KV cache
+    # in u8 by default on x86, whatever the inference precision; measured on a random Llama it changed a
+    # greedy token at step 8 against PyTorch. f32 keeps the fp32 recipes exact.
+    kv_cache_precision: Literal["f32", "bf16", "f16", "u8"] = "f32"
     streams: int | Literal["AUTO"] | None = Field(None, description="null = what the hint picks")
     cache_dir: str | None = Field(None, description="compiled-blob cache (saves GPU/NPU compile time); ~ expands")
 

@@ -3,6 +3,11 @@
 
     python scripts/bench_generation.py                 # the issue's model: random Llama, 4 x 512, vocab 32000
     python scripts/bench_generation.py --recipes llm-fp32 llm-int4 --new-tokens 64 --runs 5 --markdown
+    python scripts/bench_generation.py --recipes openvino-llm-fp32 openvino-llm-int4 --markdown   # openvino
+
+A recipe whose export pass is export_openvino_generation builds for the openvino target, any other for
+cpu (ONNX Runtime); both kinds can share one run. Each bundle's size is also given against the fp32
+bundle of its own target (llm-fp32 or openvino-llm-fp32) when that is in the run.
 
 Builds each recipe's bundle from a random-init model (nothing is downloaded), then times every side
 in alternating blocks: time to first token on a `--prompt-tokens` prompt, and a full greedy run of
@@ -65,6 +70,14 @@ def make_model(folder: Path, layers: int, hidden: int, vocab: int) -> Path:
     return folder
 
 
+def target_of(recipe: str) -> str:
+    """openvino for a recipe that exports OpenVINO IR, cpu otherwise."""
+    from hfexport.recipes import load_recipe
+
+    exports = [kind for kind, _ in load_recipe(recipe).pass_configs() if kind.startswith("export_")]
+    return "openvino" if any(kind.startswith("export_openvino") for kind in exports) else "cpu"
+
+
 def main() -> int:
     args = _parse()
     import numpy as np
@@ -91,17 +104,18 @@ def main() -> int:
     model_dir = scratch / "model"
     if not (model_dir / "config.json").is_file():
         make_model(model_dir, args.layers, args.hidden, args.vocab)
-    bundles, build_seconds = {}, {}
+    bundles, build_seconds, targets = {}, {}, {}
     for recipe in args.recipes:
         name = Path(recipe).stem  # a shipped recipe's name, or a recipe file's
+        targets[name] = target_of(recipe)
         if (scratch / name / "manifest.json").is_file():
             bundles[name] = scratch / name
             continue
         print(f"building {name} ...", file=sys.stderr)
         started = time.perf_counter()
         # Gates off: the point is to measure; a random model's int4 top-1 is reported, not enforced.
-        build(str(model_dir), recipe=recipe, output=scratch / name, threads=args.threads, gates=False,
-              progress=Progress("quiet"))
+        build(str(model_dir), target=targets[name], recipe=recipe, output=scratch / name, threads=args.threads,
+              gates=False, progress=Progress("quiet"))
         build_seconds[name] = time.perf_counter() - started
         bundles[name] = scratch / name
 
@@ -143,10 +157,12 @@ def main() -> int:
             side = "pytorch" if row["path"] == "pytorch" else "bundle"
             row["peak_rss_mb"] = peak_rss_mb(side, paths[row["path"]], args.threads, args.new_tokens)
     base = rows[0]
-    fp32_size = sizes.get("llm-fp32")
+    fp32_names = {"cpu": "llm-fp32", "openvino": "openvino-llm-fp32"}
     for row in rows:
         row["decode_vs_pytorch"] = row["decode_tok_s"] / base["decode_tok_s"]
+        fp32_size = sizes.get(fp32_names.get(targets.get(row["path"]), ""))
         row["size_vs_fp32_bundle"] = sizes[row["path"]] / fp32_size if fp32_size else None
+        row["target"] = targets.get(row["path"])
     result = {"model": {"layers": args.layers, "hidden": args.hidden, "vocab": args.vocab},
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "threads": args.threads,
               "reference_perplexity": ref_ppl, "rows": rows}

@@ -88,7 +88,8 @@ def test_openvino_bundle_manifest_and_report_record_what_ran(ov_bundle):
     target = manifest["target"]
     assert target["backend"] == "openvino" and target["precision"] == "fp32"
     assert target["session"]["openvino"] == {"device": "CPU", "performance_hint": "LATENCY",
-                                             "inference_precision": "f32", "streams": None, "cache_dir": None}
+                                             "inference_precision": "f32", "kv_cache_precision": "f32",
+                                             "streams": None, "cache_dir": None}
     inputs = {i["name"]: i for i in manifest["signature"]["inputs"]}
     assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
     assert manifest["passes"][0]["stats"]["max_abs_diff_vs_torch"] < 1e-3
@@ -230,8 +231,8 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
      r"passes.1 \(quantize\): op_types: an ONNX Runtime quantiser option"),
     ([{"type": "export_onnx"}, {"type": "quantize", "precision": "int4", "weights_only": True, "ratio": 0.5}],
      "cpu", "ratio: an NNCF option"),
-    ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "lm_head_precision": "int8"}],
-     "openvino", "lm_head_precision: an ONNX Runtime quantiser option"),
+    ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "accuracy_level": 4}],
+     "openvino", "accuracy_level: an ONNX Runtime quantiser option"),
     ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "group_size": 64}], "openvino",
      "group_size: NNCF compresses int8 weights per channel"),
     ([{"type": "export_onnx"}, {"type": "quantize", "mode": "static", "smooth_quant_alpha": 0.8}], "cpu",

@@ -20,6 +20,7 @@ BUILTIN_PASSES: dict[str, str] = {
     "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
     "export_openvino": "hfexport.passes.export_openvino:ExportOpenVINOPass",
     "export_onnx_generation": "hfexport.passes.export_onnx_generation:ExportOnnxGenerationPass",
+    "export_openvino_generation": "hfexport.passes.export_openvino_generation:ExportOpenVINOGenerationPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",
 }

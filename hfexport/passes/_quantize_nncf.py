@@ -10,11 +10,14 @@
 - `mode: dynamic` or `weights_only: true`: NNCF weight compression (int8 per channel, or int4 in groups
   with `ratio` of the layers in int4 and the rest in int8). No calibration; OpenVINO's CPU plugin
   quantises activations at run time where it pays, so on openvino "dynamic" and "weights only" write
-  the same IR.
+  the same IR. Unset `lm_head_precision` / `embedding_precision` leave NNCF's own rule (the first and
+  last weighted layers, i.e. embedding and LM head, at int8 when the rest is int4); set, they are
+  compressed apart at their own precision (a second NNCF call skips weights already compressed).
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,15 +38,22 @@ def quantize_openvino(config: QuantizeConfig, artifact: OpenVINOModel, ctx: Buil
 
     model = ov.Core().read_model(str(artifact.path))
     ignored = nncf.IgnoredScope(names=list(config.exclude_nodes)) if config.exclude_nodes else None
+    # NOTE: NNCF prints tables and progress bars through its own stdout handler at INFO, set when it is
+    # imported; a quiet build (root logger at ERROR) silences it too.
+    nncf_logger = logging.getLogger("nncf")
+    saved_level = nncf_logger.level
+    nncf_logger.setLevel(max(saved_level, logging.getLogger().level))
     try:
         if config.weights_only or config.mode == "dynamic":
-            result, settings = _compress_weights(nncf, model, config, ignored)
+            result, settings = _compress_weights(nncf, model, config)
         else:
             result, settings = _post_training(nncf, model, config, ctx, artifact, ignored)
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:  # NNCF raises anything; the first line is what the user needs
         raise ExportError(f"NNCF {config.precision} quantisation failed: {str(exc).splitlines()[0]}") from exc
+    finally:
+        nncf_logger.setLevel(saved_level)
     out = out_dir / "model.xml"
     ov.save_model(result, str(out), compress_to_fp16=False)
     return OpenVINOModel(out, artifact.inputs, artifact.outputs,
@@ -51,16 +61,79 @@ def quantize_openvino(config: QuantizeConfig, artifact: OpenVINOModel, ctx: Buil
                                 "precision": config.precision, **settings})
 
 
-def _compress_weights(nncf, model, config: QuantizeConfig, ignored):
+def _compress_weights(nncf, model, config: QuantizeConfig):
+    group_size = config.group_size or DEFAULT_INT4_GROUP_SIZE
+
+    def compress(model, precision: str, ignored_names: list[str], **extra):
+        scope = nncf.IgnoredScope(names=ignored_names) if ignored_names else None
+        if precision == "int4":
+            return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size,
+                                         ratio=config.ratio, ignored_scope=scope, **extra)
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
+
     if config.precision == "int4":
-        group_size = config.group_size or DEFAULT_INT4_GROUP_SIZE
-        compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size,
-                                           ratio=config.ratio, ignored_scope=ignored)
-        return compressed, {"algorithm": "nncf.compress_weights", "mode": "weights only",
-                            "weights": "int4_sym", "group_size": group_size, "ratio": config.ratio}
-    compressed = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=ignored)
-    return compressed, {"algorithm": "nncf.compress_weights", "mode": "weights only",
-                        "weights": "int8_asym per channel"}
+        settings = {"algorithm": "nncf.compress_weights", "mode": "weights only", "weights": "int4_sym",
+                    "group_size": group_size, "ratio": config.ratio}
+    else:
+        settings = {"algorithm": "nncf.compress_weights", "mode": "weights only",
+                    "weights": "int8_asym per channel"}
+    excluded = list(config.exclude_nodes)
+    if config.lm_head_precision is None and config.embedding_precision is None:
+        return compress(model, config.precision, excluded), settings
+
+    lm_head, embeddings, tied = find_lm_head_and_embeddings(model)
+    wanted = {name: config.embedding_precision or "int8" for name in embeddings}
+    if lm_head:
+        wanted[lm_head] = config.lm_head_precision or "int8"
+        if tied:  # one shared table: the LM head's precision decides
+            wanted.update({name: wanted[lm_head] for name in embeddings})
+    keep_float = excluded + [name for name, p in wanted.items() if p == "fp32"]
+    main = config.precision
+    # all_layers: with the special layers named apart, NNCF must not pick its own first/last layers.
+    extra = {"all_layers": True} if main == "int4" else {}
+    model = compress(model, main, keep_float + [n for n, p in wanted.items() if p not in ("fp32", main)], **extra)
+    for precision in sorted({p for p in wanted.values() if p not in ("fp32", main)}):
+        extra = {"all_layers": True} if precision == "int4" else {}
+        model = compress(model, precision, keep_float + [n for n, p in wanted.items() if p != precision], **extra)
+    applied = {("lm_head" if name == lm_head else "embedding"): p for name, p in wanted.items()}
+    return model, {**settings, "lm_head": lm_head, "lm_head_precision": applied.get("lm_head"),
+                   "embedding_precision": applied.get("embedding"), "tied_embeddings": tied}
+
+
+def find_lm_head_and_embeddings(model) -> tuple[str | None, list[str], bool]:
+    """(the MatMul producing `logits`, the Gathers over a [vocab, hidden] table, whether they share it)."""
+    logits = next((out for out in model.outputs if "logits" in out.get_names()), None)
+    if logits is None:
+        return None, [], False
+    node, lm_head = logits.get_node(), None
+    for _ in range(4):  # Result <- (Add | Convert | Multiply) <- MatMul
+        node = node.input_value(0).get_node()
+        if node.get_type_name() == "MatMul":
+            lm_head = node
+            break
+    vocab = logits.get_partial_shape()[-1]
+    vocab = vocab.get_length() if vocab.is_static else None
+    head_table = _constant_source(lm_head.input_value(1)) if lm_head is not None else None
+    head_name = head_table.get_friendly_name() if head_table is not None else None
+    embeddings, tied = [], False
+    for op in model.get_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        table = _constant_source(op.input_value(0))
+        if table is None or len(table.get_output_partial_shape(0)) != 2:
+            continue
+        if table.get_output_partial_shape(0)[0].get_length() == vocab:
+            embeddings.append(op.get_friendly_name())
+            tied = tied or table.get_friendly_name() == head_name
+    return (lm_head.get_friendly_name() if lm_head is not None else None), embeddings, tied
+
+
+def _constant_source(value):
+    """The Constant behind a weight input (through a Convert from a compressed type), or None."""
+    node = value.get_node()
+    while node.get_type_name() == "Convert":
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
 
 
 def _post_training(nncf, model, config: QuantizeConfig, ctx: BuildContext, artifact: OpenVINOModel, ignored):

@@ -14,6 +14,7 @@ from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import ExportError, PlanError
 from hfexport.passes._torch_graph import check_against_torch, task_graph
 from hfexport.passes.base import Pass, PassConfig
+from hfexport.tasks import TASKS
 
 
 class ExportOpenVINOConfig(PassConfig):
@@ -34,6 +35,9 @@ class ExportOpenVINOPass(Pass[ExportOpenVINOConfig]):
         if plan.target.artifact != "openvino":
             raise PlanError(f"target {plan.target.name!r} deploys {plan.target.artifact}, not OpenVINO IR; "
                             f"use export_onnx, or --target openvino")
+        if TASKS[plan.source.task].generative:
+            raise PlanError(f"{plan.source.task} needs a KV cache: use export_openvino_generation "
+                            f"(e.g. --recipe openvino-llm-fp32 or openvino-llm-int4)")
 
     def run(self, artifact: TorchModel, ctx: BuildContext) -> OpenVINOModel:
         import openvino as ov

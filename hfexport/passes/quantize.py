@@ -20,13 +20,13 @@ from hfexport.artifacts import Artifact, OnnxModel, OpenVINOModel
 from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
 from hfexport.passes.base import Pass, PassConfig
+from hfexport.tasks import TASKS
 
 # Fields that mean something to one backend's quantiser only; the other backend rejects them when set.
-_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "lm_head_precision",
-             "embedding_precision", "accuracy_level")
+_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level")
 _OPENVINO_ONLY = ("smooth_quant_alpha", "ratio")
-# ONNX Runtime fields that apply to weight-only (MatMulNBits) quantisation only.
-_ORT_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
+# Fields that apply to weight-only quantisation only (MatMulNBits on onnxruntime, NNCF compress_weights).
+_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
 
 
 class QuantizeConfig(PassConfig):
@@ -55,9 +55,14 @@ class QuantizeConfig(PassConfig):
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
     symmetric_activations: bool = False
-    lm_head_precision: Literal["fp32", "int8", "int4"] | None = Field(None, description="weights_only; fp32")
-    embedding_precision: Literal["fp32", "int4"] | None = Field(
-        None, description="weights_only; default fp32 (int4 is the only quantised Gather ONNX Runtime has)")
+    # -- both, weights_only: the two largest matrices of a small LLM ----------------------------------------
+    # NOTE: unset, each backend keeps its own default: fp32 on onnxruntime; on openvino NNCF's, int8 for
+    # both (it keeps the first and last weighted layers at int8 when the rest is int4).
+    lm_head_precision: Literal["fp32", "int8", "int4"] | None = Field(
+        None, description="weights_only: the LM head; default fp32 (onnxruntime), int8 (openvino)")
+    embedding_precision: Literal["fp32", "int8", "int4"] | None = Field(
+        None, description="weights_only: the token embedding table; default fp32 (onnxruntime), int8 (openvino); "
+                          "onnxruntime has int4 as its only quantised Gather")
     # NOTE: measured on the bench model (scripts/bench_generation.py, int4 group 32, 2 threads, one process):
     # accuracy_level 4 decoded 971 tokens/s and 0 only 22 (TTFT 3.6 vs 49 ms), with the same top-1
     # agreement (0.494 / 0.490); a loaded machine gave 218 vs 14.
@@ -110,18 +115,25 @@ class QuantizePass(Pass[QuantizeConfig]):
             foreign = [name for name in _OPENVINO_ONLY if name in config.model_fields_set]
             if foreign:
                 raise PlanError(f"{foreign[0]}: an NNCF option for openvino targets (remove it)")
-            stray = [name for name in _ORT_WEIGHT_ONLY if name in config.model_fields_set]
-            if stray and not config.weights_only:
-                raise PlanError(f"{stray[0]} applies to weight-only quantisation; add weights_only: true or remove it")
+            if config.embedding_precision == "int8":
+                raise PlanError("embedding_precision int8: ONNX Runtime quantises the embedding table to int4 "
+                                "only (fp32 or int4)")
         elif target.backend == "openvino":
             foreign = [name for name in _ORT_ONLY if name in config.model_fields_set]
             if foreign:
                 raise PlanError(f"{foreign[0]}: an ONNX Runtime quantiser option; NNCF on target "
                                 f"{target.name!r} decides it (remove {foreign[0]})")
-            if config.precision == "int8" and config.group_size is not None:
+            int4_parts = "int4" in (config.precision, config.lm_head_precision, config.embedding_precision)
+            if config.group_size is not None and not int4_parts:
                 raise PlanError("group_size: NNCF compresses int8 weights per channel; groups are for int4")
         else:
             raise PlanError(f"no quantiser for backend {target.backend}")
+        stray = [name for name in _WEIGHT_ONLY if name in config.model_fields_set]
+        if stray and not config.weights_only:
+            raise PlanError(f"{stray[0]} applies to weight-only quantisation; add weights_only: true or remove it")
+        if TASKS[plan.source.task].generative and config.mode == "static":
+            # Calibration feeds carry no KV cache; the generation graphs need one.
+            raise PlanError(f"mode: static does not calibrate {plan.source.task} graphs; use weights_only: true")
         if config.mode == "static" and not plan.has_calibration_data:
             raise PlanError("mode: static needs calibration data (--calibration-data)")
 

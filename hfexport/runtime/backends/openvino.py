@@ -1,13 +1,15 @@
 """OpenVINO backend: one compiled model, compiled with the options the bundle's target profile set.
 
 Thread safety: a compiled model is shared, and every call takes its own `InferRequest` (creating one
-is cheap next to inference), so calls from several threads never share request state.
+is cheap next to inference), so calls from several threads never share request state. Text generation
+takes one request per generate call: a stateful graph's KV cache lives in that request's variables.
 With several streams (THROUGHPUT hint), a batch is split across the streams and its parts run in
 parallel; with one stream (LATENCY), a call runs on all the threads the stream has.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,21 @@ class OpenVINOSession:
                 return None
             return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
-        precision = prop("INFERENCE_PRECISION_HINT")
+        precision, kv_cache = prop("INFERENCE_PRECISION_HINT"), prop("KV_CACHE_PRECISION")
         return {"device": self.device, "execution_devices": prop("EXECUTION_DEVICES"),
                 "inference_precision": _PRECISION_NAMES.get(precision, precision),
+                "kv_cache_precision": _PRECISION_NAMES.get(kv_cache, kv_cache),
                 "performance_hint": prop("PERFORMANCE_HINT"), "streams": self.streams,
                 "threads": prop("INFERENCE_NUM_THREADS")}
+
+    def decoder(self) -> OpenVINOStatefulDecoder | OpenVINODecoder:
+        """A step runner for KV-cache graphs (text generation), stateful or with explicit past/present ports."""
+        if any(name.startswith("past_key_values.") for name in self.input_names):
+            return OpenVINODecoder(self)
+        if "beam_idx" in self.input_names:
+            return OpenVINOStatefulDecoder(self)
+        raise HfExportError("this OpenVINO model has no KV cache (neither past_key_values.* nor beam_idx inputs); "
+                            "build it with export_openvino_generation")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {k: feeds[k] for k in self.input_names}
@@ -64,7 +76,7 @@ class OpenVINOSession:
 
 
 _PRECISION_NAMES = {"<Type: 'float32'>": "f32", "<Type: 'bfloat16'>": "bf16", "<Type: 'float16'>": "f16",
-                    "f32": "f32", "bf16": "bf16", "f16": "f16"}  # fmt: skip
+                    "<Type: 'uint8_t'>": "u8", "f32": "f32", "bf16": "bf16", "f16": "f16", "u8": "u8"}  # fmt: skip
 
 
 def _streams(compiled) -> int:
@@ -89,9 +101,13 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     core = ov.Core()
     if options.get("cache_dir"):
         core.set_property({"CACHE_DIR": str(Path(options["cache_dir"]).expanduser())})
-    if intra and device.split(":")[0] in ("CPU", "AUTO"):
-        # NOTE: on AUTO the thread count goes to the CPU plugin only; GPU and NPU have no such knob.
-        core.set_property("CPU", {"INFERENCE_NUM_THREADS": int(intra)})
+    if device.split(":")[0] in ("CPU", "AUTO"):
+        # NOTE: on AUTO these go to the CPU plugin only; GPU and NPU have no such knobs.
+        cpu = {"INFERENCE_NUM_THREADS": int(intra)} if intra else {}
+        if options.get("kv_cache_precision"):
+            cpu["KV_CACHE_PRECISION"] = options["kv_cache_precision"]
+        if cpu:
+            core.set_property("CPU", cpu)
     available = core.available_devices
     if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
         raise HfExportError(f"OpenVINO has no {device} device on this machine (has: {', '.join(available)})")
@@ -100,3 +116,83 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     except RuntimeError as exc:
         raise HfExportError(f"OpenVINO cannot compile the bundle for {device}: {str(exc).splitlines()[0]}") from exc
     return OpenVINOSession(compiled, device)
+
+
+def _step_feeds(input_ids, attention_mask, position_ids) -> dict[str, np.ndarray]:
+    # Contiguous int64, so OpenVINO can read the arrays in place (share_inputs) instead of copying them.
+    return {"input_ids": np.ascontiguousarray(input_ids, np.int64),
+            "attention_mask": np.ascontiguousarray(attention_mask, np.int64),
+            "position_ids": np.ascontiguousarray(position_ids, np.int64)}
+
+
+def _logits(request, all_logits: bool) -> np.ndarray:
+    logits = request.get_tensor("logits").data
+    # copy: the request reuses its output buffer on the next step
+    return logits.copy() if all_logits else logits[:, -1].copy()
+
+
+@dataclass
+class StatefulCache:
+    """One sequence batch's cache: the request whose variables hold it, and the identity beam order."""
+
+    request: object
+    beam_idx: np.ndarray
+
+
+class OpenVINOStatefulDecoder:
+    """Runs a stateful KV-cache graph (see hfexport/passes/_openvino_stateful.py).
+
+    `empty_cache(batch)` is a fresh InferRequest, whose variables start empty, so concurrent generate calls
+    never share a cache. NOTE: unlike the explicit cache, `step` advances the request in place and returns
+    it: a cache object is good for one sequence of steps, not for branching from an earlier step.
+    """
+
+    def __init__(self, runtime: OpenVINOSession):
+        self.compiled = runtime.compiled
+
+    def empty_cache(self, batch: int) -> StatefulCache:
+        return StatefulCache(self.compiled.create_infer_request(), np.arange(batch, dtype=np.int32))
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: StatefulCache, all_logits: bool = False) -> tuple[np.ndarray, StatefulCache]:
+        """One forward over `input_ids`; returns logits (last position, or every position) and the cache."""
+        feeds = _step_feeds(input_ids, attention_mask, position_ids)
+        cache.request.infer({**feeds, "beam_idx": cache.beam_idx}, share_inputs=True, share_outputs=True)
+        return _logits(cache.request, all_logits), cache
+
+
+@dataclass
+class ExplicitCache:
+    """Past tensors per `past_key_values.*` input; `owner` is the request that wrote them, kept alive
+    while they are read so its output buffers stay valid (they are handed on without a copy)."""
+
+    tensors: list
+    owner: object = None
+
+
+class OpenVINODecoder:
+    """Runs a KV-cache graph with explicit past/present ports (`stateful: false` at export): every step is a
+    fresh request whose past inputs are the previous request's present outputs, shared, not copied."""
+
+    def __init__(self, runtime: OpenVINOSession):
+        self.compiled = runtime.compiled
+        self.past_names = [n for n in runtime.input_names if n.startswith("past_key_values.")]
+        self.present_names = [n for n in runtime.output_names if n.startswith("present.")]
+        shape = self.compiled.input(self.past_names[0]).get_partial_shape()
+        self.kv_heads, self.head_dim = shape[1].get_length(), shape[3].get_length()
+
+    def empty_cache(self, batch: int) -> ExplicitCache:
+        import openvino as ov
+
+        empty = ov.Tensor(np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32))
+        return ExplicitCache([empty] * len(self.past_names))
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: ExplicitCache, all_logits: bool = False) -> tuple[np.ndarray, ExplicitCache]:
+        request = self.compiled.create_infer_request()
+        for name, tensor in zip(self.past_names, cache.tensors):
+            request.set_tensor(name, tensor)
+        request.infer(_step_feeds(input_ids, attention_mask, position_ids), share_inputs=True,
+                      share_outputs=True)
+        return _logits(request, all_logits), ExplicitCache([request.get_tensor(n) for n in self.present_names],
+                                                           request)
