@@ -102,3 +102,58 @@ def test_weight_only_excluded_node_stays_float_when_lm_head_is_quantised(tmp_pat
     assert ops["down"] == "MatMul" and ops["embed"] == "Gather"
     assert ops["up_Q4"] == "MatMulNBits" and ops["head_Q8"] == "MatMulNBits"
     assert stats["int4_matrices"] == 1 and stats["int8_matrices"] == 1 and stats["lm_head"] == "head"
+
+
+# -- the int4 / int8 search (int4_top1_target) ------------------------------------------------------------------
+
+
+def test_int4_search_mix_keeps_the_target_through_the_real_kernels(tmp_path):
+    """The probe's agreement for the chosen mix is what the quantised graph (accuracy_level 0) gives."""
+    from hfexport.passes._int4_search import SearchSettings
+    from hfexport.passes._weight_only import quantize_weights_only
+
+    source = _toy_llm(tmp_path / "toy.onnx")
+    windows = np.random.default_rng(1).integers(0, VOCAB, (16, 32)).tolist()
+    stats = quantize_weights_only(source, tmp_path / "q.onnx", bits=4, group_size=32, lm_head_precision="int4",
+                                  embedding_precision="int4", accuracy_level=0, exclude_nodes=[],
+                                  search=SearchSettings(windows, target=0.9, threads=1))
+    # On this toy every matrix alone in int4 agrees on 0.86-0.93 and int4 everywhere on 0.82: a split.
+    assert stats["int4_matrices"] == 2 and stats["int8_matrices"] == 2
+    assert stats["calibration_top1"] >= 0.9 and stats["int8_only_calibration_top1"] > stats["calibration_top1"]
+    agreement = float((_run(tmp_path / "q.onnx", windows).argmax(-1) == _run(source, windows).argmax(-1)).mean())
+    assert agreement == pytest.approx(stats["calibration_top1"], abs=1e-3)
+    ops = _ops(tmp_path / "q.onnx")
+    assert sorted(name[-2:] for name, op in ops.items() if op in ("MatMulNBits", "GatherBlockQuantized")) == \
+        ["Q4", "Q4", "Q8", "Q8"]
+
+
+@pytest.mark.parametrize(("target", "int4"), [(0.5, 4), (0.99, 0)])
+def test_int4_search_all_int4_when_it_passes_and_none_when_no_single_matrix_does(tmp_path, target, int4):
+    from hfexport.passes._int4_search import SearchSettings
+    from hfexport.passes._weight_only import quantize_weights_only
+
+    windows = np.random.default_rng(1).integers(0, VOCAB, (16, 32)).tolist()
+    stats = quantize_weights_only(_toy_llm(tmp_path / "toy.onnx"), tmp_path / "q.onnx", bits=4, group_size=32,
+                                  lm_head_precision="int4", embedding_precision="int4", accuracy_level=4,
+                                  exclude_nodes=[], search=SearchSettings(windows, target=target, threads=1))
+    assert stats["int4_matrices"] == int4 and stats["int4_matrices"] + stats["int8_matrices"] == 4
+
+
+def test_int4_search_budget_takes_cheapest_error_per_parameter_and_skips_what_overflows():
+    from hfexport.passes._int4_search import _bisect_budget
+    from hfexport.passes._weight_only import WeightMatrix
+
+    # A top-1 that falls linearly with the summed error: the pick must stay under an error of 0.1.
+    sizes = {"a": (0.01, 100), "b": (0.5, 10_000), "c": (0.02, 100), "d": (0.06, 100), "e": (0.2, 100)}
+    order = sorted((WeightMatrix(n, n, "MatMul", "block", p) for n, (_, p) in sizes.items()),
+                   key=lambda m: sizes[m.node][0] / m.params)
+    sensitivity = {n: e for n, (e, _) in sizes.items()}
+
+    def trial(int4):
+        return 0.0, 1.0 - sum(sensitivity[n] for n in int4)
+
+    everything = frozenset(sizes)
+    picked, top1, _ = _bisect_budget(order, sensitivity, trial, {everything: trial(everything)[1],
+                                                                  frozenset(): 1.0}, target=0.9)
+    # b has the least error per parameter but alone overflows; a, c, d fit (0.09), e would not.
+    assert picked == {"a", "c", "d"} and top1 == pytest.approx(0.91)

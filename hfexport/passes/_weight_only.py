@@ -2,7 +2,8 @@
 
 Every weight matrix gets a precision first (`plan_precisions`): the transformer blocks' MatMuls at `bits`,
 the LM head (the MatMul that produces `logits`) and the embedding table (the Gather over a [vocab, hidden]
-table) at their own.
+table) at their own. With a `search` (int4_top1_target), the matrices planned in int4 go through the
+sensitivity search of `_int4_search.py`, and the ones it does not keep in int4 become int8.
 
 The quantiser takes one bit width per run, so it runs once per bit width, each run told which nodes are its
 own and which are not: it otherwise takes every MatMul (or Gather) it sees, `nodes_to_include` only adds to
@@ -83,7 +84,9 @@ def plan_precisions(matrices: list[WeightMatrix], *, bits: int, lm_head_precisio
 
 
 def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int, lm_head_precision: str,
-                          embedding_precision: str, accuracy_level: int, exclude_nodes: list[str]) -> dict:
+                          embedding_precision: str, accuracy_level: int, exclude_nodes: list[str],
+                          search=None) -> dict:
+    """`search`: an `_int4_search.SearchSettings` (calibration windows and the top-1 target), or None."""
     import logging
 
     # NOTE: importing the quantiser runs logging.basicConfig(level=INFO), which undoes the build's quiet
@@ -94,13 +97,13 @@ def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int
     try:
         return _quantize(source, out, bits=bits, group_size=group_size, lm_head_precision=lm_head_precision,
                          embedding_precision=embedding_precision, accuracy_level=accuracy_level,
-                         exclude_nodes=exclude_nodes)
+                         exclude_nodes=exclude_nodes, search=search)
     finally:
         chatty.setLevel(saved_level)
 
 
 def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_precision, accuracy_level,
-              exclude_nodes) -> dict:
+              exclude_nodes, search) -> dict:
     import onnx
 
     model = onnx.load(str(source))
@@ -109,6 +112,13 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
     matrices = weight_matrices(model.graph, exclude_nodes)
     precisions = plan_precisions(matrices, bits=bits, lm_head_precision=lm_head_precision,
                                  embedding_precision=embedding_precision)
+    found = None
+    if search is not None:
+        from hfexport.passes._int4_search import search_int4
+
+        candidates = [m for m in matrices if precisions[m.node] == "int4"]
+        found = search_int4(model, candidates, search, group_size=group_size)
+        precisions.update({node: "int8" for node in found.int8})
     try:
         model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level)
         onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > 2_000_000_000,
@@ -132,6 +142,8 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
              "int8_matrices": sum(precisions[m.node] == "int8" for m in quantized),
              "int4_weight_share": round(int4_params / max(sum(m.params for m in quantized), 1), 4),
              "accuracy_level": accuracy_level, "isa": "weight-only", "mode": "weights_only"}
+    if found is not None:
+        stats.update(found.stats())
     return stats
 
 
