@@ -114,8 +114,9 @@ def _bisect_budget(order, sensitivity, trial, known: dict[frozenset, float], tar
     errors = [sensitivity[m.node] for m in order]
     # Budgets from the whole sum (everything int4, known to miss) down to 0 (nothing int4, known to pass),
     # a factor sqrt(2) apart below the sum.
+    smallest = min((e for e in errors if e > 0), default=0.0)
     budgets, value = [], sum(errors)
-    while value >= min(errors) / 2:
+    while value > 0 and value >= smallest / 2:
         budgets.append(value)
         value /= np.sqrt(2)
     budgets.append(0.0)
