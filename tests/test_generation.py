@@ -24,6 +24,8 @@ FP32_PASSES = [{"type": "export_onnx_generation"}]
 INT4_PASSES = [{"type": "export_onnx_generation"},
                {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 32,
                 "lm_head_precision": "int8", "embedding_precision": "int4"}]
+# int4 where the measured sensitivity allows, int8 elsewhere (the embedding int8 too if it must).
+INT4_SPLIT_PASSES = [INT4_PASSES[0], {**INT4_PASSES[1], "int4_top1_target": 0.95}]
 PROMPTS = ["The model reads", "A much longer prompt that needs left padding when it is batched", "Hello"]
 
 
@@ -257,6 +259,22 @@ def test_generation_int4_bundle_is_smaller_and_agrees_on_next_tokens(llm_bundle)
     assert quantize["bits"] == 4 and quantize["lm_head_precision"] == "int8"
 
 
+def test_generation_int4_top1_target_moves_sensitive_matrices_to_int8(llm_bundle):
+    import onnx
+
+    _, plain = llm_bundle("llama", INT4_PASSES, gates={"top1_agreement": 0.6})
+    bundle, result = llm_bundle("llama", INT4_SPLIT_PASSES, gates={"top1_agreement": 0.6})
+    stats = result.manifest["passes"][-1]["stats"]
+    assert stats["int4_top1_target"] == 0.95 and stats["calibration_top1"] >= 0.95
+    assert stats["int4_matrices"] + stats["int8_matrices"] == plain.manifest["passes"][-1]["stats"]["quantized_nodes"]
+    graph = onnx.load(str(bundle / "model.onnx")).graph
+    bits = {onnx.helper.get_attribute_value(a) for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
+            for a in n.attribute if a.name == "bits"}
+    assert bits == ({4, 8} if stats["int4_matrices"] else {8})
+    # Held-out text, not the calibration text the split was chosen on.
+    assert result.report.summary["top1_agreement"] > plain.report.summary["top1_agreement"]
+
+
 # -- planning --------------------------------------------------------------------------------------------------
 
 
@@ -282,6 +300,9 @@ def test_plan_llm_int4_chain(tiny_llm):
     ([FP32_PASSES[0], {"type": "quantize", "group_size": 64}], "group_size applies to weights_only"),
     ([FP32_PASSES[0], {"type": "quantize", "weights_only": True, "mode": "static"}], "drop mode: static"),
     ([FP32_PASSES[0], {"type": "quantize", "accuracy_level": 0}], "accuracy_level applies to weight-only"),
+    ([FP32_PASSES[0], {"type": "quantize", "weights_only": True, "int4_top1_target": 0.9}],
+     "int4_top1_target chooses int4 or int8 per weight matrix: it needs precision: int4"),
+    ([FP32_PASSES[0], {**INT4_PASSES[1], "int4_top1_target": 1.5}], "less than or equal to 1"),
 ])
 def test_plan_rejects_impossible_llm_chains(tiny_llm, specs, message):
     from hfexport.errors import HfExportError  # a bad field combination fails while the recipe loads
@@ -301,6 +322,25 @@ def test_plan_export_onnx_generation_rejects_encoder_tasks(tiny_model):
     ctx = PlanContext(load_target("cpu"), Recipe(name="t", passes=FP32_PASSES), resolve_model(str(tiny_model())))
     with pytest.raises(PlanError, match="exports text-generation models, not feature-extraction"):
         make_plan(ctx)
+
+
+def test_plan_int4_top1_target_needs_a_text_generation_model(tiny_model):
+    from hfexport.context import PlanContext
+    from hfexport.errors import PlanError
+    from hfexport.loading import resolve_model
+    from hfexport.plan import make_plan
+    from hfexport.profiles import load_target
+    from hfexport.recipes import PassSpec, Recipe
+
+    passes = [{"type": "export_onnx"}, {**INT4_PASSES[1], "int4_top1_target": 0.9}]
+    recipe = Recipe(name="t", passes=[PassSpec(**p) for p in passes])
+    with pytest.raises(PlanError, match="int4_top1_target measures next-token agreement, so it needs a text-gen"):
+        make_plan(PlanContext(load_target("cpu"), recipe, resolve_model(str(tiny_model()))))
+
+
+def test_plan_llm_int4_split_describes_the_target(tiny_llm):
+    assert _plan(tiny_llm, *INT4_SPLIT_PASSES).describe() == \
+        "export_onnx_generation -> quantize(int4, weights only, group 32, int8 where top-1 < 0.95)"
 
 
 def test_cpu_target_defaults_to_llm_int4_for_text_generation():

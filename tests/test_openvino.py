@@ -237,6 +237,9 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
      "group_size: NNCF compresses int8 weights per channel"),
     ([{"type": "export_onnx"}, {"type": "quantize", "mode": "static", "smooth_quant_alpha": 0.8}], "cpu",
      "smooth_quant_alpha: an NNCF option"),
+    ([{"type": "export_openvino"}, {"type": "quantize", "precision": "int4", "weights_only": True,
+                                    "int4_top1_target": 0.9}], "openvino",
+     "int4_top1_target: an ONNX Runtime quantiser option"),
 ])  # fmt: skip
 def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, message):
     with pytest.raises(PlanError, match=message):

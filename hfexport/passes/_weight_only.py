@@ -1,15 +1,35 @@
 """Weight-only int4/int8 for LLM graphs with ONNX Runtime's MatMulNBits quantiser (round to nearest).
 
-Three runs of the quantiser over one graph, because each takes a single bit width: the transformer
-blocks at `bits`, then the LM head and the embedding table at their own precision when asked. The LM
-head is the MatMul that produces `logits`; the embedding is the Gather over a [vocab, hidden] table.
+Every weight matrix gets a precision first (`plan_precisions`): the transformer blocks' MatMuls at `bits`,
+the LM head (the MatMul that produces `logits`) and the embedding table (the Gather over a [vocab, hidden]
+table) at their own. With a `search` (int4_top1_target), the matrices planned in int4 go through the
+sensitivity search of `_int4_search.py`, and the ones it does not keep in int4 become int8.
+
+The quantiser takes one bit width per run, so it runs once per bit width, each run told which nodes are its
+own and which are not: it otherwise takes every MatMul (or Gather) it sees, `nodes_to_include` only adds to
+that. int8 embeddings are written here: the quantiser's Gather path writes int4 only, while ONNX Runtime's
+GatherBlockQuantized also reads uint8 (bits 8).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from hfexport.errors import ExportError
+
+
+@dataclass(frozen=True)
+class WeightMatrix:
+    """One quantisable weight: a MatMul's constant B [K, N] or the embedding Gather's table [vocab, hidden]."""
+
+    node: str
+    weight: str  # initializer name
+    op: str  # "MatMul" or "Gather"
+    role: str  # "block", "lm_head" or "embedding"
+    params: int
 
 
 def _producer(graph, name: str):
@@ -34,8 +54,39 @@ def find_embeddings(graph) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
 
 
+def weight_matrices(graph, exclude_nodes: list[str] = ()) -> list[WeightMatrix]:
+    """The float weights the weight-only quantiser can take, in graph order, minus `exclude_nodes`."""
+    from onnx import TensorProto
+
+    floats = {init.name: init for init in graph.initializer
+              if init.data_type == TensorProto.FLOAT and len(init.dims) >= 2}
+    lm_head, embeddings = find_lm_head(graph), set(find_embeddings(graph))
+    found = []
+    for node in graph.node:
+        if node.name in exclude_nodes:
+            continue
+        if node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in floats:
+            init = floats[node.input[1]]
+            if all(d == 1 for d in init.dims[:-2]):  # what MatMulNBits takes: 2-D, or N-D with unit leading dims
+                found.append(WeightMatrix(node.name, init.name, "MatMul", "lm_head" if node.name == lm_head else "block",
+                                          int(np.prod(init.dims))))
+        elif node.name in embeddings:
+            init = floats[node.input[0]]
+            found.append(WeightMatrix(node.name, init.name, "Gather", "embedding", int(np.prod(init.dims))))
+    return found
+
+
+def plan_precisions(matrices: list[WeightMatrix], *, bits: int, lm_head_precision: str,
+                    embedding_precision: str) -> dict[str, str]:
+    """node -> "int4" | "int8" | "fp32", before any search."""
+    wanted = {"block": f"int{bits}", "lm_head": lm_head_precision, "embedding": embedding_precision}
+    return {m.node: wanted[m.role] for m in matrices}
+
+
 def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int, lm_head_precision: str,
-                          embedding_precision: str, accuracy_level: int, exclude_nodes: list[str]) -> dict:
+                          embedding_precision: str, accuracy_level: int, exclude_nodes: list[str],
+                          search=None) -> dict:
+    """`search`: an `_int4_search.SearchSettings` (calibration windows and the top-1 target), or None."""
     import logging
 
     # NOTE: importing the quantiser runs logging.basicConfig(level=INFO), which undoes the build's quiet
@@ -46,36 +97,30 @@ def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int
     try:
         return _quantize(source, out, bits=bits, group_size=group_size, lm_head_precision=lm_head_precision,
                          embedding_precision=embedding_precision, accuracy_level=accuracy_level,
-                         exclude_nodes=exclude_nodes)
+                         exclude_nodes=exclude_nodes, search=search)
     finally:
         chatty.setLevel(saved_level)
 
 
 def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_precision, accuracy_level,
-              exclude_nodes) -> dict:
+              exclude_nodes, search) -> dict:
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(source))
+    _name_nodes(model.graph)
     lm_head = find_lm_head(model.graph)
-    embeddings = find_embeddings(model.graph)
+    matrices = weight_matrices(model.graph, exclude_nodes)
+    precisions = plan_precisions(matrices, bits=bits, lm_head_precision=lm_head_precision,
+                                 embedding_precision=embedding_precision)
+    found = None
+    if search is not None:
+        from hfexport.passes._int4_search import search_int4
 
-    def run(model, nbits, op_type, **nodes):
-        quantizer = MatMulNBitsQuantizer(model, bits=nbits, block_size=group_size, is_symmetric=False,
-                                         accuracy_level=accuracy_level, op_types_to_quantize=(op_type,),
-                                         quant_axes=(("MatMul", 0), ("Gather", 1)), **nodes)
-        quantizer.process()
-        return quantizer.model.model
-
+        candidates = [m for m in matrices if precisions[m.node] == "int4"]
+        found = search_int4(model, candidates, search, group_size=group_size)
+        precisions.update({node: "int8" for node in found.int8})
     try:
-        model = run(model, bits, "MatMul", nodes_to_exclude=[*exclude_nodes, *([lm_head] if lm_head else [])])
-        if lm_head and lm_head_precision != "fp32":
-            model = run(model, 4 if lm_head_precision == "int4" else 8, "MatMul", nodes_to_include=[lm_head])
-        if embeddings and embedding_precision == "int4":
-            # NOTE: the quantiser stamps opset 21 on the graph when it quantises a Gather (int4 tensors
-            # need it) without converting the ops, which leaves e.g. ReduceMean invalid; convert first.
-            model = _to_opset(model, 21)
-            model = run(model, 4, "Gather", nodes_to_include=embeddings)
+        model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level)
         onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > 2_000_000_000,
                         location=out.name + ".data")
     except (ExportError, KeyboardInterrupt):
@@ -84,11 +129,148 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
         raise ExportError(f"weight-only int{bits} quantisation failed: {str(exc).splitlines()[0]}") from exc
     graph = onnx.load(str(out), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
-    return {"nodes": len(ops), "quantized_nodes": ops.count("MatMulNBits") + ops.count("GatherBlockQuantized"),
-            "matmul_nbits": ops.count("MatMulNBits"), "gather_block_quantized": ops.count("GatherBlockQuantized"),
-            "bits": bits, "group_size": group_size, "lm_head": lm_head, "lm_head_precision": lm_head_precision,
-            "embedding_precision": embedding_precision, "accuracy_level": accuracy_level, "isa": "weight-only",
-            "mode": "weights_only"}
+    by_role = {role: sorted({precisions[m.node] for m in matrices if m.role == role}) for role in
+               ("lm_head", "embedding")}
+    quantized = [m for m in matrices if precisions[m.node] != "fp32"]
+    int4_params = sum(m.params for m in quantized if precisions[m.node] == "int4")
+    stats = {"nodes": len(ops), "quantized_nodes": ops.count("MatMulNBits") + ops.count("GatherBlockQuantized"),
+             "matmul_nbits": ops.count("MatMulNBits"), "gather_block_quantized": ops.count("GatherBlockQuantized"),
+             "bits": bits, "group_size": group_size, "lm_head": lm_head,
+             "lm_head_precision": "/".join(by_role["lm_head"]) or lm_head_precision,
+             "embedding_precision": "/".join(by_role["embedding"]) or embedding_precision,
+             "int4_matrices": sum(precisions[m.node] == "int4" for m in quantized),
+             "int8_matrices": sum(precisions[m.node] == "int8" for m in quantized),
+             "int4_weight_share": round(int4_params / max(sum(m.params for m in quantized), 1), 4),
+             "accuracy_level": accuracy_level, "isa": "weight-only", "mode": "weights_only"}
+    if found is not None:
+        stats.update(found.stats())
+    return stats
+
+
+def _name_nodes(graph) -> None:
+    """The quantiser addresses nodes by name; give the (rare) unnamed ones a unique one."""
+    taken = {n.name for n in graph.node}
+    for index, node in enumerate(graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in taken:
+                name += "_"
+            node.name = name
+            taken.add(name)
+
+
+def _apply(model, matrices, precisions, *, group_size, accuracy_level):
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    def run(model, nbits, op_type, nodes):
+        others = [n.name for n in model.graph.node if n.op_type == op_type and n.name not in nodes]
+        quantizer = MatMulNBitsQuantizer(model, bits=nbits, block_size=group_size, is_symmetric=False,
+                                         accuracy_level=accuracy_level, op_types_to_quantize=(op_type,),
+                                         quant_axes=(("MatMul", 0), ("Gather", 1)), nodes_to_include=nodes,
+                                         nodes_to_exclude=others)
+        quantizer.process()
+        return quantizer.model.model
+
+    for precision in ("int4", "int8"):
+        nodes = [m.node for m in matrices if m.op == "MatMul" and precisions[m.node] == precision]
+        if nodes:
+            model = run(model, int(precision[3:]), "MatMul", nodes)
+    gathers = {p: [m for m in matrices if m.op == "Gather" and precisions[m.node] == p] for p in ("int4", "int8")}
+    for matrix in gathers["int8"]:
+        _gather_int8(model, matrix, group_size)
+    if gathers["int4"]:
+        # NOTE: the quantiser stamps opset 21 on the graph when it quantises a Gather (int4 tensors
+        # need it) without converting the ops, which leaves e.g. ReduceMean invalid; convert first.
+        model = _to_opset(model, 21)
+        model = run(model, 4, "Gather", [m.node for m in gathers["int4"]])
+    return model
+
+
+# -- block quantisation, the arithmetic ---------------------------------------------------------------------
+
+
+def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric uint8 blocks of `group_size` along each row, MLAS's rule (the range always holds 0):
+    (codes [rows, cols] uint8, scales [rows, blocks] float32, zero points [rows, blocks] uint8)."""
+    rows, cols = table.shape
+    blocks = -(-cols // group_size)
+    padded = np.zeros((rows, blocks * group_size), np.float32)
+    padded[:, :cols] = table
+    grouped = padded.reshape(rows, blocks, group_size)
+    low = np.minimum(grouped.min(-1), 0.0)
+    high = np.maximum(grouped.max(-1), 0.0)
+    scales = ((high - low) / 255.0).astype(np.float32)
+    scales[scales == 0] = 1.0
+    zero_points = np.clip(np.round(-low / scales), 0, 255).astype(np.uint8)
+    codes = np.clip(np.round(grouped / scales[..., None]) + zero_points[..., None], 0, 255).astype(np.uint8)
+    return codes.reshape(rows, -1)[:, :cols], scales, zero_points
+
+
+def _gather_int8(model, matrix: WeightMatrix, group_size: int) -> None:
+    """Replace the embedding Gather by GatherBlockQuantized over a uint8 table (in place)."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    init = next(i for i in graph.initializer if i.name == matrix.weight)
+    codes, scales, zero_points = quantize_rows_uint8(numpy_helper.to_array(init), group_size)
+    index = next(i for i, n in enumerate(graph.node) if n.name == matrix.node)
+    node = graph.node[index]
+    names = (f"{init.name}_Q8", f"{init.name}_scales", f"{init.name}_zero_points")
+    graph.initializer.extend([numpy_helper.from_array(a, n) for a, n in zip((codes, scales, zero_points), names)])
+    replacement = helper.make_node("GatherBlockQuantized", [names[0], node.input[1], names[1], names[2]],
+                                   list(node.output), name=node.name + "_Q8", domain="com.microsoft", bits=8,
+                                   block_size=group_size, gather_axis=0, quantize_axis=1)
+    graph.node.remove(node)
+    graph.node.insert(index, replacement)
+    if not any(init.name in n.input for n in graph.node):
+        graph.initializer.remove(init)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+
+
+def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> np.ndarray:
+    """The float weight the quantised node computes with: the same quantiser calls as `_apply`, undone."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    if matrix.op == "Gather":
+        if precision == "int8":
+            codes, scales, zero_points = quantize_rows_uint8(weight, group_size)
+        else:
+            packed, scales, zero_points = DefaultWeightOnlyQuantizer.quantize_ndarray(weight, 1, group_size, False)
+            # packed over the flattened table, so pairs can straddle rows: unpack flat, then reshape
+            codes = _unpack4(packed[None], weight.size).reshape(weight.shape)
+            zero_points = _unpack4(zero_points[None], scales.size).reshape(scales.shape)
+        return _undo(codes, scales, zero_points, group_size).astype(np.float32)
+    bits = int(precision[3:])
+    b = weight.reshape(weight.shape[-2:]).astype(np.float32)
+    config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=False, bits=bits)
+    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(b)
+    columns, blocks = scales.shape  # one row of blocks per output column: B transposed
+    if bits == 4:
+        codes = _unpack4(packed.reshape(columns, -1), blocks * group_size)
+        zero_points = _unpack4(zero_points, blocks)
+    else:
+        codes, zero_points = packed.reshape(columns, -1), zero_points[:, :blocks]
+    return _undo(codes, scales, zero_points, group_size)[:, :b.shape[0]].T.reshape(weight.shape)
+
+
+def _unpack4(packed: np.ndarray, count: int) -> np.ndarray:
+    """Two 4-bit codes per byte, low nibble first, `count` per row."""
+    rows = packed.shape[0]
+    pairs = np.stack([packed & 0x0F, packed >> 4], -1).reshape(rows, -1)
+    return pairs[:, :count]
+
+
+def _undo(codes, scales, zero_points, group_size) -> np.ndarray:
+    rows, cols = codes.shape
+    blocks = scales.shape[1]
+    padded = np.zeros((rows, blocks * group_size), np.float32)
+    padded[:, :cols] = codes
+    values = (padded.reshape(rows, blocks, group_size) - zero_points[..., None].astype(np.float32)) * scales[..., None]
+    return values.reshape(rows, -1)[:, :cols]
 
 
 def _to_opset(model, version: int):

@@ -2,7 +2,8 @@
 
 - onnxruntime targets: dynamic or static QDQ int8, flavoured by the target's ISA preset
   (`_quantize_ort.py`); with `weights_only: true`, MatMulNBits int8/int4 weight blocks with float
-  activations, the LLM path (`_weight_only.py`).
+  activations, the LLM path (`_weight_only.py`); with `int4_top1_target` as well, int4 only for the
+  matrices a measured sensitivity search on calibration text allows, int8 for the rest (`_int4_search.py`).
 - openvino targets: NNCF post-training int8 (`mode: static`) or weight compression to int8/int4
   (`mode: dynamic` / `weights_only: true`) (`_quantize_nncf.py`).
 
@@ -23,10 +24,12 @@ from hfexport.passes.base import Pass, PassConfig
 from hfexport.tasks import TASKS
 
 # Fields that mean something to one backend's quantiser only; the other backend rejects them when set.
-_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level")
+_ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level", "int4_top1_target")
 _OPENVINO_ONLY = ("smooth_quant_alpha", "ratio")
 # Fields that apply to weight-only quantisation only (MatMulNBits on onnxruntime, NNCF compress_weights).
-_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
+_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level", "int4_top1_target")
+# The int4_top1_target search: calibration windows of this many tokens (fewer if the model's context is shorter).
+_SEARCH_WINDOWS, _SEARCH_TOKENS = 16, 64
 
 
 class QuantizeConfig(PassConfig):
@@ -62,13 +65,29 @@ class QuantizeConfig(PassConfig):
         None, description="weights_only: the LM head; default fp32 (onnxruntime), int8 (openvino)")
     embedding_precision: Literal["fp32", "int8", "int4"] | None = Field(
         None, description="weights_only: the token embedding table; default fp32 (onnxruntime), int8 (openvino); "
-                          "onnxruntime has int4 as its only quantised Gather")
+                          "onnxruntime reads uint8 or int4 tables (GatherBlockQuantized)")
     # NOTE: measured on the bench model (scripts/bench_generation.py, int4 group 32, 2 threads, one process):
     # accuracy_level 4 decoded 971 tokens/s and 0 only 22 (TTFT 3.6 vs 49 ms), with the same top-1
     # agreement (0.494 / 0.490); a loaded machine gave 218 vs 14.
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None, description="weights_only: MatMulNBits compute type, 4 = int8 inside the kernel (fastest on "
                           "CPU), 0 = float; default 4")
+    # NOTE: why a measured int4/int8 split (numbers on the bench model, scripts/bench_generation.py: random
+    # Llama 4 x 512, vocab 32000; top-1 agreement with PyTorch fp32 on the bench's evaluation windows):
+    # - its logits have std 0.45 and a median top-1/top-2 margin of 0.082 (10th percentile 0.012); int4 RTN
+    #   group 32 adds rms logit noise 0.125 (int8 group 32: 0.009), so int4 everywhere agrees on 0.48-0.51.
+    # - fp32 weights plus Gaussian noise of int4's size (rms 0.081 of each weight's std) agree on 0.51-0.57:
+    #   the flips are noise against a small margin, not a bug. 0.9 needs a relative error near 0.012, over 6
+    #   bits a weight at the rate-distortion bound for Gaussian weights (2^-bits), so no 4-bit rounding gets
+    #   there. Blocks alone in int4: RTN g32 0.53 (g64 / g128 lower, symmetric no better, accuracy_level 0 = 4),
+    #   HQQ 0.55 (6% less noise), GPTQ on all the calibration text 0.66 (22% less).
+    # - one matrix alone in int4 (the rest fp32): q/k_proj 0.98-1.00, v/o_proj 0.78-0.91, gate/up/down
+    #   0.87-0.96, LM head 0.83, embedding 0.79; layer 0 is 5-10x as sensitive as layer 3.
+    # So int4 can hold only the least sensitive matrices of such a model: this option measures which (see
+    # _int4_search.py) and puts the rest in int8.
+    int4_top1_target: float | None = Field(None, gt=0, le=1, description=(
+        "weights_only int4: keep a matrix in int4 only while top-1 next-token agreement with the float graph on "
+        "calibration text stays >= this; the most sensitive (measured) fall back to int8. Text generation only"))
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
@@ -82,6 +101,9 @@ class QuantizeConfig(PassConfig):
             raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
         if self.smooth_quant_alpha is not None and (self.weights_only or self.mode != "static"):
             raise ValueError("smooth_quant_alpha applies to mode: static (post-training quantisation) only")
+        if self.int4_top1_target is not None and (self.precision != "int4" or not self.weights_only):
+            raise ValueError("int4_top1_target chooses int4 or int8 per weight matrix: it needs precision: int4 "
+                             "with weights_only: true")
         return self
 
     def weight_only_settings(self) -> dict:
@@ -101,7 +123,9 @@ class QuantizePass(Pass[QuantizeConfig]):
 
     def describe(self) -> str:
         if self.config.weights_only:
-            return f"quantize({self.config.precision}, weights only, group {self.config.group_size or 128})"
+            split = (f", int8 where top-1 < {self.config.int4_top1_target:g}"
+                     if self.config.int4_top1_target is not None else "")
+            return f"quantize({self.config.precision}, weights only, group {self.config.group_size or 128}{split})"
         return f"quantize({self.config.precision}, {self.config.mode})"
 
     def check(self, plan: PlanContext) -> None:
@@ -115,9 +139,6 @@ class QuantizePass(Pass[QuantizeConfig]):
             foreign = [name for name in _OPENVINO_ONLY if name in config.model_fields_set]
             if foreign:
                 raise PlanError(f"{foreign[0]}: an NNCF option for openvino targets (remove it)")
-            if config.embedding_precision == "int8":
-                raise PlanError("embedding_precision int8: ONNX Runtime quantises the embedding table to int4 "
-                                "only (fp32 or int4)")
         elif target.backend == "openvino":
             foreign = [name for name in _ORT_ONLY if name in config.model_fields_set]
             if foreign:
@@ -136,6 +157,12 @@ class QuantizePass(Pass[QuantizeConfig]):
             raise PlanError(f"mode: static does not calibrate {plan.source.task} graphs; use weights_only: true")
         if config.mode == "static" and not plan.has_calibration_data:
             raise PlanError("mode: static needs calibration data (--calibration-data)")
+        if config.int4_top1_target is not None:
+            if not TASKS[plan.source.task].generative:
+                raise PlanError(f"int4_top1_target measures next-token agreement, so it needs a text-generation "
+                                f"model (this one is {plan.source.task}); remove it")
+            if not plan.has_calibration_data:
+                raise PlanError("int4_top1_target measures on calibration text: give --calibration-data")
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
         out_dir = ctx.stage_dir(self.name)
@@ -148,8 +175,22 @@ class QuantizePass(Pass[QuantizeConfig]):
 
             out = out_dir / "model.onnx"
             stats = quantize_weights_only(artifact.path, out, exclude_nodes=self.config.exclude_nodes,
-                                          **self.config.weight_only_settings())
+                                          search=self._search_settings(ctx), **self.config.weight_only_settings())
             return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
         from hfexport.passes._quantize_ort import quantize_onnx
 
         return quantize_onnx(self.config, artifact, ctx, out_dir)
+
+    def _search_settings(self, ctx: BuildContext):
+        if self.config.int4_top1_target is None:
+            return None
+        from hfexport import host
+        from hfexport.evaluation_generation import token_windows
+        from hfexport.passes._int4_search import SearchSettings
+
+        length = min(_SEARCH_TOKENS, ctx.source.max_length)
+        windows = token_windows(ctx.hf_tokenizer(), ctx.calibration_texts, _SEARCH_WINDOWS, length)
+        ctx.progress.info(f"int4/int8 split: sensitivity of each int4 matrix on {len(windows)} calibration windows "
+                          f"of {length} tokens, target top-1 {self.config.int4_top1_target:g}")
+        return SearchSettings(windows, self.config.int4_top1_target,
+                              ctx.target.session.intra_op_threads or host.physical_cores())
