@@ -292,14 +292,15 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
     from hfexport.runtime.generation import TextGenerator
     from hfexport.runtime.loader import open_model
 
-    bundle = load(staging, threads=n_threads)
+    bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
     manifest = bundle.manifest
     tokenizer_file = staging / manifest["tokenizer"]["file"]
     candidates = []
     for name, artifact, seconds in stages[:-1]:
         if artifact.kind == "torch":  # a pruned checkpoint has no generation loop to measure here
             continue
-        model = open_model(artifact.path, manifest, threads=n_threads, backend=_stage_backend(ctx, artifact))
+        model = open_model(artifact.path, manifest, threads=n_threads, backend=_stage_backend(ctx, artifact),
+                           session_overrides=_NO_SPIN)
         candidates.append({"name": name, "kind": artifact.kind, "size": artifact.size_bytes(), "pass_seconds": seconds,
                            "runner": BundleGeneration(TextGenerator(manifest, staging, model, tokenizer_file))})
     last_name, last_artifact, last_seconds = stages[-1]

@@ -103,6 +103,21 @@ def test_build_manifest_records_passes_checksums_and_signature(built_bundle):
     assert manifest["validation"]["passed"] is True
 
 
+def test_build_unfused_projections_put_qkv_into_int8(built_bundle):
+    import onnx
+
+    passes = [{"type": "export_onnx"}, {"type": "optimize", "attention": "unfused_projections"},
+              {"type": "quantize", "precision": "int8", "op_types": ["MatMul"]}]
+    bundle = built_bundle("bert", "feature-extraction", passes=passes, gates={"cosine_min": 0.5})
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    fused = manifest["passes"][1]["stats"]["fused_operators"]
+    assert fused.get("MultiHeadAttention") == 2 and not fused.get("Attention")
+    ops = [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
+    # q, k, v, attention output, FFN in and out: six int8 MatMuls per layer, two layers
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulInteger") >= 12
+    assert load(bundle)(["hello world"]).shape == (1, 32)
+
+
 def test_build_bundle_holds_no_pickles(built_bundle):
     bundle = built_bundle("bert", "feature-extraction")
     for path in bundle.rglob("*"):

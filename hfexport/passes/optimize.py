@@ -6,6 +6,8 @@ the result runs on ONNX Runtime only, which is what the onnxruntime targets depl
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from hfexport.artifacts import OnnxModel
@@ -27,6 +29,9 @@ class OptimizeConfig(PassConfig):
     # NOTE: 0 keeps the file portable (fusions only); ONNX Runtime applies its own level-"all" rewrites,
     # which are specific to the CPU they run on, when the bundle's session starts.
     level: int = Field(0, ge=0, le=1, description="ORT basic graph rewrites baked into the file (0 or 1)")
+    # "fused": one Attention op that holds the Q/K/V projection, so MatMul-only int8 leaves it in fp32.
+    # "unfused_projections": MultiHeadAttention for the core; Q, K and V stay separate MatMuls that int8 reaches.
+    attention: Literal["fused", "unfused_projections"] = "fused"
 
 
 class OptimizePass(Pass[OptimizeConfig]):
@@ -56,9 +61,13 @@ class OptimizePass(Pass[OptimizeConfig]):
                              stats={"nodes_before": artifact.stats.get("nodes"), "nodes": _count_nodes(out),
                                     "fused_operators": {}, "notes": [f"fusions skipped: {reason}"]})
         try:
+            from onnxruntime.transformers.fusion_options import FusionOptions
+
+            options = FusionOptions(model_type)
+            options.use_multi_head_attention = self.config.attention == "unfused_projections"
             optimized = optimize_model(str(artifact.path), model_type=model_type, num_heads=heads,
                                        hidden_size=hidden, opt_level=self.config.level,
-                                       use_gpu=ctx.target.device != "cpu")
+                                       optimization_options=options, use_gpu=ctx.target.device != "cpu")
         except Exception as exc:
             raise ExportError(f"ONNX Runtime optimisation failed: {str(exc).splitlines()[0]}") from exc
         fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
