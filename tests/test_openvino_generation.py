@@ -266,9 +266,8 @@ def test_openvino_target_defaults_to_openvino_llm_int4_for_text_generation(tiny_
      "lm_head_precision applies to weight-only quantisation"),
     ([FP32[0], {"type": "quantize", "precision": "int8", "weights_only": True, "group_size": 32}], "openvino",
      "groups are for int4"),
-    ([{"type": "export_onnx_generation"}, {"type": "quantize", "precision": "int4", "weights_only": True,
-                                           "embedding_precision": "int8"}], "cpu",
-     "embedding_precision int8: ONNX Runtime quantises the embedding table to int4 only"),
+    ([{"type": "export_onnx_generation"}, {"type": "quantize", "precision": "int8", "embedding_precision": "int8"}],
+     "cpu", "embedding_precision applies to weight-only quantisation"),
 ])  # fmt: skip
 def test_plan_rejects_impossible_openvino_llm_chains(tiny_llm, specs, target, message):
     from hfexport.errors import PlanError
