@@ -120,6 +120,11 @@ def _technical_sources():
                     continue
 
 
+def _sentences(texts, held_out: set[str]) -> set[str]:
+    """The plain sentences in `texts`, minus hfexport's own calibration and evaluation text."""
+    return {s for text in texts for s in _prose(text) if s not in held_out}
+
+
 def _spread(items: list[str], count: int) -> list[str]:
     """A deterministic, spread-out choice rather than the first N (which would come from one corner)."""
     step = max(1, len(items) // max(count, 1))
@@ -140,9 +145,7 @@ def main() -> int:
     # sentences than its share gives all it has, and the rest is shared out); technical text fills up.
     general = {}
     for name, texts in _general_sources():
-        found: set[str] = set()
-        for text in texts:
-            found.update(s for s in _prose(text) if s not in held_out)
+        found = _sentences(texts, held_out)
         if found:
             general[name] = sorted(found)
     for position, name in enumerate(sorted(general, key=lambda n: len(general[n]))):
@@ -150,9 +153,7 @@ def main() -> int:
         chosen.extend(_spread(general[name], share))
         print(f"{name}: {min(share, len(general[name]))} sentences (from {len(general[name])})", file=sys.stderr)
     if len(chosen) < args.count:
-        found = set()
-        for text in _technical_sources():
-            found.update(s for s in _prose(text) if s not in held_out)
+        found = _sentences(_technical_sources(), held_out)
         picked = _spread(sorted(found - set(chosen)), args.count - len(chosen))
         chosen.extend(picked)
         print(f"technical: {len(picked)} sentences (from {len(found)})", file=sys.stderr)

@@ -222,3 +222,31 @@ def tiny_llm(tmp_path_factory):
         return cache[arch]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def build_llm(tiny_llm, tmp_path_factory):
+    """build_llm(arch, passes, gates=None, target="cpu") -> (bundle folder, BuildResult); one build per request.
+
+    Gates default to greedy parity with PyTorch; a short evaluation keeps tiny builds fast.
+    """
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    cache: dict = {}
+    folder = tmp_path_factory.mktemp("llm-bundles")
+
+    def factory(arch: str, passes: list[dict], gates: dict | None = None, target: str = "cpu"):
+        key = (arch, json.dumps(passes), json.dumps(gates), target)
+        if key not in cache:
+            recipe = folder / f"recipe-{len(cache)}.yaml"
+            recipe.write_text(json.dumps({
+                "schema_version": 1, "passes": passes,
+                "gates": gates if gates is not None else {"greedy_agreement": 1.0},
+                "evaluation": {"samples": 8, "latency_runs": 5, "sequence_length": 8, "generation_tokens": 8}}))
+            out = folder / f"{target}-{arch}-{len(cache)}"
+            cache[key] = (out, build(str(tiny_llm(arch)), target=target, recipe=str(recipe), output=out,
+                                     progress=Progress("quiet")))
+        return cache[key]
+
+    return factory

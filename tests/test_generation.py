@@ -30,27 +30,9 @@ PROMPTS = ["The model reads", "A much longer prompt that needs left padding when
 
 
 @pytest.fixture(scope="session")
-def llm_bundle(tiny_llm, tmp_path_factory):
-    """llm_bundle(arch, passes=None, gates=None) -> (bundle folder, BuildResult); one build per request."""
-    from hfexport.api import build
-    from hfexport.progress import Progress
-
-    cache: dict = {}
-    folder = tmp_path_factory.mktemp("llm-bundles")
-
-    def factory(arch="llama", passes=None, gates=None):
-        key = (arch, json.dumps(passes), json.dumps(gates))
-        if key not in cache:
-            recipe = folder / f"recipe-{len(cache)}.yaml"
-            recipe.write_text(json.dumps({
-                "schema_version": 1, "passes": passes or FP32_PASSES,
-                "gates": gates if gates is not None else {"greedy_agreement": 1.0},
-                "evaluation": {"samples": 8, "latency_runs": 5, "sequence_length": 8, "generation_tokens": 8}}))
-            out = folder / f"{arch}-{len(cache)}"
-            cache[key] = (out, build(str(tiny_llm(arch)), recipe=str(recipe), output=out, progress=Progress("quiet")))
-        return cache[key]
-
-    return factory
+def llm_bundle(build_llm):
+    """llm_bundle(arch, passes=None, gates=None) -> (bundle folder, BuildResult) on the cpu target."""
+    return lambda arch="llama", passes=None, gates=None: build_llm(arch, passes or FP32_PASSES, gates)
 
 
 def _torch_greedy(folder, prompt: str, new_tokens: int) -> list[int]:

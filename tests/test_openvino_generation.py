@@ -10,7 +10,6 @@ import sys
 import numpy as np
 import pytest
 
-from hfexport.progress import Progress
 from hfexport.runtime import load
 from tests.conftest import TORCH_BLOCKER
 from tests.test_generation import PROMPTS, _torch_greedy
@@ -26,27 +25,9 @@ INT4_MIXED = [*FP32, {"type": "quantize", "precision": "int4", "weights_only": T
 
 
 @pytest.fixture(scope="session")
-def ov_llm_bundle(tiny_llm, tmp_path_factory):
-    """ov_llm_bundle(arch, passes=FP32, gates=None) -> (bundle folder, BuildResult); one build per request."""
-    from hfexport.api import build
-
-    cache: dict = {}
-    folder = tmp_path_factory.mktemp("ov-llm-bundles")
-
-    def factory(arch="llama", passes=None, gates=None):
-        key = (arch, json.dumps(passes), json.dumps(gates))
-        if key not in cache:
-            recipe = folder / f"recipe-{len(cache)}.yaml"
-            recipe.write_text(json.dumps({
-                "schema_version": 1, "passes": passes or FP32,
-                "gates": gates if gates is not None else {"greedy_agreement": 1.0},
-                "evaluation": {"samples": 8, "latency_runs": 5, "sequence_length": 8, "generation_tokens": 8}}))
-            out = folder / f"{arch}-{len(cache)}"
-            cache[key] = (out, build(str(tiny_llm(arch)), target="openvino", recipe=str(recipe), output=out,
-                                     progress=Progress("quiet")))
-        return cache[key]
-
-    return factory
+def ov_llm_bundle(build_llm):
+    """ov_llm_bundle(arch, passes=FP32, gates=None) -> (bundle folder, BuildResult) on the openvino target."""
+    return lambda arch="llama", passes=None, gates=None: build_llm(arch, passes or FP32, gates, "openvino")
 
 
 # -- export and greedy parity ---------------------------------------------------------------------------

@@ -18,7 +18,8 @@ The probe is the float graph with the candidate weights turned into graph inputs
 trial, each fed the weights dequantised exactly as MatMulNBits / GatherBlockQuantized will compute with them.
 It computes in float: the kernels' int8 rounding of activations (accuracy_level 4) is not part of the search,
 so the target needs headroom over the recipe's gate (measured: about 0.01-0.02 of top-1 on the bench model).
-Cost: one forward pass over the calibration windows per candidate, plus about 8 (35 in all on the bench model).
+Cost: one forward pass over the calibration windows per candidate, plus about 8 (35 in all on the bench model);
+each candidate is quantised twice (int4, int8) and the dequantised copies are kept for the search's length.
 """
 
 from __future__ import annotations
@@ -66,17 +67,19 @@ def search_int4(model, candidates: list[WeightMatrix], settings: SearchSettings,
     if not candidates:
         return SearchResult([], [], settings.target, 1.0, 1.0)
     probe = _Probe(model, candidates, settings)
-    weights = probe.weights
+    # Each matrix's int4 and int8 versions are quantised once, not once per trial.
+    rounded: dict[tuple[str, str], np.ndarray] = {}
+
+    def version(m: WeightMatrix, precision: str) -> np.ndarray:
+        if (m.weight, precision) not in rounded:
+            rounded[m.weight, precision] = dequantized(probe.weights[m.weight], m, precision, group_size)
+        return rounded[m.weight, precision]
 
     def trial(int4: set[str]) -> tuple[float, float]:
-        feeds = {}
-        for m in candidates:
-            precision = "int4" if m.node in int4 else "int8"
-            feeds[m.weight] = dequantized(weights[m.weight], m, precision, group_size)
-        return probe.compare(feeds)
+        return probe.compare({m.weight: version(m, "int4" if m.node in int4 else "int8") for m in candidates})
 
     def single(m: WeightMatrix) -> float:
-        return probe.compare({m.weight: dequantized(weights[m.weight], m, "int4", group_size)})[0]
+        return probe.compare({m.weight: version(m, "int4")})[0]
 
     sensitivity = {m.node: single(m) for m in candidates}
     trials = len(candidates)

@@ -127,9 +127,10 @@ class DistillPass(Pass[DistillConfig]):
                 targets = None if augmented else cache.get(index)
                 if targets is None:
                     targets = loss_fn.targets(teacher, encoded)
-                    size = sum(t.numel() * t.element_size() for t in _tensors(targets))
-                    if not augmented and size <= cache_budget:
-                        cache[index], cache_budget = targets, cache_budget - size
+                    if not augmented:  # an edited batch is never seen again: nothing to cache
+                        size = sum(t.numel() * t.element_size() for t in _tensors(targets))
+                        if size <= cache_budget:
+                            cache[index], cache_budget = targets, cache_budget - size
                 with autocast:
                     loss = loss_fn(student, encoded, targets)
                 optimizer.zero_grad(set_to_none=True)

@@ -26,8 +26,9 @@ from hfexport.tasks import TASKS
 # Fields that mean something to one backend's quantiser only; the other backend rejects them when set.
 _ORT_ONLY = ("per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level", "int4_top1_target")
 _OPENVINO_ONLY = ("smooth_quant_alpha", "ratio")
-# Fields that apply to weight-only quantisation only (MatMulNBits on onnxruntime, NNCF compress_weights).
-_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level", "int4_top1_target")
+# Fields that apply to weight-only quantisation only (MatMulNBits on onnxruntime, NNCF compress_weights);
+# int4_top1_target is held to weights_only by QuantizeConfig's own validator.
+_WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
 # The int4_top1_target search: calibration windows of this many tokens (fewer if the model's context is shorter).
 _SEARCH_WINDOWS, _SEARCH_TOKENS = 16, 64
 
