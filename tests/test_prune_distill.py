@@ -152,6 +152,77 @@ def test_distill_augmenter_edits_texts_deterministically():
     assert all(e.strip() for e in flat)
 
 
+def test_embedding_neighbours_are_the_nearest_whole_words_and_swaps_keep_case():
+    from hfexport.passes.distill import _Augmenter, embedding_neighbours
+
+    words = ["river", "creek", "stream", "happy", "glad", "cheerful", "##ing", "[CLS]", "the"]
+    table = torch.zeros(len(words), 4)
+    table[:3, 0], table[3:6, 1], table[6:, 2] = 1.0, 1.0, 1.0
+    table[1, 3], table[4, 3] = 0.1, 0.1  # creek and glad are slightly off their group's direction
+
+    class Words:
+        def get_vocab(self):
+            return {w: i for i, w in enumerate(words)}
+
+    model = torch.nn.Module()
+    model.get_input_embeddings = lambda: torch.nn.Embedding.from_pretrained(table)
+    table_of = embedding_neighbours(model, Words(), ["The River was happy, the end."], k=2)
+    assert table_of == {"river": ["stream", "creek"], "happy": ["cheerful", "glad"]}
+    augmenter = _Augmenter(["x"], 0, table_of)
+    assert augmenter._neighbour("River,") in ("Stream,", "Creek,")
+    assert augmenter._neighbour("boat") == "boat"
+
+
+def test_relation_kl_is_zero_for_equal_relations_and_ignores_padding():
+    from hfexport.passes.distill import _relation_kl
+
+    torch.manual_seed(0)
+    x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    assert float(_relation_kl(x, x, mask, 2, causal=False)) == pytest.approx(0.0, abs=1e-6)
+    base = float(_relation_kl(x, y, mask, 2, causal=False))
+    assert base > 0.01
+    changed = y.clone()
+    changed[1, 3:] = 100.0  # padded tokens: neither queries nor keys may count
+    assert float(_relation_kl(x, changed, mask, 2, causal=False)) == pytest.approx(base, rel=1e-5)
+    # Causal: when only the last token differs, only the last query's relations differ (earlier queries
+    # never see it as a key), so the loss is that query's KL over the 5 real queries.
+    last = x.clone()
+    last[:, 4] = y[:, 4]
+    full = torch.ones(2, 5, dtype=torch.long)
+    t, s = (torch.softmax(v[:, 4:5] @ v.transpose(1, 2) / 8 ** 0.5, -1)[:, 0] for v in (x, last))
+    expected = float((t * (t.log() - s.log())).sum(-1).mean()) / 5
+    assert float(_relation_kl(last, x, full, 1, causal=True)) == pytest.approx(expected, rel=1e-4)
+    assert float(_relation_kl(last, x, full, 1, causal=False)) > expected * 1.5
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
+    from hfexport.passes.distill import _QKVTap
+
+    model = transformers.AutoModel.from_pretrained(make_tiny_model(tmp_path / arch, arch, "feature-extraction"))
+    tap = _QKVTap(model)
+    model(input_ids=torch.tensor([[2, 5, 6, 3]]))
+    assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3 and tap.heads == 4
+    last = model.transformer.layer[-1].attention if arch == "distilbert" else model.encoder.layer[-1].attention.self
+    query = last.q_lin if arch == "distilbert" else last.query
+    assert torch.equal(tap.captured[0], query(model(input_ids=torch.tensor([[2, 5, 6, 3]]),
+                                                     output_hidden_states=True).hidden_states[-2]))
+    tap.remove()
+    assert not query._forward_hooks
+
+
+def test_distill_with_relation_loss_trains_and_removes_its_hooks(tmp_path):
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    passes = [{"type": "prune", "layers_keep": 1},
+              {"type": "distill", "max_steps": 8, "eval_every": 4, "relation_weight": 1.0, "learning_rate": 0.003},
+              {"type": "export_onnx"}]
+    result = _build(folder, passes, tmp_path)
+    stats = _pass_record(result, "distill")["stats"]
+    assert stats["held_out_after"] > stats["held_out_before"]
+    assert stats["precision"] in ("fp32", "bf16")
+
+
 def test_distill_is_deterministic_with_a_seed(tmp_path):
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     passes = [{"type": "prune", "layers_keep": 1}, {"type": "distill", "max_steps": 6, "eval_every": 3},
