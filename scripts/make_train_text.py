@@ -6,6 +6,7 @@ installs carry, general English in equal shares from each source present:
 - news: the Lee corpus of ABC news articles in gensim's test data (`pip install gensim`);
 - everyday: WordNet's usage examples (`apt-get install wordnet-base`): "we kayaked down the river";
 - quotations: Debian's `fortunes` (`apt-get install fortunes`): sayings, literature;
+- dialog: questions, replies and support chat from the chatterbot corpus (`pip install chatterbot-corpus`);
 then, to fill up, the docstrings of Python's standard library and installed packages' descriptions
 (technical English). None of it overlaps hfexport's calibration or held-out evaluation corpus.
 
@@ -13,6 +14,7 @@ NOTE: the domain matters more than the amount. Distilling a pruned all-MiniLM-L6
 alone reached mean cosine 0.70 on the everyday-English held-out corpus, on fortunes alone 0.83; at 250
 steps, fortunes alone 0.794 and the three-source mix 0.808.
 
+    pip install -e ".[train-text]"   # gensim and chatterbot-corpus
     python scripts/make_train_text.py --count 5000 --output train.txt
 """
 
@@ -32,14 +34,14 @@ _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _WORD = re.compile(r"^[A-Za-z][A-Za-z'-]*[,;:.!?]?$")
 
 
-def _prose(text: str):
+def _prose(text: str, min_words: int = 6):
     text = re.sub(r"```.*?```", " ", text, flags=re.S)
     for paragraph in re.split(r"\n\s*\n", text):
         flat = " ".join(line.strip() for line in paragraph.splitlines())
         for sentence in _SENTENCE.split(flat):
             words = sentence.split()
             # Plain sentences only: mostly words, no code, no markup, no tables.
-            if 6 <= len(words) <= 60 and sentence[-1] in ".!?" and sentence[0].isupper() \
+            if min_words <= len(words) <= 60 and sentence[-1] in ".!?" and sentence[0].isupper() \
                     and sum(bool(_WORD.match(w)) for w in words) >= 0.85 * len(words):
                 yield sentence
 
@@ -90,8 +92,31 @@ def _news():
             yield from (folder / name).read_text(encoding="utf-8", errors="ignore").splitlines()
 
 
+_QUESTION = re.compile(r"^(what|who|whom|whose|where|when|why|how|which|is|are|am|do|does|did|can|could|will|"
+                       r"would|should|shall|have|has|may)\b", re.I)
+
+
+def _dialog():
+    """Conversation lines (questions, replies, support chat) from the chatterbot corpus:
+    `pip install chatterbot-corpus` (BSD). Lines are YAML list items: "- - question" / "  - answer"."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("chatterbot_corpus")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
+    for path in sorted(folder.glob("*.yml")):
+        for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
+            text = line.strip().lstrip("- ").strip().strip("'\"")
+            if not re.match(r"^[- ]*- ", line.strip() + " ") or not text or text.endswith(":"):
+                continue
+            if text[-1] not in ".!?":
+                text += "?" if _QUESTION.match(text) else "."
+            yield text[:1].upper() + text[1:]
+
+
 def _general_sources():
-    return (("news", _news()), ("everyday", _everyday()), ("quotations", _quotations()))
+    return (("news", _news()), ("everyday", _everyday()), ("quotations", _quotations()), ("dialog", _dialog()))
 
 
 def _technical_sources():
@@ -120,9 +145,9 @@ def _technical_sources():
                     continue
 
 
-def _sentences(texts, held_out: set[str]) -> set[str]:
+def _sentences(texts, held_out: set[str], min_words: int = 6) -> set[str]:
     """The plain sentences in `texts`, minus hfexport's own calibration and evaluation text."""
-    return {s for text in texts for s in _prose(text) if s not in held_out}
+    return {s for text in texts for s in _prose(text, min_words) if s not in held_out}
 
 
 def _spread(items: list[str], count: int) -> list[str]:
@@ -145,7 +170,8 @@ def main() -> int:
     # sentences than its share gives all it has, and the rest is shared out); technical text fills up.
     general = {}
     for name, texts in _general_sources():
-        found = _sentences(texts, held_out)
+        # Conversation is short ("How are you?"): shorter sentences count there, six words elsewhere.
+        found = _sentences(texts, held_out, 3 if name == "dialog" else 6)
         if found:
             general[name] = sorted(found)
     for position, name in enumerate(sorted(general, key=lambda n: len(general[n]))):
