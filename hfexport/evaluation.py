@@ -161,7 +161,8 @@ def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[di
     if task == "question-answering":
         one = [(one[0][0], long_text)]
     runners = {"pytorch": reference, **{c["name"]: c["runner"] for c in candidates}}
-    latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs)
+    latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
+                               settle=3)
 
     runs = max(3, settings.latency_runs // 10)
     progress.info(f"throughput: batch {batch}, {runs} runs each")

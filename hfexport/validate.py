@@ -175,7 +175,7 @@ def gate_failure(gates: list[GateResult], report_dir: Path | None) -> FidelityEr
 
 
 def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 3,
-                     block: int = 10) -> dict[str, list[float]]:
+                     block: int = 10, settle: int = 0) -> dict[str, list[float]]:
     """Time each function `runs` times in milliseconds, in alternating blocks of `block` calls.
 
     NOTE: blocks, not strict alternation. ONNX Runtime's and PyTorch's worker threads spin-wait for a
@@ -183,6 +183,10 @@ def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup:
     loses its cores to that spinning (measured: PyTorch 70 ms instead of 20 ms). In blocks only the
     first call after a switch pays, and the median discards it; alternating blocks still spreads
     machine drift over every side.
+    `settle` untimed calls open every block: after a switch the caches hold the other model's weights,
+    and a small model pays that for several calls (pruned MiniLM int8: 4.4-4.7 ms in blocks of 10 with
+    no settling, 2.7 ms in blocks of 60), which made it look 1.75-1.9x the default bundle instead of the
+    2.1-2.5x an app running one model sees.
     """
     for fn in functions.values():
         for _ in range(warmup):
@@ -191,6 +195,10 @@ def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup:
     block = max(1, min(block, runs))
     while any(len(t) < runs for t in times.values()):
         for name, fn in functions.items():
+            if len(times[name]) >= runs:
+                continue
+            for _ in range(settle):
+                fn()
             for _ in range(min(block, runs - len(times[name]))):
                 start = time.perf_counter()
                 fn()

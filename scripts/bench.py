@@ -76,7 +76,10 @@ def main() -> int:
     text = [text_of_length(tokenizer, default_eval_texts(), args.sequence_length)]
     tokens = len(tokenizer(text[0])["input_ids"])
     print(f"timing batch 1 x {tokens} tokens, {args.runs} alternating rounds ...", file=sys.stderr)
-    single = time_alternating({k: (lambda r=r: r(text)) for k, r in runners.items()}, args.runs, warmup=5)
+    # Blocks of 20 calls, each opened by 5 untimed ones: every side is timed warm, as an app running one
+    # model sees it, and machine drift still falls on every side alike.
+    single = time_alternating({k: (lambda r=r: r(text)) for k, r in runners.items()}, args.runs, warmup=5,
+                              block=20, settle=5)
     many = text * args.batch
     rounds = max(5, args.runs // 10)
     print(f"timing batch {args.batch}, {rounds} rounds ...", file=sys.stderr)

@@ -175,3 +175,14 @@ def test_entities_from_bio_tags_match_seqeval_counting():
     predicted = [[(0, 3, 1), (4, 8, 2), (8, 12, 0), (13, 19, 0)]]
     metrics = token_classification(predicted, gold, {"0": "O", "1": "B-PER", "2": "I-PER"})
     assert metrics == {"word_accuracy": 1.0, "entity_f1": 1.0}
+
+
+def test_time_alternating_settles_each_block_untimed_and_alternates():
+    from hfexport.validate import time_alternating
+
+    calls: list[str] = []
+    times = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=4,
+                             warmup=1, block=2, settle=1)
+    assert [len(t) for t in times.values()] == [4, 4]
+    # warm-up once each, then per block: one untimed settle call and two timed ones, sides alternating
+    assert "".join(calls) == "ab" + "aaabbb" * 2
