@@ -203,7 +203,7 @@ def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
     model = transformers.AutoModel.from_pretrained(make_tiny_model(tmp_path / arch, arch, "feature-extraction"))
     tap = _QKVTap(model)
     model(input_ids=torch.tensor([[2, 5, 6, 3]]))
-    assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3 and tap.heads == 4
+    assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3 and tap.heads == [4, 4, 4]
     last = model.transformer.layer[-1].attention if arch == "distilbert" else model.encoder.layer[-1].attention.self
     query = last.q_lin if arch == "distilbert" else last.query
     assert torch.equal(tap.captured[0], query(model(input_ids=torch.tensor([[2, 5, 6, 3]]),
@@ -212,7 +212,29 @@ def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
     assert not query._forward_hooks
 
 
-def test_distill_with_relation_loss_trains_and_removes_its_hooks(tmp_path):
+def test_relation_loss_on_grouped_query_attention_with_fewer_student_heads():
+    from hfexport.passes.distill import _QKVTap, _relation_kl
+
+    def llama(heads, kv_heads):
+        config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                          num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=8)
+        torch.manual_seed(0)
+        return transformers.AutoModelForCausalLM.from_config(config)
+
+    teacher, student = llama(8, 4), llama(4, 2)  # as head pruning leaves it: half the heads, GQA kept
+    ids, mask = torch.tensor([[5, 6, 7, 8, 9]]), torch.ones(1, 5, dtype=torch.long)
+    with _QKVTap(teacher) as t_tap, _QKVTap(student) as s_tap, torch.no_grad():
+        teacher(input_ids=ids), student(input_ids=ids)
+    assert t_tap.heads == [8, 4, 4]
+    assert [x.shape[-1] for x in t_tap.captured] == [64, 32, 32]
+    assert [x.shape[-1] for x in s_tap.captured] == [32, 16, 16]
+    losses = [float(_relation_kl(s, t, mask, h, causal=True))
+              for s, t, h in zip(s_tap.captured, t_tap.captured, t_tap.heads)]
+    assert all(loss > 0 for loss in losses)
+    assert not teacher.model.layers[-1].self_attn.q_proj._forward_hooks  # the context removed them
+
+
+def test_distill_with_relation_loss_trains_the_student(tmp_path):
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     passes = [{"type": "prune", "layers_keep": 1},
               {"type": "distill", "max_steps": 8, "eval_every": 4, "relation_weight": 1.0, "learning_rate": 0.003},

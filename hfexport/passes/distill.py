@@ -127,8 +127,8 @@ class DistillPass(Pass[DistillConfig]):
         before = loss_fn.fidelity(student, teacher, held, device)
         best, best_state, stale, step, started = before, copy.deepcopy(student.state_dict()), 0, 0, time.time()
         history = []
-        ctx.progress.info(f"distilling on {len(train)} texts ({len(held)} held out), {total} steps on {device} ({precision}); "
-                          f"held-out fidelity before: {before:.4f}")
+        ctx.progress.info(f"distilling on {len(train)} texts ({len(held)} held out), {total} steps on {device} "
+                          f"({precision}); held-out fidelity before: {before:.4f}")
         stop = False
         cache: dict[int, dict] = {}
         cache_budget = cfg.teacher_cache_mb * 2**20
@@ -176,8 +176,8 @@ class DistillPass(Pass[DistillConfig]):
         student.load_state_dict(best_state)
         student = student.to("cpu").eval()
         teacher.to("cpu")  # the cached reference model serves validation next, on the CPU
-        stats = {"device": str(device), "precision": precision, "steps": step, "train_texts": len(train), "held_out_texts": len(held),
-                 "teacher_cached_batches": len(cache),
+        stats = {"device": str(device), "precision": precision, "steps": step, "train_texts": len(train),
+                 "held_out_texts": len(held), "teacher_cached_batches": len(cache),
                  "held_out_before": round(before, 5), "held_out_after": round(best, 5),
                  "held_out_metric": loss_fn.metric, "layer_map": layer_map, "history": history}
         out = ctx.stage_dir(self.name)
@@ -322,7 +322,11 @@ _QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin
 
 
 class _QKVTap:
-    """Forward hooks that keep the last attention layer's query, key and value projections of each forward."""
+    """Forward hooks that keep the last attention layer's query, key and value projections of each forward.
+
+    `heads` are the relation heads each projection splits into: the attention heads for queries, the
+    key/value heads for keys and values (grouped-query attention has fewer).
+    """
 
     def __init__(self, model):
         import re
@@ -339,7 +343,10 @@ class _QKVTap:
         if names is None:
             raise PlanError(f"relation distillation: no query/key/value projections found in "
                             f"{type(model).__name__}")
-        self.heads = getattr(model.config, "num_attention_heads", 1)
+        config = model.config
+        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1)
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        self.heads = [heads, kv_heads, kv_heads]
         self.captured: list = [None, None, None]
         self.handles = [found[leaf][1].register_forward_hook(self._hook(i)) for i, leaf in enumerate(names)]
 
@@ -351,6 +358,13 @@ class _QKVTap:
     def remove(self) -> None:
         for handle in self.handles:
             handle.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
 
 
 def _relation_kl(student, teacher, mask, heads: int, causal: bool):
@@ -387,18 +401,12 @@ class _Loss:
         self.tokenizer = ctx.hf_tokenizer()
         self.pooling = ctx.source.pooling or {"mode": "mean", "normalize": False}
         self.metric = "cosine_mean" if self.task == "feature-extraction" else "top1_agreement"
-        self.taps: dict[int, _QKVTap] = {}
-
-    def tap(self, model) -> _QKVTap:
-        """The query/key/value capture on the model's last attention layer (made once per model)."""
-        if id(model) not in self.taps:
-            self.taps[id(model)] = _QKVTap(model)
-        return self.taps[id(model)]
+        self.student_tap: _QKVTap | None = None  # hooked on the student at its first relation step
 
     def close(self) -> None:
-        for tap in self.taps.values():
-            tap.remove()
-        self.taps.clear()
+        if self.student_tap is not None:
+            self.student_tap.remove()
+            self.student_tap = None
 
     def encode(self, texts, device):
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.max_length,
@@ -418,13 +426,16 @@ class _Loss:
         """What the student is trained to match, from one teacher forward (stored in fp16)."""
         import torch
 
-        tap = self.tap(teacher) if self.cfg.relation_weight else None  # hooked before the forward it records
-        with torch.no_grad():
-            t = self._outputs(teacher, batch)
         out: dict = {}
-        if tap is not None:
-            out["qkv"] = [x.half() for x in tap.captured]
-            self.relation_heads = self.cfg.relation_heads or tap.heads
+        with torch.no_grad():
+            if self.cfg.relation_weight:
+                # Hooked for this forward only: the teacher is the build's shared reference model.
+                with _QKVTap(teacher) as tap:
+                    t = self._outputs(teacher, batch)
+                out["qkv"] = [x.half() for x in tap.captured]
+                self.relation_heads = [self.cfg.relation_heads] * 3 if self.cfg.relation_heads else tap.heads
+            else:
+                t = self._outputs(teacher, batch)
         if self.task == "feature-extraction":
             out["pooled"] = self._pool(t.last_hidden_state, batch["attention_mask"]).half()
         else:
@@ -439,7 +450,8 @@ class _Loss:
         import torch.nn.functional as F
 
         mask = batch["attention_mask"]
-        tap = self.tap(student) if "qkv" in targets else None
+        if "qkv" in targets and self.student_tap is None:
+            self.student_tap = _QKVTap(student)
         s = self._outputs(student, batch)
         if self.task == "feature-extraction":
             ts, ss = targets["pooled"].float(), self._pool(s.last_hidden_state.float(), mask)
@@ -453,8 +465,8 @@ class _Loss:
             loss = loss + self.cfg.hidden_weight * hidden / len(targets["hidden"])
         if "qkv" in targets:
             causal = self.task == "text-generation"
-            relation = sum(_relation_kl(sx.float(), tx.float(), mask, self.relation_heads, causal)
-                           for sx, tx in zip(tap.captured, targets["qkv"]))
+            relation = sum(_relation_kl(sx.float(), tx.float(), mask, heads, causal)
+                           for sx, tx, heads in zip(self.student_tap.captured, targets["qkv"], self.relation_heads))
             loss = loss + self.cfg.relation_weight * relation / 3
         return loss
 
