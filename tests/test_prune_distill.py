@@ -245,6 +245,29 @@ def test_distill_with_relation_loss_trains_the_student(tmp_path):
     assert stats["precision"] in ("fp32", "bf16")
 
 
+def test_diverse_selection_picks_distinct_texts_reproducibly(tmp_path):
+    from hfexport.data import default_calibration_texts
+    from hfexport.passes.distill import DistillConfig, _diverse, _nullcontext
+
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    teacher = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    pool = default_calibration_texts()[:60]
+    args = (teacher, tokenizer, torch.device("cpu"), DistillConfig(), Progress("quiet"), _nullcontext())
+    first = _diverse(pool, 12, *args)
+    assert len(first) == 12 and len(set(first)) == 12 and set(first) <= set(pool)
+    assert _diverse(pool, 12, *args) == first
+
+
+def test_distill_select_diverse_runs_in_a_build(tmp_path):
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    passes = [{"type": "prune", "layers_keep": 1},
+              {"type": "distill", "max_steps": 2, "max_texts": 48, "select": "diverse", "batch_size": 16},
+              {"type": "export_onnx"}]
+    stats = _pass_record(_build(folder, passes, tmp_path), "distill")["stats"]
+    assert stats["train_texts"] + stats["held_out_texts"] == 48
+
+
 def test_distill_is_deterministic_with_a_seed(tmp_path):
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     passes = [{"type": "prune", "layers_keep": 1}, {"type": "distill", "max_steps": 6, "eval_every": 3},

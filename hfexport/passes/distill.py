@@ -49,6 +49,12 @@ class DistillConfig(PassConfig):
     train_embeddings: bool = Field(True, description="train the token embedding table too")
     max_length: int = Field(128, ge=8, description="training sequence length cap")
     max_texts: int = Field(5000, ge=16, description="training texts used at most")
+    # When --train-data holds more than max_texts: "first" takes the first ones; "diverse" embeds them all with
+    # the teacher and keeps the text nearest each of max_texts k-means centres, so the budget covers the
+    # pool's whole range. Measured on MiniLM, 5,000 of a 45,000-sentence pool: held-out cosine mean the same
+    # (0.845), worst case 0.536 -> 0.614; embedding that pool took 7.5 minutes in fp32 on 2 cores shared with
+    # a test run (the pass embeds in bf16 where the CPU has it; not timed in the pass yet).
+    select: Literal["first", "diverse"] = Field("first", description="which texts when there are more than max_texts")
     holdout: float = Field(0.1, gt=0, lt=0.5, description="share of training texts held out for early stopping")
     eval_every: int = Field(50, ge=1, description="steps between held-out checks")
     patience: int = Field(4, ge=1, description="held-out checks without improvement before stopping")
@@ -100,7 +106,12 @@ class DistillPass(Pass[DistillConfig]):
                               else "cpu")
         teacher = ctx.torch_module(ctx.source.local_dir).to(device).eval()
         student = copy.deepcopy(ctx.torch_module(artifact.path)).to(device).train()
-        texts = list(ctx.train_texts or ctx.calibration_texts)[: cfg.max_texts]
+        precision = _precision(cfg.precision, device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _nullcontext()
+        texts = list(ctx.train_texts or ctx.calibration_texts)
+        if len(texts) > cfg.max_texts and cfg.select == "diverse":
+            texts = _diverse(texts, cfg.max_texts, teacher, ctx.hf_tokenizer(), device, cfg, ctx.progress, autocast)
+        texts = texts[: cfg.max_texts]
         random.Random(cfg.seed).shuffle(texts)
         n_hold = max(8, int(len(texts) * cfg.holdout))
         held, train = texts[:n_hold], texts[n_hold:]
@@ -121,8 +132,6 @@ class DistillPass(Pass[DistillConfig]):
         warmup = max(1, int(total * cfg.warmup_ratio))
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total - s) / max(1, total - warmup))))
-        precision = _precision(cfg.precision, device)
-        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _nullcontext()
 
         before = loss_fn.fidelity(student, teacher, held, device)
         best, best_state, stale, step, started = before, copy.deepcopy(student.state_dict()), 0, 0, time.time()
@@ -266,6 +275,53 @@ def embedding_neighbours(model, tokenizer, texts: list[str], k: int = 8) -> dict
         for word, row in zip(chunk, nearest.tolist()):
             out[word] = [names[j] for j in row if names[j] != word][:k]
     return out
+
+
+def _diverse(texts: list[str], count: int, teacher, tokenizer, device, cfg: DistillConfig, progress,
+             autocast) -> list[str]:
+    """`count` texts that cover `texts`: spherical k-means on the teacher's mean-pooled last hidden state,
+    then the text nearest each centre (distinct texts; an empty cluster keeps its random start)."""
+    import torch
+    import torch.nn.functional as F
+
+    progress.info(f"choosing {count} of {len(texts)} training texts by k-means on the teacher's embeddings")
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch with less padding
+    vectors = None
+    with torch.no_grad(), autocast:
+        for start in range(0, len(order), 128):
+            chosen = order[start:start + 128]
+            batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=cfg.max_length,
+                              return_tensors="pt").to(device)
+            hidden = teacher(**batch, output_hidden_states=True).hidden_states[-1]
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            if vectors is None:
+                vectors = torch.empty(len(texts), hidden.shape[-1])
+            vectors[chosen] = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).float().cpu()
+    generator = torch.Generator().manual_seed(cfg.seed)
+    centres = vectors[torch.randperm(len(texts), generator=generator)[:count]].clone()
+
+    for _ in range(8):
+        assign = torch.cat([(vectors[i:i + 4096] @ centres.T).argmax(1) for i in range(0, len(texts), 4096)])
+        sums = torch.zeros_like(centres).index_add_(0, assign, vectors)
+        sizes = torch.bincount(assign, minlength=count)
+        filled = sizes > 0
+        centres[filled] = F.normalize(sums[filled] / sizes[filled, None], dim=-1)
+    # The nearest text to each centre, in chunks of the pool (a pool x centres matrix would not fit for
+    # large pools); when two centres share a nearest text, the later one takes its nearest free text.
+    best_sim = torch.full((count,), -2.0)
+    best = torch.zeros(count, dtype=torch.long)
+    for i in range(0, len(texts), 4096):
+        value, index = (vectors[i:i + 4096] @ centres.T).max(0)
+        better = value > best_sim
+        best_sim[better], best[better] = value[better], index[better] + i
+    picked, taken = [], set()
+    for centre, index in enumerate(best.tolist()):
+        if index in taken:
+            ranked = (vectors @ centres[centre]).argsort(descending=True).tolist()
+            index = next(j for j in ranked if j not in taken)
+        taken.add(index)
+        picked.append(texts[index])
+    return picked
 
 
 def _precision(asked: str, device) -> str:
