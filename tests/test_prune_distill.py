@@ -30,22 +30,28 @@ def _pass_record(result, name):
     return next(p for p in result.manifest["passes"] if p["name"] == name)
 
 
-def _prune_only(folder, ctx_task, config):
-    """Run PrunePass directly and return the saved checkpoint folder."""
+def _context(folder, task):
+    """A BuildContext for running one pass directly on a tiny model folder."""
     from hfexport.api import _prepare_tokenizer
-    from hfexport.artifacts import TorchModel
     from hfexport.context import BuildContext
     from hfexport.data import default_calibration_texts
     from hfexport.loading import resolve_model
-    from hfexport.passes.prune import PruneConfig, PrunePass
     from hfexport.profiles import load_target
     from hfexport.recipes import load_recipe
 
-    source = resolve_model(str(folder), task=ctx_task)
-    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix="prune-"))
-    ctx = BuildContext(load_target("cpu"), load_recipe("fp32"), source, work,
-                       _prepare_tokenizer(source, work / "tokenizer"), default_calibration_texts(),
-                       Progress("quiet"))
+    source = resolve_model(str(folder), task=task)
+    work = Path(tempfile.mkdtemp(dir=folder.parent, prefix="pass-"))
+    return BuildContext(load_target("cpu"), load_recipe("fp32"), source, work,
+                        _prepare_tokenizer(source, work / "tokenizer"), default_calibration_texts(),
+                        Progress("quiet"))
+
+
+def _prune_only(folder, ctx_task, config):
+    """Run PrunePass directly and return the saved checkpoint folder."""
+    from hfexport.artifacts import TorchModel
+    from hfexport.passes.prune import PruneConfig, PrunePass
+
+    ctx = _context(folder, ctx_task)
     step = PrunePass(PruneConfig(**config))
     return step.run(TorchModel(folder), ctx)
 
@@ -198,12 +204,13 @@ def test_relation_kl_is_zero_for_equal_relations_and_ignores_padding():
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
-    from hfexport.passes.distill import _QKVTap
+    from hfexport.passes.distill import _QKVTap, heads_per_projection
 
     model = transformers.AutoModel.from_pretrained(make_tiny_model(tmp_path / arch, arch, "feature-extraction"))
     tap = _QKVTap(model)
     model(input_ids=torch.tensor([[2, 5, 6, 3]]))
-    assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3 and tap.heads == [4, 4, 4]
+    assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3
+    assert heads_per_projection(model.config) == [4, 4, 4]
     last = model.transformer.layer[-1].attention if arch == "distilbert" else model.encoder.layer[-1].attention.self
     query = last.q_lin if arch == "distilbert" else last.query
     assert torch.equal(tap.captured[0], query(model(input_ids=torch.tensor([[2, 5, 6, 3]]),
@@ -213,7 +220,7 @@ def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
 
 
 def test_relation_loss_on_grouped_query_attention_with_fewer_student_heads():
-    from hfexport.passes.distill import _QKVTap, _relation_kl
+    from hfexport.passes.distill import _QKVTap, _relation_kl, heads_per_projection
 
     def llama(heads, kv_heads):
         config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -225,11 +232,12 @@ def test_relation_loss_on_grouped_query_attention_with_fewer_student_heads():
     ids, mask = torch.tensor([[5, 6, 7, 8, 9]]), torch.ones(1, 5, dtype=torch.long)
     with _QKVTap(teacher) as t_tap, _QKVTap(student) as s_tap, torch.no_grad():
         teacher(input_ids=ids), student(input_ids=ids)
-    assert t_tap.heads == [8, 4, 4]
+    heads = heads_per_projection(teacher.config)
+    assert heads == [8, 4, 4]
     assert [x.shape[-1] for x in t_tap.captured] == [64, 32, 32]
     assert [x.shape[-1] for x in s_tap.captured] == [32, 16, 16]
     losses = [float(_relation_kl(s, t, mask, h, causal=True))
-              for s, t, h in zip(s_tap.captured, t_tap.captured, t_tap.heads)]
+              for s, t, h in zip(s_tap.captured, t_tap.captured, heads)]
     assert all(loss > 0 for loss in losses)
     assert not teacher.model.layers[-1].self_attn.q_proj._forward_hooks  # the context removed them
 
@@ -246,14 +254,14 @@ def test_distill_with_relation_loss_trains_the_student(tmp_path):
 
 
 def test_diverse_selection_picks_distinct_texts_reproducibly(tmp_path):
-    from hfexport.data import default_calibration_texts
-    from hfexport.passes.distill import DistillConfig, _diverse, _nullcontext
+    from hfexport.passes.distill import DistillConfig, _diverse, _Loss, _nullcontext
 
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
-    teacher = transformers.AutoModel.from_pretrained(str(folder)).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
-    pool = default_calibration_texts()[:60]
-    args = (teacher, tokenizer, torch.device("cpu"), DistillConfig(), Progress("quiet"), _nullcontext())
+    ctx = _context(folder, "feature-extraction")
+    teacher = ctx.torch_module(folder).eval()
+    pool = ctx.calibration_texts[:60]
+    loss = _Loss(ctx, DistillConfig(), None, teacher.config)
+    args = (teacher, loss, torch.device("cpu"), 0, Progress("quiet"), _nullcontext())
     first = _diverse(pool, 12, *args)
     assert len(first) == 12 and len(set(first)) == 12 and set(first) <= set(pool)
     assert _diverse(pool, 12, *args) == first

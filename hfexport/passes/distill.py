@@ -108,9 +108,11 @@ class DistillPass(Pass[DistillConfig]):
         student = copy.deepcopy(ctx.torch_module(artifact.path)).to(device).train()
         precision = _precision(cfg.precision, device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else _nullcontext()
+        layer_map = _layer_map(artifact)
+        loss_fn = _Loss(ctx, cfg, layer_map, teacher.config)
         texts = list(ctx.train_texts or ctx.calibration_texts)
         if len(texts) > cfg.max_texts and cfg.select == "diverse":
-            texts = _diverse(texts, cfg.max_texts, teacher, ctx.hf_tokenizer(), device, cfg, ctx.progress, autocast)
+            texts = _diverse(texts, cfg.max_texts, teacher, loss_fn, device, cfg.seed, ctx.progress, autocast)
         texts = texts[: cfg.max_texts]
         random.Random(cfg.seed).shuffle(texts)
         n_hold = max(8, int(len(texts) * cfg.holdout))
@@ -118,8 +120,6 @@ class DistillPass(Pass[DistillConfig]):
         if len(train) < cfg.batch_size:
             raise PlanError(f"distillation needs at least {cfg.batch_size + n_hold} texts, got {len(texts)}; "
                             "pass more with --train-data")
-        layer_map = _layer_map(artifact)
-        loss_fn = _Loss(ctx, cfg, layer_map)
         # Texts of similar length share a batch: less padding, so less compute per step.
         by_length = sorted(train, key=len)
         batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(by_length), cfg.batch_size)]
@@ -277,10 +277,10 @@ def embedding_neighbours(model, tokenizer, texts: list[str], k: int = 8) -> dict
     return out
 
 
-def _diverse(texts: list[str], count: int, teacher, tokenizer, device, cfg: DistillConfig, progress,
+def _diverse(texts: list[str], count: int, teacher, loss_fn: _Loss, device, seed: int, progress,
              autocast) -> list[str]:
-    """`count` texts that cover `texts`: spherical k-means on the teacher's mean-pooled last hidden state,
-    then the text nearest each centre (distinct texts; an empty cluster keeps its random start)."""
+    """`count` texts that cover `texts`: spherical k-means on the teacher's pooled embeddings (the pooling the
+    loss uses), then the text nearest each centre (distinct texts; an empty cluster keeps its random start)."""
     import torch
     import torch.nn.functional as F
 
@@ -290,14 +290,13 @@ def _diverse(texts: list[str], count: int, teacher, tokenizer, device, cfg: Dist
     with torch.no_grad(), autocast:
         for start in range(0, len(order), 128):
             chosen = order[start:start + 128]
-            batch = tokenizer([texts[i] for i in chosen], padding=True, truncation=True, max_length=cfg.max_length,
-                              return_tensors="pt").to(device)
-            hidden = teacher(**batch, output_hidden_states=True).hidden_states[-1]
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            batch = loss_fn.encode([texts[i] for i in chosen], device)
+            hidden = loss_fn._outputs(teacher, batch).hidden_states[-1]
+            pooled = F.normalize(loss_fn._pool(hidden, batch["attention_mask"]), dim=-1).float().cpu()
             if vectors is None:
-                vectors = torch.empty(len(texts), hidden.shape[-1])
-            vectors[chosen] = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).float().cpu()
-    generator = torch.Generator().manual_seed(cfg.seed)
+                vectors = torch.empty(len(texts), pooled.shape[-1])
+            vectors[chosen] = pooled
+    generator = torch.Generator().manual_seed(seed)
     centres = vectors[torch.randperm(len(texts), generator=generator)[:count]].clone()
 
     for _ in range(8):
@@ -378,11 +377,7 @@ _QKV_NAMES = (("query", "key", "value"), ("q_proj", "k_proj", "v_proj"), ("q_lin
 
 
 class _QKVTap:
-    """Forward hooks that keep the last attention layer's query, key and value projections of each forward.
-
-    `heads` are the relation heads each projection splits into: the attention heads for queries, the
-    key/value heads for keys and values (grouped-query attention has fewer).
-    """
+    """Forward hooks that keep the last attention layer's query, key and value projections of each forward."""
 
     def __init__(self, model):
         import re
@@ -399,10 +394,6 @@ class _QKVTap:
         if names is None:
             raise PlanError(f"relation distillation: no query/key/value projections found in "
                             f"{type(model).__name__}")
-        config = model.config
-        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1)
-        kv_heads = getattr(config, "num_key_value_heads", None) or heads
-        self.heads = [heads, kv_heads, kv_heads]
         self.captured: list = [None, None, None]
         self.handles = [found[leaf][1].register_forward_hook(self._hook(i)) for i, leaf in enumerate(names)]
 
@@ -421,6 +412,14 @@ class _QKVTap:
     def __exit__(self, *exc):
         self.remove()
         return False
+
+
+def heads_per_projection(config) -> list[int]:
+    """Relation heads for query, key and value: the attention heads, and the key/value heads (fewer under
+    grouped-query attention)."""
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 1)
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return [heads, kv_heads, kv_heads]
 
 
 def _relation_kl(student, teacher, mask, heads: int, causal: bool):
@@ -452,8 +451,11 @@ def _relation_kl(student, teacher, mask, heads: int, causal: bool):
 class _Loss:
     """The task's output loss plus the hidden-state loss; `fidelity` scores held-out agreement."""
 
-    def __init__(self, ctx: BuildContext, cfg: DistillConfig, layer_map: list[int] | None):
+    def __init__(self, ctx: BuildContext, cfg: DistillConfig, layer_map: list[int] | None, teacher_config):
         self.task, self.cfg, self.layer_map = ctx.source.task, cfg, layer_map
+        # Both sides split into the teacher's head counts, whatever the student kept.
+        self.relation_heads = [cfg.relation_heads] * 3 if cfg.relation_heads else heads_per_projection(teacher_config)
+        self._held: tuple[list[str], list] | None = None  # held-out texts -> their batches and teacher outputs
         self.tokenizer = ctx.hf_tokenizer()
         self.pooling = ctx.source.pooling or {"mode": "mean", "normalize": False}
         self.metric = "cosine_mean" if self.task == "feature-extraction" else "top1_agreement"
@@ -489,7 +491,6 @@ class _Loss:
                 with _QKVTap(teacher) as tap:
                     t = self._outputs(teacher, batch)
                 out["qkv"] = [x.half() for x in tap.captured]
-                self.relation_heads = [self.cfg.relation_heads] * 3 if self.cfg.relation_heads else tap.heads
             else:
                 t = self._outputs(teacher, batch)
         if self.task == "feature-extraction":
@@ -548,23 +549,36 @@ class _Loss:
         import torch
         import torch.nn.functional as F
 
+        # The teacher's side of every check is the same: encoded and computed once per held-out list.
+        if self._held is None or self._held[0] is not texts:
+            self._held = (texts, [self._held_reference(teacher, self.encode(texts[start:start + 64], device))
+                                  for start in range(0, len(texts), 64)])
         was_training = student.training
         student.eval()
         scores = []
         with torch.no_grad():
-            for start in range(0, len(texts), 64):
-                batch = self.encode(texts[start:start + 64], device)
-                s, t = self._outputs(student, batch), self._outputs(teacher, batch)
+            for batch, reference in self._held[1]:
+                s = self._outputs(student, batch)
                 if self.task == "feature-extraction":
-                    mask = batch["attention_mask"]
-                    cos = F.cosine_similarity(self._pool(s.last_hidden_state, mask),
-                                              self._pool(t.last_hidden_state, mask), dim=-1)
+                    cos = F.cosine_similarity(self._pool(s.last_hidden_state, batch["attention_mask"]), reference,
+                                              dim=-1)
                     scores.extend(cos.tolist())
                 else:
                     name = "start_logits" if self.task == "question-answering" else "logits"
-                    agree = (getattr(s, name).argmax(-1) == getattr(t, name).argmax(-1)).float()
+                    agree = (getattr(s, name).argmax(-1) == reference).float()
                     if agree.dim() == 2:
                         agree = agree[batch["attention_mask"].bool()]
                     scores.extend(agree.tolist())
         student.train(was_training)
         return float(sum(scores) / max(len(scores), 1))
+
+    def _held_reference(self, teacher, batch):
+        """(batch, what fidelity compares the student with): pooled embeddings, or argmax token ids."""
+        import torch
+
+        with torch.no_grad():
+            t = self._outputs(teacher, batch)
+        if self.task == "feature-extraction":
+            return batch, self._pool(t.last_hidden_state, batch["attention_mask"])
+        name = "start_logits" if self.task == "question-answering" else "logits"
+        return batch, getattr(t, name).argmax(-1)
