@@ -79,14 +79,22 @@ def _everyday():
                 yield example[:1].upper() + example[1:]
 
 
-def _news():
-    """News articles that ship with gensim's tests (the Lee corpus, ABC news): `pip install gensim`."""
+def _package_folder(name: str) -> Path | None:
+    """Where an installed package's files are (its data ships inside), or None when it is not installed."""
     import importlib.util
 
-    spec = importlib.util.find_spec("gensim")
+    spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _news():
+    """News articles that ship with gensim's tests (the Lee corpus, ABC news): `pip install gensim`."""
+    package = _package_folder("gensim")
+    if package is None:
         return
-    folder = Path(next(iter(spec.submodule_search_locations))) / "test" / "test_data"
+    folder = package / "test" / "test_data"
     for name in ("lee_background.cor", "lee.cor"):
         if (folder / name).is_file():
             yield from (folder / name).read_text(encoding="utf-8", errors="ignore").splitlines()
@@ -99,16 +107,14 @@ _QUESTION = re.compile(r"^(what|who|whom|whose|where|when|why|how|which|is|are|a
 def _dialog():
     """Conversation lines (questions, replies, support chat) from the chatterbot corpus:
     `pip install chatterbot-corpus` (BSD). Lines are YAML list items: "- - question" / "  - answer"."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("chatterbot_corpus")
-    if spec is None or not spec.submodule_search_locations:
+    package = _package_folder("chatterbot_corpus")
+    if package is None:
         return
-    folder = Path(next(iter(spec.submodule_search_locations))) / "data" / "english"
-    for path in sorted(folder.glob("*.yml")):
+    for path in sorted((package / "data" / "english").glob("*.yml")):
         for line in path.read_text(encoding="utf-8", errors="ignore").splitlines():
-            text = line.strip().lstrip("- ").strip().strip("'\"")
-            if not re.match(r"^[- ]*- ", line.strip() + " ") or not text or text.endswith(":"):
+            item = line.strip()
+            text = item.lstrip("- ").strip().strip("'\"")
+            if not item.startswith("- ") or not text or text.endswith(":"):
                 continue
             if text[-1] not in ".!?":
                 text += "?" if _QUESTION.match(text) else "."
