@@ -145,6 +145,19 @@ def test_distill_hidden_targets_follow_the_span_each_student_layer_replaces():
     assert hidden_targets([0, 4, 5], 6, "copied") == [1, 5, 6]
 
 
+def test_distill_layer_map_composes_chained_prunes(tmp_path):
+    from hfexport.artifacts import TorchModel
+    from hfexport.passes.distill import _layer_map
+
+    history = [{"prune": {"kept_layers": [0, 2, 4, 5]}}, {"distill": {"steps": 10}},
+               {"prune": {"kept_layers": [0, 2, 3], "ffn_width": [64, 32]}}]
+    (tmp_path / "hfexport_history.json").write_text(json.dumps(history))
+    # The second prune's indices name the first prune's survivors: teacher layers 0, 4 and 5.
+    assert _layer_map(TorchModel(tmp_path)) == [0, 4, 5]
+    (tmp_path / "hfexport_history.json").write_text(json.dumps(history[1:2]))
+    assert _layer_map(TorchModel(tmp_path)) is None
+
+
 def test_distill_augmenter_edits_texts_deterministically():
     from hfexport.passes.distill import _Augmenter
 

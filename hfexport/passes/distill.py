@@ -351,15 +351,20 @@ def _tensors(targets: dict):
 
 
 def _layer_map(artifact: TorchModel) -> list[int] | None:
-    """Student layer i -> teacher layer, from the pruning record when layers were dropped."""
+    """Student layer i -> teacher layer, from the pruning records when layers were dropped.
+
+    Prunes compose: a second prune's `kept_layers` index the first one's survivors, so a chain of
+    prune -> distill -> prune maps back to the original teacher's layers.
+    """
     history = artifact.path / "hfexport_history.json"
     if not history.is_file():
         return None
-    for record in reversed(json.loads(history.read_text())):
+    mapping: list[int] | None = None
+    for record in json.loads(history.read_text()):
         kept = record.get("prune", {}).get("kept_layers")
         if kept:
-            return kept
-    return None
+            mapping = list(kept) if mapping is None else [mapping[i] for i in kept]
+    return mapping
 
 
 def hidden_targets(kept: list[int], teacher_layers: int, mode: str = "span") -> list[int]:
