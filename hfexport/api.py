@@ -213,13 +213,14 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
     meta = bundle.manifest["model"]
     input_names = [i["name"] for i in bundle.manifest["signature"]["inputs"]]
-    reference = TorchRunner(ctx.torch_module(ctx.source.local_dir), ctx.hf_tokenizer(), ctx.source.task, meta,
+    device = _reference_device(ctx)
+    reference = TorchRunner(ctx.torch_module(ctx.source.local_dir).to(device), ctx.hf_tokenizer(), ctx.source.task, meta,
                             ctx.source.max_length, input_names)
     candidates = []
     encoder = open_encoder(staging, bundle.manifest)
     for name, artifact, seconds in stages[:-1]:
         if artifact.kind == "torch":  # a pruned or distilled checkpoint: measured in PyTorch, like the reference
-            runner = TorchRunner(ctx.torch_module(artifact.path), ctx.hf_tokenizer(), ctx.source.task, meta,
+            runner = TorchRunner(ctx.torch_module(artifact.path).to(device), ctx.hf_tokenizer(), ctx.source.task, meta,
                                  ctx.source.max_length, input_names)
         else:
             model = open_model(artifact.path, bundle.manifest, threads=n_threads,
@@ -231,7 +232,7 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     # What the backend actually chose (OpenVINO: device, inference precision, streams), which can differ
     # from what the profile asked for; the report says which one was measured.
     target_info = _target_info(bundle)
-    notes = [f"output of {last_name}, loaded through hfexport.runtime.load", *_runtime_notes(target_info)]
+    notes = _bundle_notes(ctx, last_name, target_info)
     candidates.append({"name": "bundle", "kind": "bundle", "runner": PredictorRunner(bundle, meta),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds, "notes": notes})
     report = evaluate(reference=reference, reference_size=reference_size, candidates=candidates, eval_set=eval_set,
@@ -245,6 +246,14 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     return report
 
 
+def _reference_device(ctx) -> str:
+    """Where PyTorch runs as the baseline: on the GPU for a GPU target when the host has one, so the speed
+    ratios compare like with like; on the CPU otherwise (also undoing a distill pass that trained there)."""
+    import torch
+
+    return "cuda" if ctx.target.device == "cuda" and torch.cuda.is_available() else "cpu"
+
+
 def _target_info(predictor) -> dict:
     """The manifest's target, plus what the backend actually chose (OpenVINO: device, inference
     precision, streams), which can differ from what the profile asked for."""
@@ -256,8 +265,20 @@ def _target_info(predictor) -> dict:
     return info
 
 
+def _bundle_notes(ctx, last_name: str, target_info: dict) -> list[str]:
+    """The report's notes on the bundle stage; the ones about where it ran are shown as the build goes too."""
+    runtime = _runtime_notes(target_info)
+    for note in runtime:
+        ctx.progress.info(note)
+    return [f"output of {last_name}, loaded through hfexport.runtime.load", *runtime]
+
+
 def _runtime_notes(target_info: dict) -> list[str]:
-    runtime = target_info.get("runtime") or {}
+    runtime = dict(target_info.get("runtime") or {})
+    if "asked_for" in runtime:  # an ONNX Runtime bundle checked where its first provider is missing
+        asked, used = runtime.pop("asked_for"), runtime.pop("execution_providers")
+        return [f"ran on {used}: this host lacks {asked.split(', ')[0]}. Fidelity is the bundle graph's; "
+                f"speed and memory are this host's, not the target's"]
     return ["runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v is not None)] if runtime else []
 
 
@@ -307,9 +328,9 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
     target_info = _target_info(bundle)
     candidates.append({"name": "bundle", "kind": "bundle", "runner": BundleGeneration(bundle),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
-                       "notes": [f"output of {last_name}, loaded through hfexport.runtime.load",
-                                 *_runtime_notes(target_info)]})
-    reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir), bundle.eos_token_ids, bundle.pad_token_id)
+                       "notes": _bundle_notes(ctx, last_name, target_info)})
+    reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir).to(_reference_device(ctx)), bundle.eos_token_ids,
+                                bundle.pad_token_id)
     return evaluate_generation(
         reference=reference, tokenizer=ctx.hf_tokenizer(), reference_size=reference_size, candidates=candidates,
         texts=eval_texts, settings=ctx.recipe.evaluation, threads=n_threads,

@@ -106,7 +106,9 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     if log_format == "json":
         click.echo(json.dumps({"event": "bundle", "path": str(result.bundle), "summary": summary}))
     else:
-        click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch, "
+        ran = (result.report.target.get("runtime") or {}).get("execution_providers")
+        where = f" on this host's {ran}" if ran else ""
+        click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch{where}, "
                    f"{summary['size_ratio']:.2f}x the size; report: {result.bundle / 'report' / 'report.html'})")
 
 
@@ -118,11 +120,12 @@ def targets() -> None:
     from hfexport._yaml import load_model_file
     from hfexport.profiles import TargetProfile
 
-    for path in list_shipped("targets"):
-        profile = load_model_file(path, TargetProfile)
-        fits, why = profile.host_fit()
+    profiles = [load_model_file(path, TargetProfile) for path in list_shipped("targets")]
+    rows = [(profile, *profile.host_fit()) for profile in profiles]
+    width = max(len(why) for _, _, why in rows)
+    for profile, fits, why in rows:
         mark = "yes" if fits else "no "
-        click.echo(f"{profile.name:<10} {mark} {why:<28} {profile.backend}/{profile.device}  "
+        click.echo(f"{profile.name:<10} {mark} {why:<{width}} {profile.backend}/{profile.device}  "
                    f"{','.join(profile.precisions)}  {profile.description}")
 
 

@@ -29,9 +29,16 @@ class TorchRunner:
         self.model, self.tokenizer, self.task, self.meta = model, tokenizer, task, meta
         self.max_length, self.input_names = max_length, input_names
 
-    def raw(self, inputs: list):
+    def _run(self, enc) -> dict:
+        """The model's tensor outputs for a tokenised batch, in fp32 on the host, wherever the model runs."""
         import torch
 
+        device = next(self.model.parameters()).device
+        with torch.inference_mode():
+            out = self.model(**{n: enc[n].to(device) for n in self.input_names if n in enc}, return_dict=True)
+        return {k: v.float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
+
+    def raw(self, inputs: list):
         if inputs and isinstance(inputs[0], tuple):
             first, second = [q for q, _ in inputs], [c for _, c in inputs]
             enc = self.tokenizer(first, second, padding=True, truncation="only_second",
@@ -39,9 +46,7 @@ class TorchRunner:
         else:
             enc = self.tokenizer(inputs, padding=True, truncation=True, max_length=self.max_length,
                                  return_tensors="pt")
-        with torch.inference_mode():
-            out = self.model(**{n: enc[n] for n in self.input_names if n in enc}, return_dict=True)
-        outputs = {k: v.float().numpy() for k, v in out.items() if isinstance(v, torch.Tensor)}
+        outputs = {k: v.numpy() for k, v in self._run(enc).items()}
         sequence_ids = [enc.sequence_ids(i) for i in range(len(inputs))]
         return outputs, enc["attention_mask"].numpy(), enc["input_ids"].numpy(), sequence_ids
 
@@ -53,15 +58,12 @@ class TorchRunner:
 
     def answers(self, inputs: list) -> list[str]:
         """Question answering: the answer text of each (question, context), as the runtime extracts it."""
-        import torch
-
         from hfexport.runtime.tasks.question_answering import best_span
 
         enc = self.tokenizer([q for q, _ in inputs], [c for _, c in inputs], padding=True,
                              truncation="only_second", max_length=self.max_length, return_offsets_mapping=True,
                              return_tensors="pt")
-        with torch.inference_mode():
-            out = self.model(**{n: enc[n] for n in self.input_names if n in enc}, return_dict=True)
+        out = self._run(enc)
         result = []
         for row, (_q, context) in enumerate(inputs):
             in_context = np.array([sid == 1 for sid in enc.sequence_ids(row)])
@@ -72,12 +74,9 @@ class TorchRunner:
 
     def token_predictions(self, texts: list[str]) -> list[list[tuple[int, int, int]]]:
         """Token classification: (char start, char end, label id) of every real token of every text."""
-        import torch
-
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
                              return_offsets_mapping=True, return_special_tokens_mask=True, return_tensors="pt")
-        with torch.inference_mode():
-            out = self.model(**{n: enc[n] for n in self.input_names if n in enc}, return_dict=True)
+        out = self._run(enc)
         return _token_labels(out["logits"].numpy(), enc["attention_mask"].numpy(),
                              enc["special_tokens_mask"].numpy(), enc["offset_mapping"].numpy())
 

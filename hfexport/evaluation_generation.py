@@ -51,7 +51,7 @@ class TorchGeneration:
         import torch
 
         with torch.inference_mode():
-            return self.model(input_ids=torch.tensor([prompt])).logits[0].float().numpy()
+            return self.model(input_ids=torch.tensor([prompt], device=self.model.device)).logits[0].float().cpu().numpy()
 
     def timed(self, prompt: list[int], new_tokens: int) -> None:
         self._generate(prompt, new_tokens, new_tokens)
@@ -59,7 +59,7 @@ class TorchGeneration:
     def _generate(self, prompt, new_tokens, min_new) -> list[int]:
         import torch
 
-        ids = torch.tensor([prompt])
+        ids = torch.tensor([prompt], device=self.model.device)
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                                       min_new_tokens=min_new, do_sample=False, pad_token_id=self.pad_id)

@@ -1,4 +1,4 @@
-"""Low-bit quantisation. The recipe says `int8` or `int4`; the target decides how.
+"""Lower precision. The recipe says `int8`, `int4` or `fp16`; the target decides how.
 
 - onnxruntime targets: dynamic or static QDQ int8, flavoured by the target's ISA preset
   (`_quantize_ort.py`); with `weights_only: true`, MatMulNBits int8/int4 weight blocks with float
@@ -6,6 +6,10 @@
   matrices a measured sensitivity search on calibration text allows, int8 for the rest (`_int4_search.py`).
 - openvino targets: NNCF post-training int8 (`mode: static`) or weight compression to int8/int4
   (`mode: dynamic` / `weights_only: true`) (`_quantize_nncf.py`).
+
+- `fp16` (targets that list it, e.g. cuda): every float weight and operator in half precision, graph
+  inputs and outputs kept fp32 (`_float16.py`, ONNX Runtime's converter run after the fusions, as its GPU
+  recipe does). No calibration; no quantiser options.
 
 `weights_only` means the same on both: weights in low bits, activations stay float. Options that only
 one backend has are rejected on the other by the planner, naming the field.
@@ -34,7 +38,7 @@ _SEARCH_WINDOWS, _SEARCH_TOKENS = 16, 64
 
 
 class QuantizeConfig(PassConfig):
-    precision: Literal["int8", "int4"] = "int8"
+    precision: Literal["int8", "int4", "fp16"] = "int8"
     mode: Literal["dynamic", "static"] = "dynamic"
     weights_only: bool = Field(False, description="low-bit weights, float activations (LLMs; no calibration)")
     group_size: Literal[32, 64, 128] | None = Field(None, description="weights_only: weights per scale (128)")
@@ -92,6 +96,12 @@ class QuantizeConfig(PassConfig):
 
     @model_validator(mode="after")
     def _check(self) -> QuantizeConfig:
+        if self.precision == "fp16":
+            stray = sorted(self.model_fields_set - {"precision", "exclude_nodes"})
+            if stray:
+                raise ValueError(f"precision fp16 converts the whole graph and takes no quantiser options "
+                                 f"(remove {', '.join(stray)})")
+            return self
         if self.precision == "int4" and not self.weights_only:
             raise ValueError("precision int4 quantises weights only: add weights_only: true")
         if self.weights_only and self.mode == "static":
@@ -117,12 +127,14 @@ class QuantizeConfig(PassConfig):
 
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
-    summary = "int8 or int4 weights, done the target's way: ONNX Runtime (int8, MatMulNBits) or NNCF"
+    summary = "int8, int4 or fp16, done the target's way: ONNX Runtime (int8, MatMulNBits, fp16) or NNCF"
     consumes = (OnnxModel, OpenVINOModel)
     produces = None
     config_class = QuantizeConfig
 
     def describe(self) -> str:
+        if self.config.precision == "fp16":
+            return "quantize(fp16)"
         if self.config.weights_only:
             split = (f", int8 where top-1 < {self.config.int4_top1_target:g}"
                      if self.config.int4_top1_target is not None else "")
@@ -136,6 +148,9 @@ class QuantizePass(Pass[QuantizeConfig]):
             listing = "weight_only_precisions" if config.weights_only else "precisions"
             raise PlanError(f"precision {config.precision!r}{' with weights_only' if config.weights_only else ''} "
                             f"is not supported by target {target.name!r} ({listing}: {', '.join(allowed) or 'none'})")
+        if config.precision == "fp16" and target.backend != "onnxruntime":
+            raise PlanError(f"precision fp16 converts ONNX graphs; OpenVINO chooses f16 when it compiles "
+                            f"(set openvino.inference_precision: f16 in target {target.name!r})")
         if target.backend == "onnxruntime":
             foreign = [name for name in _OPENVINO_ONLY if name in config.model_fields_set]
             if foreign:
@@ -167,6 +182,12 @@ class QuantizePass(Pass[QuantizeConfig]):
 
     def run(self, artifact: Artifact, ctx: BuildContext) -> Artifact:
         out_dir = ctx.stage_dir(self.name)
+        if self.config.precision == "fp16":
+            from hfexport.passes._float16 import convert_float16
+
+            out = out_dir / "model.onnx"
+            stats = convert_float16(artifact.path, out, keep_nodes=self.config.exclude_nodes)
+            return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
         if isinstance(artifact, OpenVINOModel):
             from hfexport.passes._quantize_nncf import quantize_openvino
 

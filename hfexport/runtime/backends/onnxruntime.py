@@ -16,10 +16,15 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
 class OnnxRuntimeSession:
     backend = "onnxruntime"
 
-    def __init__(self, session):
+    def __init__(self, session, wanted: list[str] | None = None):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        # What validation reports when the session runs elsewhere than the bundle asked (a cuda bundle
+        # checked on a build host without a GPU runs on the CPU provider: same graph, other kernels).
+        used = session.get_providers()
+        self.effective = {} if wanted is None or used[:1] == wanted[:1] else {
+            "execution_providers": ", ".join(used), "asked_for": ", ".join(wanted)}
 
     @property
     def providers(self) -> list[str]:
@@ -63,7 +68,7 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
             f"none of the bundle's execution providers ({', '.join(wanted)}) is available in this "
             f"onnxruntime (has: {', '.join(sorted(available))})"
         )
-    return OnnxRuntimeSession(ort.InferenceSession(str(model_path), options, providers=usable))
+    return OnnxRuntimeSession(ort.InferenceSession(str(model_path), options, providers=usable), wanted)
 
 
 class OnnxRuntimeDecoder:
@@ -81,14 +86,17 @@ class OnnxRuntimeDecoder:
         inputs = runtime.session.get_inputs()
         self.past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
         self.present_names = [o.name for o in runtime.session.get_outputs() if o.name.startswith("present.")]
-        shape = next(i.shape for i in inputs if i.name in self.past_names)
-        self.kv_heads, self.head_dim = int(shape[1]), int(shape[3])
+        past = next(i for i in inputs if i.name in self.past_names)
+        self.kv_heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
+        self.cache_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
+        # On a GPU the cache is bound on the device, so it never crosses to host memory between steps.
+        self.device = ("cuda", 0) if runtime.providers[0] == "CUDAExecutionProvider" else ("cpu", 0)
 
     def empty_cache(self, batch: int) -> list:
         import onnxruntime as ort
 
-        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32)
-        return [ort.OrtValue.ortvalue_from_numpy(empty) for _ in self.past_names]
+        empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
+        return [ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
@@ -101,7 +109,7 @@ class OnnxRuntimeDecoder:
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
         for name in self.present_names:
-            binding.bind_output(name, "cpu")
+            binding.bind_output(name, *self.device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
