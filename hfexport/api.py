@@ -213,7 +213,7 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
     meta = bundle.manifest["model"]
     input_names = [i["name"] for i in bundle.manifest["signature"]["inputs"]]
-    device = _reference_device(ctx)
+    device = _reference_device(ctx.target.device)
     reference = TorchRunner(ctx.torch_module(ctx.source.local_dir).to(device), ctx.hf_tokenizer(), ctx.source.task, meta,
                             ctx.source.max_length, input_names)
     candidates = []
@@ -246,12 +246,12 @@ def _validate_build(ctx, staging: Path, stages, reference_size: int, eval_set, t
     return report
 
 
-def _reference_device(ctx) -> str:
+def _reference_device(target_device: str) -> str:
     """Where PyTorch runs as the baseline: on the GPU for a GPU target when the host has one, so the speed
     ratios compare like with like; on the CPU otherwise (also undoing a distill pass that trained there)."""
     import torch
 
-    return "cuda" if ctx.target.device == "cuda" and torch.cuda.is_available() else "cpu"
+    return "cuda" if target_device == "cuda" and torch.cuda.is_available() else "cpu"
 
 
 def _target_info(predictor) -> dict:
@@ -329,8 +329,8 @@ def _validate_generation(ctx, staging: Path, stages, reference_size: int, eval_t
     candidates.append({"name": "bundle", "kind": "bundle", "runner": BundleGeneration(bundle),
                        "size": last_artifact.size_bytes(), "pass_seconds": last_seconds,
                        "notes": _bundle_notes(ctx, last_name, target_info)})
-    reference = TorchGeneration(ctx.torch_module(ctx.source.local_dir).to(_reference_device(ctx)), bundle.eos_token_ids,
-                                bundle.pad_token_id)
+    model = ctx.torch_module(ctx.source.local_dir).to(_reference_device(ctx.target.device))
+    reference = TorchGeneration(model, bundle.eos_token_ids, bundle.pad_token_id)
     return evaluate_generation(
         reference=reference, tokenizer=ctx.hf_tokenizer(), reference_size=reference_size, candidates=candidates,
         texts=eval_texts, settings=ctx.recipe.evaluation, threads=n_threads,
@@ -438,6 +438,7 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
                                  text_column=text_column, label_column=label_column,
                                  source=f"file {eval_data}" if eval_data else "hfexport held-out corpus")
         files = manifest["files"]
+        torch_model = load_torch_model(source).to(_reference_device(manifest["target"].get("device", "cpu")))
         common = {
             "reference_size": TorchModel(source.local_dir).size_bytes(), "settings": settings, "threads": n_threads,
             "gates_overrides": Gates(**manifest["recipe"]["gates"]).model_dump(),
@@ -452,12 +453,12 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
             from hfexport.evaluation_generation import BundleGeneration, TorchGeneration, evaluate_generation
 
             report = evaluate_generation(
-                reference=TorchGeneration(load_torch_model(source), predictor.eos_token_ids, predictor.pad_token_id),
+                reference=TorchGeneration(torch_model, predictor.eos_token_ids, predictor.pad_token_id),
                 tokenizer=tokenizer, candidates=[{**bundle_stage, "runner": BundleGeneration(predictor)}],
                 texts=eval_set.texts, text_source=eval_set.source,
                 memory_paths={"pytorch": source.local_dir, "bundle": bundle_path}, **common)
         else:
-            reference = TorchRunner(load_torch_model(source), tokenizer, meta["task"], meta, meta["max_length"],
+            reference = TorchRunner(torch_model, tokenizer, meta["task"], meta, meta["max_length"],
                                     [i["name"] for i in manifest["signature"]["inputs"]])
             report = evaluate(reference=reference, meta=meta, eval_set=eval_set,
                               candidates=[{**bundle_stage, "runner": PredictorRunner(predictor, meta)}], **common)
