@@ -184,7 +184,7 @@ class DistillPass(Pass[DistillConfig]):
         loss_fn.close()
         student.load_state_dict(best_state)
         student = student.to("cpu").eval()
-        teacher.to("cpu")  # the cached reference model serves validation next, on the CPU
+        teacher.to("cpu")  # frees the GPU; validation puts the shared reference model where it measures
         stats = {"device": str(device), "precision": precision, "steps": step, "train_texts": len(train),
                  "held_out_texts": len(held), "teacher_cached_batches": len(cache),
                  "held_out_before": round(before, 5), "held_out_after": round(best, 5),
@@ -563,14 +563,11 @@ class _Loss:
         scores = []
         with torch.no_grad():
             for batch, reference in self._held[1]:
-                s = self._outputs(student, batch)
+                s = self._compared(self._outputs(student, batch), batch)
                 if self.task == "feature-extraction":
-                    cos = F.cosine_similarity(self._pool(s.last_hidden_state, batch["attention_mask"]), reference,
-                                              dim=-1)
-                    scores.extend(cos.tolist())
+                    scores.extend(F.cosine_similarity(s, reference, dim=-1).tolist())
                 else:
-                    name = "start_logits" if self.task == "question-answering" else "logits"
-                    agree = (getattr(s, name).argmax(-1) == reference).float()
+                    agree = (s == reference).float()
                     if agree.dim() == 2:
                         agree = agree[batch["attention_mask"].bool()]
                     scores.extend(agree.tolist())
@@ -578,12 +575,15 @@ class _Loss:
         return float(sum(scores) / max(len(scores), 1))
 
     def _held_reference(self, teacher, batch):
-        """(batch, what fidelity compares the student with): pooled embeddings, or argmax token ids."""
+        """(batch, the teacher's side of the held-out comparison)."""
         import torch
 
         with torch.no_grad():
-            t = self._outputs(teacher, batch)
+            return batch, self._compared(self._outputs(teacher, batch), batch)
+
+    def _compared(self, outputs, batch):
+        """What held-out fidelity compares between student and teacher: pooled embeddings, or argmax ids."""
         if self.task == "feature-extraction":
-            return batch, self._pool(t.last_hidden_state, batch["attention_mask"])
+            return self._pool(outputs.last_hidden_state, batch["attention_mask"])
         name = "start_logits" if self.task == "question-answering" else "logits"
-        return batch, getattr(t, name).argmax(-1)
+        return getattr(outputs, name).argmax(-1)
