@@ -274,11 +274,10 @@ def _bundle_notes(ctx, last_name: str, target_info: dict) -> list[str]:
 
 
 def _runtime_notes(target_info: dict) -> list[str]:
-    runtime = dict(target_info.get("runtime") or {})
+    runtime = target_info.get("runtime") or {}
     if "asked_for" in runtime:  # an ONNX Runtime bundle checked where its first provider is missing
-        asked, used = runtime.pop("asked_for"), runtime.pop("execution_providers")
-        return [f"ran on {used}: this host lacks {asked.split(', ')[0]}. Fidelity is the bundle graph's; "
-                f"speed and memory are this host's, not the target's"]
+        return [f"ran on {runtime['execution_providers']}: this host lacks {runtime['asked_for'].split(', ')[0]}. "
+                f"Fidelity is the bundle graph's; speed and memory are this host's, not the target's"]
     return ["runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v is not None)] if runtime else []
 
 

@@ -106,8 +106,8 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     if log_format == "json":
         click.echo(json.dumps({"event": "bundle", "path": str(result.bundle), "summary": summary}))
     else:
-        ran = (result.report.target.get("runtime") or {}).get("execution_providers")
-        where = f" on this host's {ran}" if ran else ""
+        runtime = result.report.target.get("runtime") or {}  # asked_for: the bundle's provider was missing
+        where = f" on this host's {runtime['execution_providers']}" if "asked_for" in runtime else ""
         click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch{where}, "
                    f"{summary['size_ratio']:.2f}x the size; report: {result.bundle / 'report' / 'report.html'})")
 

@@ -33,9 +33,9 @@ class TorchRunner:
         """The model's tensor outputs for a tokenised batch, in fp32 on the host, wherever the model runs."""
         import torch
 
-        device = next(self.model.parameters()).device
         with torch.inference_mode():
-            out = self.model(**{n: enc[n].to(device) for n in self.input_names if n in enc}, return_dict=True)
+            out = self.model(**{n: enc[n].to(self.model.device) for n in self.input_names if n in enc},
+                             return_dict=True)
         return {k: v.float().cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}
 
     def raw(self, inputs: list):

@@ -51,7 +51,8 @@ class TorchGeneration:
         import torch
 
         with torch.inference_mode():
-            return self.model(input_ids=torch.tensor([prompt], device=self.model.device)).logits[0].float().cpu().numpy()
+            logits = self.model(input_ids=torch.tensor([prompt], device=self.model.device)).logits
+        return logits[0].float().cpu().numpy()
 
     def timed(self, prompt: list[int], new_tokens: int) -> None:
         self._generate(prompt, new_tokens, new_tokens)

@@ -50,8 +50,15 @@ def test_cuda_target_defaults_and_host_fit():
 
 
 def test_cuda_default_recipe_plans(tiny_model):
-    plan = _plan(tiny_model(), [{"type": "export_onnx"}, {"type": "optimize"},
-                                {"type": "quantize", "precision": "fp16"}], "cuda")
+    from hfexport.context import PlanContext
+    from hfexport.loading import resolve_model
+    from hfexport.plan import make_plan
+    from hfexport.profiles import load_target
+    from hfexport.recipes import load_recipe
+
+    cuda = load_target("cuda")
+    plan = make_plan(PlanContext(cuda, load_recipe(cuda.recipe_for("feature-extraction")),
+                                 resolve_model(str(tiny_model()))))
     assert plan.describe().endswith("optimize -> quantize(fp16)")
 
 
