@@ -382,6 +382,38 @@ def test_export_onnx_generation_fails_typed_when_greedy_tokens_differ(tiny_llm, 
         module.ExportOnnxGenerationPass(module.ExportOnnxGenerationConfig()).run(TorchModel(source.local_dir), ctx)
 
 
+def test_export_onnx_generation_check_masks_eos_like_min_new_tokens(tmp_path):
+    """A model whose greedy path reaches its end-of-sequence id still exports: `generate(min_new_tokens=...)`
+    masks EOS at every step, and so must the check's own loop (a trained model hit this; random ones rarely)."""
+    import torch
+    import transformers
+
+    from hfexport.passes._generation_graph import SAMPLE_PROMPT
+    from tests.conftest import make_tiny_llm
+
+    folder = make_tiny_llm(tmp_path / "llm", "llama")
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    prompt = transformers.AutoTokenizer.from_pretrained(str(folder))(SAMPLE_PROMPT, return_tensors="pt")
+    with torch.inference_mode():
+        free = model.generate(**prompt, max_new_tokens=4, do_sample=False, eos_token_id=None,
+                              pad_token_id=0)[0, prompt["input_ids"].shape[1]:].tolist()
+    model.generation_config.eos_token_id = free[2]  # the unconstrained greedy path now "wants to stop" there
+    model.generation_config.save_pretrained(str(folder))
+
+    from hfexport.artifacts import TorchModel
+    from hfexport.context import BuildContext
+    from hfexport.loading import resolve_model
+    from hfexport.passes.export_onnx_generation import ExportOnnxGenerationConfig, ExportOnnxGenerationPass
+    from hfexport.profiles import load_target
+    from hfexport.recipes import Recipe
+
+    source = resolve_model(str(folder))
+    ctx = BuildContext(load_target("cpu"), Recipe(name="t", passes=FP32_PASSES), source, tmp_path / "work",
+                       source.local_dir, [])
+    out = ExportOnnxGenerationPass(ExportOnnxGenerationConfig()).run(TorchModel(source.local_dir), ctx)
+    assert out.stats["greedy_tokens_checked"] == 8
+
+
 def test_generation_without_chat_template_says_so(llm_bundle):
     from hfexport.runtime import load
 

@@ -93,17 +93,27 @@ def greedy_check(model, tokenizer, decoder, tokens: int) -> tuple[list[int], lis
         want = model.generate(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
                               do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
         reference = model(input_ids=ids, attention_mask=mask).logits.numpy()
+    # min_new_tokens makes `generate` mask the end-of-sequence ids at every step; the loop below masks the same
+    # ones, or a trained model that wants to stop would fail the check on a token PyTorch was not allowed to pick.
+    eos = model.generation_config.eos_token_id
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     length = ids.shape[1]
     logits, cache = decoder.step(ids.numpy(), mask.numpy(), np.arange(length, dtype=np.int64)[None],
                                  decoder.empty_cache(1), all_logits=True)
     diff = float(np.abs(logits - reference).max())
-    got = [int(logits[0, -1].argmax())]
+    got = [_greedy(logits[0, -1], eos)]
     for step in range(1, tokens):
         total = length + step
         logits, cache = decoder.step(np.array([[got[-1]]], np.int64), np.ones((1, total), np.int64),
                                      np.array([[total - 1]], np.int64), cache)
-        got.append(int(logits[0].argmax()))
+        got.append(_greedy(logits[0], eos))
     return want, got, diff
+
+
+def _greedy(logits, eos: list[int]) -> int:
+    logits = logits.astype("float32", copy=True).reshape(-1)
+    logits[eos] = float("-inf")
+    return int(logits.argmax())
 
 
 def raise_on_mismatch(want: list[int], got: list[int], diff: float, what: str) -> None:
