@@ -4,6 +4,7 @@
     python scripts/bench_generation.py                 # the issue's model: random Llama, 4 x 512, vocab 32000
     python scripts/bench_generation.py --recipes llm-fp32 llm-int4 --new-tokens 64 --runs 5 --markdown
     python scripts/bench_generation.py --recipes openvino-llm-fp32 openvino-llm-int4 --markdown   # openvino
+    python scripts/bench_generation.py --train-data train.txt --train-steps 1500   # the same model, trained first
 
 A recipe whose export pass is export_openvino_generation builds for the openvino target, any other for
 cpu (ONNX Runtime); both kinds can share one run. Each bundle's size is also given against the fp32
@@ -15,6 +16,11 @@ in alternating blocks: time to first token on a `--prompt-tokens` prompt, and a 
 Fidelity is against PyTorch fp32 on the shipped evaluation text: top-1 next-token agreement and
 perplexity, teacher-forced, and greedy-token equality on 8 prompts. Random weights have flat logits,
 so for quantised bundles these numbers check the arithmetic, not the quality of a real model.
+
+`--train-data FILE --train-steps N` first trains that model as a causal LM on a local text file (no
+download: `scripts/make_train_text.py` writes one), so its logits have the margins a real model's have and
+top-1 agreement says what int4 rounding costs a model that has learnt something (1,500 steps: about 30
+minutes on 2 cores, training loss 10.5 -> 3.2).
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=5, help="full generations per side (TTFT gets 4x)")
     parser.add_argument("--windows", type=int, default=32, help="evaluation windows for top-1 and perplexity")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    parser.add_argument("--train-data", type=Path, default=None, help="text file to train the model on first")
+    parser.add_argument("--train-steps", type=int, default=1500, help="with --train-data: optimiser steps")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep the model and bundles here; bundles already there are reused")
     parser.add_argument("--json", type=Path, default=None, help="write results here")
@@ -68,6 +76,47 @@ def make_model(folder: Path, layers: int, hidden: int, vocab: int) -> Path:
     torch.manual_seed(0)
     transformers.LlamaForCausalLM(config).save_pretrained(str(folder))
     return folder
+
+
+def train_model(folder: Path, data: Path, steps: int, sequence: int = 64, batch: int = 32) -> None:
+    """Train the saved model in place as a causal LM on `data` (one text per line): random windows of the
+    concatenated token stream, AdamW at 1e-3 with 100 warm-up steps and cosine decay, bf16 autocast, seeded."""
+    import math
+
+    import torch
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    stream = []
+    for line in data.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            stream += tokenizer(line.strip())["input_ids"] + [tokenizer.eos_token_id]
+    stream = torch.tensor(stream)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / 100) * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    generator = torch.Generator().manual_seed(0)
+    model.train()
+    started, losses = time.perf_counter(), []
+    for step in range(steps):
+        starts = torch.randint(0, len(stream) - sequence - 1, (batch,), generator=generator)
+        ids = torch.stack([stream[s:s + sequence] for s in starts])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+        if step % 100 == 0 or step == steps - 1:
+            print(f"training step {step + 1}/{steps}  loss {loss.item():.3f}  "
+                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr)
+    model.eval().save_pretrained(str(folder))
+    (folder / "training.json").write_text(json.dumps(
+        {"data": str(data), "tokens": len(stream), "steps": steps, "seconds": time.perf_counter() - started,
+         "loss_first": losses[0], "loss_last_100": sum(losses[-100:]) / len(losses[-100:])}))
 
 
 def target_of(recipe: str) -> str:
@@ -104,6 +153,9 @@ def main() -> int:
     model_dir = scratch / "model"
     if not (model_dir / "config.json").is_file():
         make_model(model_dir, args.layers, args.hidden, args.vocab)
+        if args.train_data:
+            train_model(model_dir, args.train_data, args.train_steps)
+    training = model_dir / "training.json"
     bundles, build_seconds, targets = {}, {}, {}
     for recipe in args.recipes:
         name = Path(recipe).stem  # a shipped recipe's name, or a recipe file's
@@ -163,7 +215,8 @@ def main() -> int:
         fp32_size = sizes.get(fp32_names.get(targets.get(row["path"]), ""))
         row["size_vs_fp32_bundle"] = sizes[row["path"]] / fp32_size if fp32_size else None
         row["target"] = targets.get(row["path"])
-    result = {"model": {"layers": args.layers, "hidden": args.hidden, "vocab": args.vocab},
+    result = {"model": {"layers": args.layers, "hidden": args.hidden, "vocab": args.vocab,
+                        "training": json.loads(training.read_text()) if training.is_file() else None},
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "threads": args.threads,
               "reference_perplexity": ref_ppl, "rows": rows}
     if args.json:
@@ -179,7 +232,10 @@ def _markdown(result: dict) -> str:
     def f(value, fmt):
         return "" if value is None else format(value, fmt)
 
-    lines = [f"random Llama {result['model']['layers']} x {result['model']['hidden']}, vocab "
+    trained = result["model"].get("training")
+    kind = (f"Llama trained {trained['steps']} steps (loss {trained['loss_last_100']:.2f})" if trained
+            else "random Llama")
+    lines = [f"{kind} {result['model']['layers']} x {result['model']['hidden']}, vocab "
              f"{result['model']['vocab']}; {result['prompt_tokens']}-token prompt, {result['new_tokens']} new tokens, "
              f"{result['threads']} threads; PyTorch perplexity {result['reference_perplexity']:.1f}", "",
              "| path | TTFT ms | prefill tok/s | decode tok/s | decode vs PyTorch | size MB | size vs fp32 bundle "
