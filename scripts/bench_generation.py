@@ -19,8 +19,8 @@ so for quantised bundles these numbers check the arithmetic, not the quality of 
 
 `--train-data FILE --train-steps N` first trains that model as a causal LM on a local text file (no
 download: `scripts/make_train_text.py` writes one), so its logits have the margins a real model's have and
-top-1 agreement says what int4 rounding costs a model that has learnt something (1,500 steps: about 30
-minutes on 2 cores, training loss 10.5 -> 3.2).
+top-1 agreement says what int4 rounding costs a model that has learnt something (1,500 steps: 30-55
+minutes on 2 cores, training loss 10.5 -> 3.1-3.2).
 """
 
 from __future__ import annotations
