@@ -1,0 +1,45 @@
+"""The benchmark scripts' own model making and training (their timings are not tested, only that they run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_generation_trains_its_model_as_a_causal_lm(tmp_path):
+    import torch
+    import transformers
+
+    bench = _script("bench_generation")
+    folder = bench.make_model(tmp_path / "model", layers=1, hidden=64, vocab=400)
+    data = tmp_path / "train.txt"
+    data.write_text("\n".join(f"the cat number {i} sat on the mat and looked at the dog." for i in range(200)))
+    before = transformers.AutoModelForCausalLM.from_pretrained(str(folder)).state_dict()
+
+    bench.train_model(folder, data, steps=300, sequence=16, batch=8)
+
+    record = json.loads((folder / "training.json").read_text())
+    assert record["steps"] == 300 and record["tokens"] > 200 * 10
+    # 300 steps (100 of them warm-up) on one repeated sentence: the loss falls far below ln(400) = 6.0.
+    assert record["loss_last_100"] < record["loss_first"] - 1.0
+    after = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
+    assert not torch.equal(after.state_dict()["model.layers.0.mlp.up_proj.weight"],
+                           before["model.layers.0.mlp.up_proj.weight"])
+    # The trained checkpoint predicts its text: after "... sat on the" comes the first token of " mat".
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
+    prefix = tokenizer("the cat number 7 sat on the")["input_ids"]
+    full = tokenizer("the cat number 7 sat on the mat")["input_ids"]
+    assert full[:len(prefix)] == prefix
+    with torch.no_grad():
+        logits = after(input_ids=torch.tensor([prefix])).logits[0, -1]
+    assert int(logits.argmax()) == full[len(prefix)]
