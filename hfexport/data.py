@@ -158,3 +158,13 @@ def _word_labelled(rows, words_column, label_column, columns, source) -> tuple[l
                 raise DataError(f"{source}: a row has {len(words)} words but {len(tags)} tags")
             labels.append({"spans": spans, "tags": tags})
     return inputs, labels
+
+
+def token_windows(tokenizer, texts: list[str], count: int, length: int) -> list[list[int]]:
+    """`count` prompts of exactly `length` tokens cut from the text (with the tokenizer's own prefix, e.g. BOS)."""
+    prefix = tokenizer("")["input_ids"]
+    body = length - len(prefix)
+    ids: list[int] = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
+    while len(ids) < count * body:
+        ids = ids + ids
+    return [prefix + ids[i * body:(i + 1) * body] for i in range(count)]

@@ -42,7 +42,7 @@ class PassSpec(BaseModel):
 class Gates(_Strict):
     """Fidelity thresholds; a final artifact below any of them produces no bundle.
 
-    Unset values take the task's defaults (see hfexport.validate.DEFAULT_GATES).
+    Unset values take the task's defaults (each task's `default_gates`, hfexport/tasks/).
     """
 
     cosine_mean: float | None = Field(None, ge=-1, le=1)

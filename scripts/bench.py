@@ -42,11 +42,11 @@ def main() -> int:
 
     from hfexport.api import build
     from hfexport.data import default_eval_texts
-    from hfexport.evaluation import PredictorRunner, TorchRunner
     from hfexport.loading import load_torch_model, resolve_model
     from hfexport.progress import Progress
     from hfexport.runtime import load
-    from hfexport.validate import text_of_length, time_alternating
+    from hfexport.validation.encoder import PredictorRunner, TorchRunner
+    from hfexport.validation.timing import text_of_length, time_alternating
 
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="hfexport-bench-"))

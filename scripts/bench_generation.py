@@ -134,19 +134,18 @@ def main() -> int:
     from transformers import AutoTokenizer
 
     from hfexport.api import build
-    from hfexport.data import default_eval_texts
-    from hfexport.evaluation_generation import (
+    from hfexport.data import default_eval_texts, token_windows
+    from hfexport.loading import load_torch_model, resolve_model
+    from hfexport.progress import Progress
+    from hfexport.runtime import load
+    from hfexport.validation.generation import (
         BundleGeneration,
         TorchGeneration,
         generation_fidelity,
         peak_rss_mb,
         perplexity,
-        token_windows,
     )
-    from hfexport.loading import load_torch_model, resolve_model
-    from hfexport.progress import Progress
-    from hfexport.runtime import load
-    from hfexport.validate import time_alternating
+    from hfexport.validation.timing import time_alternating
 
     torch.set_num_threads(args.threads)
     scratch = args.workdir or Path(tempfile.mkdtemp(prefix="hfexport-bench-gen-"))

@@ -32,7 +32,7 @@ def _pass_record(result, name):
 
 def _context(folder, task):
     """A BuildContext for running one pass directly on a tiny model folder."""
-    from hfexport.api import _prepare_tokenizer
+    from hfexport.build.engine import _prepare_tokenizer
     from hfexport.context import BuildContext
     from hfexport.data import default_calibration_texts
     from hfexport.loading import resolve_model

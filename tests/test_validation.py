@@ -178,7 +178,7 @@ def test_entities_from_bio_tags_match_seqeval_counting():
 
 
 def test_time_alternating_settles_each_block_untimed_and_alternates():
-    from hfexport.validate import time_alternating
+    from hfexport.validation.timing import time_alternating
 
     calls: list[str] = []
     times = time_alternating({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, runs=4,

@@ -207,7 +207,7 @@ class QuantizePass(Pass[QuantizeConfig]):
         if self.config.int4_top1_target is None:
             return None
         from hfexport import host
-        from hfexport.evaluation_generation import token_windows
+        from hfexport.data import token_windows
         from hfexport.passes._int4_search import SearchSettings
 
         length = min(_SEARCH_TOKENS, ctx.source.max_length)

@@ -21,20 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from hfexport import host
+from hfexport.data import token_windows
 from hfexport.report.schema import Evaluation, Report, StageMetrics
-from hfexport.validate import check_gates, latency_of, time_alternating
+from hfexport.validation.metrics import check_gates
+from hfexport.validation.timing import latency_of, time_alternating
 
 _GREEDY_PROMPTS = 8
-
-
-def token_windows(tokenizer, texts: list[str], count: int, length: int) -> list[list[int]]:
-    """`count` prompts of exactly `length` tokens cut from the text (with the tokenizer's own prefix, e.g. BOS)."""
-    prefix = tokenizer("")["input_ids"]
-    body = length - len(prefix)
-    ids: list[int] = tokenizer(" ".join(texts), add_special_tokens=False)["input_ids"]
-    while len(ids) < count * body:
-        ids = ids + ids
-    return [prefix + ids[i * body:(i + 1) * body] for i in range(count)]
 
 
 class TorchGeneration:

@@ -10,16 +10,9 @@ import numpy as np
 from hfexport import host
 from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.runtime.loader import Predictor
-from hfexport.validate import (
-    EvalSet,
-    check_gates,
-    comparable,
-    fidelity,
-    latency_of,
-    task_inputs,
-    text_of_length,
-    time_alternating,
-)
+from hfexport.validation.evalset import EvalSet, task_inputs
+from hfexport.validation.metrics import check_gates, comparable, fidelity
+from hfexport.validation.timing import latency_of, text_of_length, time_alternating
 
 
 class TorchRunner:

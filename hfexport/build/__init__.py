@@ -1,0 +1,1 @@
+"""The build side: plan, pass runner, bundle writing, manifest."""

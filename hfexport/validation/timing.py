@@ -1,0 +1,59 @@
+"""Timing: alternating warm blocks inside one process, so machine drift hits every side alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from hfexport.report.schema import Latency
+
+
+def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 3,
+                     block: int = 10, settle: int = 0) -> dict[str, list[float]]:
+    """Time each function `runs` times in milliseconds, in alternating blocks of `block` calls.
+
+    NOTE: blocks, not strict alternation. ONNX Runtime's and PyTorch's worker threads spin-wait for a
+    while after each call; on a 2-core machine a call made right after the *other* engine's call
+    loses its cores to that spinning (measured: PyTorch 70 ms instead of 20 ms). In blocks only the
+    first call after a switch pays, and the median discards it; alternating blocks still spreads
+    machine drift over every side.
+    `settle` untimed calls open every block: after a switch the caches hold the other model's weights,
+    and a small model pays that for several calls (pruned MiniLM int8: 4.4-4.7 ms in blocks of 10 with
+    no settling, 2.7 ms in blocks of 60), which made it look 1.75-1.9x the default bundle instead of the
+    2.1-2.5x an app running one model sees.
+    """
+    for fn in functions.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in functions}
+    block = max(1, min(block, runs))
+    while any(len(t) < runs for t in times.values()):
+        for name, fn in functions.items():
+            if len(times[name]) >= runs:
+                continue
+            for _ in range(settle):
+                fn()
+            for _ in range(min(block, runs - len(times[name]))):
+                start = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def latency_of(samples_ms: list[float]) -> Latency:
+    ordered = sorted(samples_ms)
+    p90 = ordered[min(len(ordered) - 1, int(round(0.9 * (len(ordered) - 1))))]
+    return Latency(p50_ms=statistics.median(ordered), p90_ms=p90, runs=len(ordered))
+
+
+def text_of_length(tokenizer, texts: list[str], tokens: int) -> str:
+    """A real-text passage that tokenises to exactly `tokens` tokens (special tokens included)."""
+    passage = " ".join(texts)
+    while len(tokenizer(passage)["input_ids"]) < tokens and len(passage) < 1_000_000:
+        passage = passage + " " + passage
+    special = len(tokenizer("")["input_ids"])
+    encoded = tokenizer(passage, add_special_tokens=False, return_offsets_mapping=True)
+    cut = encoded["offset_mapping"][tokens - special - 1][1]
+    return passage[:cut]
