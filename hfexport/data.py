@@ -114,35 +114,33 @@ def read_records(path: str | Path) -> list[dict]:
     return rows
 
 
-def labelled_examples(rows: list[dict], task: str, *, text_column: str | None = None,
-                      label_column: str | None = None, source: str = "data") -> tuple[list, list]:
-    """(inputs, labels) for the task: texts or text pairs, and their labels; empty labels when none."""
+def label_column_of(rows: list[dict], label_column: str | None, source: str) -> str | None:
+    """The column holding labels: the one asked for (which must exist), or a usual name, or None."""
     columns = list(rows[0])
     if label_column and label_column not in columns:
         raise DataError(f"{source}: no column {label_column!r} (has: {', '.join(columns)})")
-    words_column = text_column or "tokens"
-    if task == "token-classification" and isinstance(rows[0].get(words_column), list):
-        return _word_labelled(rows, words_column, label_column, columns, source)
-    label = label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
-    if task == "question-answering":
-        for needed in ("question", "context"):
-            if needed not in columns:
-                raise DataError(f"{source}: question answering data needs a {needed!r} column")
-        inputs = [(str(r["question"]), str(r["context"])) for r in rows]
+    return label_column or next((c for c in _LABEL_COLUMNS if c in columns), None)
+
+
+def text_examples(rows: list[dict], *, text_column: str | None = None, label_column: str | None = None,
+                  source: str = "data") -> tuple[list, list]:
+    """(inputs, labels): texts or text pairs (sentence1/sentence2, ...), and their labels; [] when none."""
+    label = label_column_of(rows, label_column, source)
+    columns = list(rows[0])
+    pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
+    if pair and not text_column:
+        inputs = [(str(r[pair[0]]), str(r[pair[1]])) for r in rows]
     else:
-        pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
-        if pair and not text_column:
-            inputs = [(str(r[pair[0]]), str(r[pair[1]])) for r in rows]
-        else:
-            column = _pick_column(columns, text_column, Path(source))
-            inputs = [str(r[column]) for r in rows]
-    labels = [r[label] for r in rows] if label else []
-    return inputs, labels
+        column = _pick_column(columns, text_column, Path(source))
+        inputs = [str(r[column]) for r in rows]
+    return inputs, [r[label] for r in rows] if label else []
 
 
-def _word_labelled(rows, words_column, label_column, columns, source) -> tuple[list, list]:
+def word_labelled_examples(rows, words_column, label_column, source) -> tuple[list, list]:
     """CoNLL-style rows (a list of words and a list of tags): the words joined by spaces, and per text
     the character span of every word with its tag, so predictions can be matched word by word."""
+    label_column_of(rows, label_column, source)
+    columns = list(rows[0])
     label = label_column or next((c for c in ("ner_tags", "tags", "labels", "label") if c in columns), None)
     inputs, labels = [], []
     for row in rows:

@@ -111,32 +111,10 @@ def resolve_model(
         local_dir=local_dir,
         task=task,
         config=config,
-        pooling=read_pooling(local_dir) if task == "feature-extraction" else None,
+        pooling=TASKS[task].pooling(local_dir),
         max_length=read_max_length(local_dir, config),
         trust_remote_code=trust_remote_code,
     )
-
-
-def read_pooling(folder: Path) -> dict:
-    """The pooling a sentence-transformers folder declares; mean pooling without normalisation otherwise."""
-    pooling = {"mode": "mean", "normalize": False}
-    modules_file = folder / "modules.json"
-    if not modules_file.is_file():
-        return pooling
-    for module in json.loads(modules_file.read_text()):
-        kind = module.get("type", "")
-        if kind.endswith("Pooling"):
-            cfg_file = folder / module.get("path", "") / "config.json"
-            if cfg_file.is_file():
-                cfg = json.loads(cfg_file.read_text())
-                for mode in ("cls_token", "max_tokens", "mean_sqrt_len_tokens", "mean_tokens", "lasttoken"):
-                    if cfg.get(f"pooling_mode_{mode}"):
-                        pooling["mode"] = {"cls_token": "cls", "max_tokens": "max", "mean_tokens": "mean",
-                                           "mean_sqrt_len_tokens": "mean_sqrt_len", "lasttoken": "last"}[mode]
-                        break
-        elif kind.endswith("Normalize"):
-            pooling["normalize"] = True
-    return pooling
 
 
 def read_max_length(folder: Path, config: dict) -> int:

@@ -8,6 +8,7 @@ from hfexport.artifacts import ARTIFACT_KINDS, TorchModel
 from hfexport.context import PlanContext
 from hfexport.errors import PlanError
 from hfexport.passes import Pass, get_pass
+from hfexport.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,11 @@ class Plan:
 
 def make_plan(ctx: PlanContext) -> Plan:
     recipe, target = ctx.recipe, ctx.target
+    task = get_task(ctx.source.task)
+    foreign = task.foreign_gates(recipe.gates.model_dump())
+    if foreign:
+        raise PlanError(f"recipe {recipe.name!r}, gates.{foreign[0]}: {task.name} is not measured by "
+                        f"{foreign[0]} (its gates: {', '.join(sorted(task.gate_metrics))}); remove it")
     steps: list[Pass] = []
     produced: type = TorchModel
     previous = "the loaded model"

@@ -167,7 +167,7 @@ def test_token_classification_word_metrics_from_conll_rows(tiny_model, fast_reci
 
 
 def test_entities_from_bio_tags_match_seqeval_counting():
-    from hfexport.task_metrics import _entities, token_classification
+    from hfexport.tasks._labelled import _entities, token_classification
 
     assert _entities(["B-PER", "I-PER", "O", "B-LOC", "I-PER", "O"]) == {("PER", 0, 1), ("LOC", 3, 3), ("PER", 4, 4)}
     gold = [{"spans": [(0, 3), (4, 12), (13, 19)], "tags": ["B-PER", "I-PER", "O"]}]

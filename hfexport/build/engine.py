@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from dataclasses import dataclass
-
 from hfexport.artifacts import Artifact, TorchModel
+from hfexport.build.cache import StageCache
+from hfexport.build.runner import PassRunner
 from hfexport.errors import ModelLoadError
 from hfexport.progress import Progress
 from hfexport.report.schema import Report
+from hfexport.tasks import get_task
 from hfexport.validation.evalset import make_eval_set
 
 
@@ -25,15 +26,15 @@ class BuildResult:
 
 def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None, revision=None,
               trust_remote_code=False, calibration_data=None, eval_data=None, train_data=None, text_column=None,
-              label_column=None, gates=True, force=False, threads=None, progress: Progress | None = None
-              ) -> BuildResult:
-    from hfexport.build import bundle as bundles
+              label_column=None, gates=True, force=False, threads=None, progress: Progress | None = None,
+              cache: bool = True) -> BuildResult:
     from hfexport import data
+    from hfexport.build import bundle as bundles
+    from hfexport.build.manifest import manifest_body
     from hfexport.context import BuildContext, PlanContext
     from hfexport.loading import resolve_model
     from hfexport.plan import make_plan
     from hfexport.profiles import load_target
-    from hfexport.build.manifest import manifest_body
     from hfexport.recipes import load_recipe
     from hfexport.validation import validate_build, write_report
 
@@ -42,6 +43,7 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     # Every check that needs no heavy work runs before any: a bad argument fails in a second.
     profile = load_target(target)
     chosen = load_recipe(recipe) if recipe else None
+    stage_cache = StageCache.from_env() if cache else None
     bundles.check_output(output, force)
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
@@ -62,22 +64,15 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
                                  mask_token=ctx.hf_tokenizer().mask_token, text_column=text_column,
                                  label_column=label_column, source=f"file {eval_data}" if eval_data else
                                  "hfexport held-out corpus")
-        artifact: Artifact = TorchModel(source.local_dir)
-        reference_size = artifact.size_bytes()
-        pass_records, stages = [], []
-        for index, step in enumerate(plan.steps, 1):
-            progress.start(step.name, step.describe(), index, len(plan.steps))
-            started = time.perf_counter()
-            artifact = step.run(artifact, ctx)
-            seconds = time.perf_counter() - started
-            stats, size = getattr(artifact, "stats", {}), artifact.size_bytes()
-            progress.done(step.name, _stats_line(stats, size), stats=stats)
-            pass_records.append({"name": step.name, "params": step.config.model_dump(mode="json"),
-                                 "seconds": round(seconds, 3), "size_bytes": size, "stats": stats})
-            stages.append((step.name, artifact, seconds))
+        source_model = TorchModel(source.local_dir)
+        reference_size = source_model.size_bytes()
+        ran = PassRunner(plan.steps, ctx, stage_cache).run(source_model)
+        artifact: Artifact = ran[-1].artifact
+        pass_records = [stage.record for stage in ran]
+        stages = [(stage.name, stage.artifact, stage.seconds) for stage in ran]
 
         staging = workdir / "bundle"
-        extra = {"generation_config.json": _generation_config(source, workdir)} if _generative(source) else {}
+        extra = {"generation_config.json": _generation_config(source, workdir)} if get_task(source.task).generative else {}
         model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json",
                                            extra)
         precision = next((r["params"]["precision"] for r in reversed(pass_records) if r["name"] == "quantize"),
@@ -105,12 +100,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         return BuildResult(output, manifest, report)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _generative(source) -> bool:
-    from hfexport.tasks import TASKS
-
-    return TASKS[source.task].generative
+        if stage_cache is not None:
+            stage_cache.evict()  # after the build: its validation still reads the stages it used
 
 
 def _generation_config(source, workdir: Path) -> Path:
@@ -140,28 +131,6 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(f"{source.model_id}: the tokenizer did not produce tokenizer.json")
     return folder
-
-
-def _stats_line(stats: dict, size: int) -> str:
-    parts = [f"{size / 1e6:.1f} MB"]
-    if "nodes" in stats:
-        before = stats.get("nodes_before")
-        parts.append(f"{before} -> {stats['nodes']} nodes" if before else f"{stats['nodes']} nodes")
-    if stats.get("fused_operators"):
-        parts.append("fused " + ", ".join(f"{k} x{v}" for k, v in stats["fused_operators"].items()))
-    if "quantized_nodes" in stats:
-        parts.append(f"{stats['quantized_nodes']} {stats.get('precision', 'int8')} nodes "
-                     f"({stats.get('isa') or stats.get('algorithm')})")
-    if "parameters_after" in stats:
-        parts.append(f"{stats['parameters_before'] / 1e6:.1f}M -> {stats['parameters_after'] / 1e6:.1f}M parameters")
-    if "kept_layers" in stats:
-        parts.append(f"kept layers {stats['kept_layers']}, FFN {stats['ffn_width'][0]} -> {stats['ffn_width'][1]}")
-    if "sparsity" in stats:
-        parts.append(f"sparsity {stats['sparsity']:.2f}")
-    if "held_out_after" in stats:
-        parts.append(f"held-out {stats['held_out_metric']} {stats['held_out_before']:.4f} -> "
-                     f"{stats['held_out_after']:.4f} in {stats['steps']} steps")
-    return "; ".join(parts)
 
 
 def _summary_line(report: Report) -> str:

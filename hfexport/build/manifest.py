@@ -1,33 +1,192 @@
-"""The bundle manifest's body, written by the build (the runtime reads it back: hfexport/runtime/manifest.py)."""
+"""The bundle manifest as the build writes it: one pydantic model, the source of the shipped JSON Schema.
+
+`Manifest.model_json_schema()` is hfexport/runtime/manifest.schema.json (regenerate it with
+`python -m hfexport.build.manifest`; tests/test_manifest.py fails while the two differ), and the runtime's
+stdlib reader (hfexport/runtime/manifest.py) is tested field by field against that file. Any change here
+is a new format: bump FORMAT_VERSION there and teach its reader to convert the old one.
+"""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hfexport import __version__, host
+from hfexport.runtime.manifest import FORMAT_VERSION, SCHEMA_PATH
+from hfexport.tasks import get_task
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Pooling(_Section):
+    mode: Literal["cls", "mean", "max", "last", "mean_sqrt_len"]
+    normalize: bool = False
+
+
+class ModelInfo(_Section):
+    """The source model, and the fields its task needs at runtime (labels, pooling, mask token)."""
+
+    id: str = Field(description="hub id or local folder the bundle was built from")
+    revision: str | None = Field(description="hub commit, or the packaged model's version")
+    task: str
+    model_type: str | None = Field(description="transformers model_type, e.g. bert")
+    max_length: int = Field(description="tokens per text at most; longer texts are truncated")
+    pooling: Pooling | None = Field(None, description="feature-extraction: how token vectors become one")
+    id2label: dict[str, str] | None = Field(None, description="classifiers: label names by class index")
+    problem_type: str | None = None
+    mask_token: str | None = None
+    mask_token_id: int | None = None
+
+
+class TargetInfo(_Section):
+    name: str
+    backend: str = Field(description="the runtime backend that opens the model: onnxruntime, openvino, ...")
+    device: str
+    execution_providers: list[str]
+    isa: str | None
+    precision: str = Field(description="fp32, fp16, int8 or int4: the last quantize pass's, else fp32")
+    session: dict[str, Any] = Field(description="the backend's session / compile options from the target")
+    runtime_packages: list[str]
+
+
+class RecipeInfo(_Section):
+    name: str
+    gates: dict[str, float | None]
+    evaluation: dict[str, Any]
+
+
+class PassRecord(_Section):
+    name: str
+    params: dict[str, Any]
+    seconds: float
+    size_bytes: int
+    stats: dict[str, Any] = Field(description="facts the pass recorded (node counts, kept layers, ...)")
+    cached: bool = Field(False, description="the stage came from the stage cache")
+
+
+class TokenizerInfo(_Section):
+    file: str
+    pad_token: str | None
+    pad_token_id: int | None
+    padding_side: str
+
+
+class TensorSpec(_Section):
+    name: str
+    dtype: str
+    shape: list[int | str] = Field(description="symbolic dimensions by name (batch, sequence)")
+
+
+class Signature(_Section):
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+class BuildHost(_Section):
+    cpu: str
+    machine: str
+    isas: list[str]
+    logical_cpus: int | None
+    python: str
+    platform: str
+
+
+class GateResult(_Section):
+    metric: str
+    value: float
+    threshold: float
+    passed: bool
+
+
+class ValidationInfo(_Section):
+    passed: bool
+    summary: dict[str, float]
+    gates: list[GateResult]
+    report: str = Field(description="the validation report's path inside the bundle")
+
+
+class FileEntry(_Section):
+    sha256: str = Field(pattern="^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Manifest(_Section):
+    """manifest.json of an hfexport bundle."""
+
+    model_config = ConfigDict(extra="forbid", title="hfexport bundle manifest",
+                              json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"})
+
+    format_version: Literal[2] = Field(description="the bundle format; readers refuse formats newer than theirs")
+    hfexport_version: str
+    created: str = Field(description="UTC, ISO 8601")
+    model: ModelInfo
+    target: TargetInfo
+    recipe: RecipeInfo
+    passes: list[PassRecord]
+    model_file: str = Field(description="the file the runtime opens (model.onnx, model.xml)")
+    model_files: list[str] = Field(description="every file of the model itself (e.g. model.xml and model.bin)")
+    tokenizer: TokenizerInfo
+    signature: Signature
+    tools: dict[str, str] = Field(description="versions of the packages that built the bundle")
+    build_host: BuildHost
+    validation: ValidationInfo | None = Field(None, description="absent only while the build validates")
+    files: dict[str, FileEntry] = Field(description="sha256 and size of every file but manifest.json")
+
+
+assert Manifest.model_fields["format_version"].annotation == Literal[FORMAT_VERSION], "bump both together"
+
 
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
-    from hfexport import host
-    from hfexport.build.bundle import tool_versions
-
-    config = source.config
+    """Every section but the header and the file table, typed (write_manifest adds those and validates
+    the whole); `validation` is added once the bundle has been validated."""
+    task_fields = get_task(source.task).manifest_fields(source.config, tokenizer, source.pooling)
     return {
-        "model": {"id": source.model_id, "revision": source.revision, "task": source.task,
-                  "model_type": source.model_type, "max_length": source.max_length, "pooling": source.pooling,
-                  "id2label": config.get("id2label") if source.task != "feature-extraction" else None,
-                  "problem_type": config.get("problem_type"),
-                  "mask_token": tokenizer.mask_token, "mask_token_id": tokenizer.mask_token_id},
-        "target": {"name": profile.name, "backend": profile.backend, "device": profile.device,
-                   "execution_providers": profile.execution_providers, "isa": profile.effective_isa(),
-                   "precision": precision, "session": profile.session_options(),
-                   "runtime_packages": profile.runtime_packages},
-        "recipe": {"name": recipe.name, "gates": recipe.gates.model_dump(mode="json"),
-                   "evaluation": recipe.evaluation.model_dump(mode="json")},
-        "passes": records,
+        "model": ModelInfo(id=source.model_id, revision=source.revision, task=source.task,
+                           model_type=source.model_type, max_length=source.max_length, **task_fields),
+        "target": TargetInfo(name=profile.name, backend=profile.backend, device=profile.device,
+                             execution_providers=profile.execution_providers, isa=profile.effective_isa(),
+                             precision=precision, session=profile.session_options(),
+                             runtime_packages=profile.runtime_packages),
+        "recipe": RecipeInfo(name=recipe.name, gates=recipe.gates.model_dump(mode="json"),
+                             evaluation=recipe.evaluation.model_dump(mode="json")),
+        "passes": [PassRecord(**record) for record in records],
         "model_file": model_files[0],
         "model_files": model_files,
-        "tokenizer": {"file": "tokenizer/tokenizer.json", "pad_token": tokenizer.pad_token,
-                      "pad_token_id": tokenizer.pad_token_id, "padding_side": tokenizer.padding_side},
-        "signature": artifact.signature(),
+        "tokenizer": TokenizerInfo(file="tokenizer/tokenizer.json", pad_token=tokenizer.pad_token,
+                                   pad_token_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side),
+        "signature": Signature(**artifact.signature()),
         "tools": tool_versions(),
-        "build_host": host.host_summary(),
+        "build_host": BuildHost(**host.host_summary()),
     }
 
 
+def tool_versions() -> dict[str, str]:
+    import importlib.metadata
+    import platform
+
+    versions = {"hfexport": __version__, "python": platform.python_version()}
+    for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
+                    "tokenizers", "numpy"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def json_schema() -> dict:
+    return Manifest.model_json_schema()
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> None:
+    path.write_text(json.dumps(json_schema(), indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m hfexport.build.manifest: regenerate the shipped schema
+    write_json_schema()
+    print(f"wrote {SCHEMA_PATH}")

@@ -42,7 +42,7 @@ def task_graph(model, tokenizer, task: str) -> TaskGraph:
                        return_tensors="pt")
     accepted = set(forward_parameters(model))
     input_names = [n for n in TOKEN_INPUTS if n in sample and n in accepted]
-    output_names = list(TASKS[task].outputs)
+    output_names = list(TASKS[task].output_names)
     wrapper = wrap(model, input_names, output_names)
     with torch.inference_mode():
         expected = [t.numpy() for t in wrapper(*[sample[n] for n in input_names])]

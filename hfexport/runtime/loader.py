@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hfexport.errors import BundleIntegrityError
 from hfexport.runtime.backends import open_backend
 from hfexport.runtime.manifest import read_manifest, verify_files
+from hfexport.runtime.tasks import normalise_inputs, task_module
 from hfexport.runtime.tokenizer import Batch, TextEncoder
-
-_TASK_MODULES = {
-    "feature-extraction": "feature_extraction",
-    "text-classification": "text_classification",
-    "token-classification": "token_classification",
-    "question-answering": "question_answering",
-    "fill-mask": "fill_mask",
-}
 
 
 class Predictor:
@@ -29,9 +20,9 @@ class Predictor:
         self.path = path
         self.manifest = manifest
         self.task: str = manifest["model"]["task"]
-        if self.task not in _TASK_MODULES:
-            raise BundleIntegrityError(f"task {self.task!r} is not supported by this runtime")
-        self._post = importlib.import_module(f"hfexport.runtime.tasks.{_TASK_MODULES[self.task]}").postprocess
+        module = task_module(self.task)
+        self._post = module.postprocess
+        self._inputs = getattr(module, "normalise_inputs", normalise_inputs)
         self.encoder = encoder
         self.backend = backend
 
@@ -52,7 +43,7 @@ class Predictor:
     # -- the one call users make ---------------------------------------------------------------------
 
     def __call__(self, texts=None, *, question=None, context=None, batch_size: int = 32, **options) -> Any:
-        texts = self._normalise_inputs(texts, question, context)
+        texts = self._inputs(texts, question, context)
         results: list[Any] = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
@@ -61,23 +52,6 @@ class Predictor:
         if isinstance(results[0], np.ndarray):
             return np.concatenate(results)
         return [item for part in results for item in part]
-
-    def _normalise_inputs(self, texts, question, context) -> list:
-        if self.task == "question-answering":
-            if question is not None or context is not None:
-                if question is None or context is None:
-                    raise ValueError("question answering needs both question= and context=")
-                texts = [(question, context)]
-            if texts and isinstance(texts, tuple) and len(texts) == 2 and isinstance(texts[0], str):
-                texts = [texts]
-            if not texts or not all(isinstance(t, (tuple, list)) and len(t) == 2 for t in texts):
-                raise ValueError("question answering takes (question, context) pairs")
-            return [tuple(t) for t in texts]
-        if isinstance(texts, str):
-            texts = [texts]
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ValueError("pass a string or a list of strings")
-        return list(texts)
 
 
 def open_encoder(bundle: Path, manifest: dict) -> TextEncoder:
@@ -113,8 +87,7 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
         verify_files(bundle, manifest)
     backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads,
                          device=device, session_overrides=session_overrides)
-    if manifest["model"]["task"] == "text-generation":
-        from hfexport.runtime.generation import TextGenerator
-
-        return TextGenerator(manifest, bundle, backend, bundle / manifest["tokenizer"]["file"])
+    opener = getattr(task_module(manifest["model"]["task"]), "open_predictor", None)
+    if opener is not None:  # a generative task: its own loop over the model
+        return opener(manifest, bundle, backend)
     return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)

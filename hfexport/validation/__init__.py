@@ -224,7 +224,7 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
                         "size": sum(files[name]["bytes"] for name in manifest["model_files"]),
                         "notes": [f"re-validated on this host from {bundle_path}",
                                   *_runtime_notes(_target_info(predictor))]}
-        if meta["task"] == "text-generation":
+        if TASKS[meta["task"]].generative:
             from hfexport.validation.generation import BundleGeneration, TorchGeneration, evaluate_generation
 
             report = evaluate_generation(

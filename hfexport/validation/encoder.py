@@ -10,8 +10,11 @@ import numpy as np
 from hfexport import host
 from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.runtime.loader import Predictor
-from hfexport.validation.evalset import EvalSet, task_inputs
-from hfexport.validation.metrics import check_gates, comparable, fidelity
+from hfexport.tasks import get_task
+from hfexport.tasks._labelled import batched
+from hfexport.tasks.base import meta_field
+from hfexport.validation.evalset import EvalSet
+from hfexport.validation.metrics import check_gates
 from hfexport.validation.timing import latency_of, text_of_length, time_alternating
 
 
@@ -45,7 +48,7 @@ class TorchRunner:
 
     def __call__(self, inputs: list):
         outputs, mask, ids, seq = self.raw(inputs)
-        return comparable(self.task, outputs, mask, ids, seq, self.meta)
+        return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
 
     comparable = __call__
 
@@ -94,7 +97,7 @@ class PredictorRunner:
 
     def comparable(self, inputs: list):
         outputs, mask, ids, seq = self.raw(inputs)
-        return comparable(self.task, outputs, mask, ids, seq, self.meta)
+        return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
 
     def __call__(self, inputs: list) -> Any:
         return self.predictor(inputs)  # exactly what a user's app calls
@@ -108,50 +111,22 @@ class PredictorRunner:
         return _token_labels(logits, batch.attention_mask, batch.special_tokens_mask, batch.offsets)
 
 
-def task_metrics(runner, task: str, inputs: list, labels: list, meta: dict, batch: int) -> dict[str, float]:
-    """Accuracy/F1, STS Spearman or exact match of one runner on labelled data ({} where not defined)."""
-    from hfexport import task_metrics as metrics
-
-    if task == "text-classification" and not isinstance(inputs[0], tuple):
-        probs = np.asarray(_batched(runner.comparable, inputs, batch))
-        return metrics.classification(probs.argmax(1).tolist(), labels, meta.get("id2label") or {})
-    if task == "feature-extraction" and isinstance(inputs[0], tuple):
-        first = np.asarray(_batched(runner.comparable, [a for a, _ in inputs], batch))
-        second = np.asarray(_batched(runner.comparable, [b for _, b in inputs], batch))
-        return metrics.similarity_spearman(first, second, labels)
-    if task == "question-answering":
-        return metrics.answers(_batched(runner.answers, inputs, batch), labels)
-    if task == "token-classification" and labels and isinstance(labels[0], dict):
-        return metrics.token_classification(_batched(runner.token_predictions, inputs, batch), labels,
-                                            meta.get("id2label") or {})
-    return {}
-
-
-def _batched(fn, items: list, size: int) -> list:
-    results: list = []
-    for start in range(0, len(items), size):
-        part = fn(items[start:start + size])
-        results.extend(list(part))
-    return results
-
-
 def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[dict], eval_set: EvalSet,
              settings, threads: int, meta: dict, gates_overrides: dict, model_info: dict, target_info: dict,
              versions: dict, progress) -> Report:
     """`candidates`: dicts with name, kind, runner (PredictorRunner), size, pass_seconds, notes."""
     task = reference.task
+    spec = get_task(task)
     inputs, texts = eval_set.inputs, eval_set.texts
     batch = settings.batch_size
 
     progress.info(f"fidelity on {len(inputs)} held-out texts")
-    ref_values = _batched(reference, inputs, batch)
-    fid = {c["name"]: fidelity(task, ref_values, _batched(c["runner"].comparable, inputs, batch)) for c in candidates}
+    ref_values = batched(reference, inputs, batch)
+    fid = {c["name"]: spec.fidelity(ref_values, batched(c["runner"].comparable, inputs, batch)) for c in candidates}
 
     progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
     long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
-    one = task_inputs(task, [long_text], meta.get("mask_token"))
-    if task == "question-answering":
-        one = [(one[0][0], long_text)]
+    one = spec.eval_inputs([long_text], meta_field(meta, "mask_token"))
     runners = {"pytorch": reference, **{c["name"]: c["runner"] for c in candidates}}
     latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
                                settle=3)
@@ -174,7 +149,7 @@ def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[di
         labelled = eval_set.labelled_inputs
         progress.info(f"task metrics on {len(eval_set.labels)} labelled examples")
         for stage, runner in ((stages[0], reference), (stages[-1], candidates[-1]["runner"])):
-            stage.task_metrics = task_metrics(runner, task, labelled, eval_set.labels, meta, batch)
+            stage.task_metrics = spec.labelled_metrics(runner, labelled, eval_set.labels, meta, batch)
         if not stages[0].task_metrics:
             stages[-1].notes.append(f"labels were given, but no task metric is defined for {task} here")
     final = stages[-1]

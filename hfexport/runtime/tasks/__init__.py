@@ -1,4 +1,9 @@
-"""Task post-processing: raw graph outputs -> what a user wants (numpy only)."""
+"""The runtime side of each task: inputs checked, raw graph outputs -> what a user wants (numpy only).
+
+`hfexport/runtime/tasks/<task>.py` (the task name with underscores) defines `postprocess(outputs, batch,
+meta, texts, encoder, **options)` and, where its inputs are not plain strings, `normalise_inputs`.
+A generative task defines `open_predictor(manifest, bundle, backend)` instead.
+"""
 
 from __future__ import annotations
 
@@ -13,3 +18,30 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def label_of(id2label: dict, index: int) -> str:
     return str(id2label.get(str(index), id2label.get(index, f"LABEL_{index}")))
+
+
+def task_module(task: str):
+    """The runtime module of a task; BundleIntegrityError when this runtime does not know it."""
+    import importlib
+
+    from hfexport.errors import BundleIntegrityError
+
+    name = task.replace("-", "_")
+    if not name.replace("_", "").isalpha():
+        raise BundleIntegrityError(f"task {task!r} is not supported by this runtime")
+    try:
+        return importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as exc:
+        raise BundleIntegrityError(f"task {task!r} is not supported by this runtime "
+                                   f"(upgrade hfexport to load this bundle)") from exc
+
+
+def normalise_inputs(texts, question=None, context=None) -> list:
+    """A string or a list of strings, as a list (the text tasks' inputs)."""
+    if question is not None or context is not None:
+        raise ValueError("question= and context= are for question answering bundles")
+    if isinstance(texts, str):
+        texts = [texts]
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError("pass a string or a list of strings")
+    return list(texts)

@@ -19,6 +19,19 @@ def best_span(start_logits: np.ndarray, end_logits: np.ndarray, context_position
     return start, end, float(scores[start, end])
 
 
+def normalise_inputs(texts, question=None, context=None) -> list:
+    """(question, context) pairs, from question=/context= or a pair or a list of pairs."""
+    if question is not None or context is not None:
+        if question is None or context is None:
+            raise ValueError("question answering needs both question= and context=")
+        texts = [(question, context)]
+    if texts and isinstance(texts, tuple) and len(texts) == 2 and isinstance(texts[0], str):
+        texts = [texts]
+    if not texts or not all(isinstance(t, (tuple, list)) and len(t) == 2 for t in texts):
+        raise ValueError("question answering takes (question, context) pairs")
+    return [tuple(t) for t in texts]
+
+
 def postprocess(outputs, batch, meta, texts, encoder, max_answer_tokens: int = 30, **_options):
     results = []
     for row, (_question, context) in enumerate(texts):

@@ -98,3 +98,11 @@ def token_classification(predicted: list[list[tuple[int, int, int]]], gold: list
     recall = hits / len(gold_entities) if gold_entities else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"word_accuracy": correct / max(total, 1), "entity_f1": f1}
+
+
+def batched(fn, items: list, size: int) -> list:
+    """fn over items in batches of `size`, results concatenated."""
+    results: list = []
+    for start in range(0, len(items), size):
+        results.extend(list(fn(items[start:start + size])))
+    return results
