@@ -8,16 +8,12 @@ distillation that follows to recover the rest.
 - Decoder KV group: the norm of its query heads' contribution through o_proj; a group's query heads and
   its key/value head go together, so grouped-query attention stays consistent.
 
-NOTE: encoder heads are not pruned: transformers 5 dropped `pruned_heads`, and BERT-style configs derive
-the head size from hidden_size / num_attention_heads, so a head-pruned encoder could not be saved and
-reloaded by stock transformers. Decoders carry an explicit head_dim and can.
+NOTE: encoder heads are not pruned, decoder heads are (docs/decisions/0023-no-encoder-head-pruning.md).
 """
 
 from __future__ import annotations
 
 import copy
-import json
-import shutil
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -25,6 +21,7 @@ from pydantic import Field, model_validator
 from hfexport.artifacts import TorchModel
 from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
+from hfexport.passes._checkpoint import save_checkpoint
 from hfexport.passes._layouts import blocks, get_module, layout_for, set_module
 from hfexport.passes.base import Pass, PassConfig
 
@@ -72,6 +69,16 @@ class PrunePass(Pass[PruneConfig]):
             return f"prune(magnitude, sparsity {c.sparsity})"
         return f"prune(ffn {c.ffn_keep}, layers {c.layers_keep}, heads {c.heads_keep})"
 
+    def stats_parts(self, stats: dict) -> list[str]:
+        parts = []
+        if "parameters_after" in stats:
+            parts.append(f"{stats['parameters_before'] / 1e6:.1f}M -> {stats['parameters_after'] / 1e6:.1f}M parameters")
+        if "kept_layers" in stats:
+            parts.append(f"kept layers {stats['kept_layers']}, FFN {stats['ffn_width'][0]} -> {stats['ffn_width'][1]}")
+        if "sparsity" in stats:
+            parts.append(f"sparsity {stats['sparsity']:.2f}")
+        return parts
+
     def check(self, plan: PlanContext) -> None:
         layout = layout_for(plan.source.model_type)
         total = int(plan.source.config.get(layout.layers_key, 0))
@@ -98,22 +105,6 @@ class PrunePass(Pass[PruneConfig]):
         out = ctx.stage_dir(self.name)
         save_checkpoint(model, artifact.path, out, ctx, {"prune": stats})
         return TorchModel(out, stats=stats)
-
-
-def save_checkpoint(model, source_dir, out, ctx: BuildContext, record: dict) -> None:
-    """A real Hugging Face checkpoint (safetensors + config + tokenizer + sentence-transformers files)."""
-    model.save_pretrained(str(out))
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
-        if (ctx.tokenizer_dir / name).is_file():
-            shutil.copyfile(ctx.tokenizer_dir / name, out / name)
-    for name in ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json"):
-        if (source_dir / name).is_file():
-            shutil.copyfile(source_dir / name, out / name)
-    for folder in source_dir.glob("*_Pooling"):
-        shutil.copytree(folder, out / folder.name, dirs_exist_ok=True)
-    history = source_dir / "hfexport_history.json"
-    previous = json.loads(history.read_text()) if history.is_file() else []
-    (out / "hfexport_history.json").write_text(json.dumps([*previous, record], indent=2, default=str))
 
 
 def _batches(ctx: BuildContext, texts: list[str], size: int = 16):
