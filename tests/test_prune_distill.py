@@ -136,7 +136,7 @@ def test_distill_recovers_what_pruning_lost(tmp_path):
 
 
 def test_distill_hidden_targets_follow_the_span_each_student_layer_replaces():
-    from hfexport.passes.distill import hidden_targets
+    from hfexport.passes.distill.losses import hidden_targets
 
     # hidden_states[j] is what teacher layer j reads; the last entry is the final output.
     assert hidden_targets([0, 4, 5], 6) == [4, 5, 6]
@@ -147,23 +147,23 @@ def test_distill_hidden_targets_follow_the_span_each_student_layer_replaces():
 
 def test_distill_layer_map_composes_chained_prunes(tmp_path):
     from hfexport.artifacts import TorchModel
-    from hfexport.passes.distill import _layer_map
+    from hfexport.passes.distill.distill_pass import layer_map
 
     history = [{"prune": {"kept_layers": [0, 2, 4, 5]}}, {"distill": {"steps": 10}},
                {"prune": {"kept_layers": [0, 2, 3], "ffn_width": [64, 32]}}]
     (tmp_path / "hfexport_history.json").write_text(json.dumps(history))
     # The second prune's indices name the first prune's survivors: teacher layers 0, 4 and 5.
-    assert _layer_map(TorchModel(tmp_path)) == [0, 4, 5]
+    assert layer_map(TorchModel(tmp_path)) == [0, 4, 5]
     (tmp_path / "hfexport_history.json").write_text(json.dumps(history[1:2]))
-    assert _layer_map(TorchModel(tmp_path)) is None
+    assert layer_map(TorchModel(tmp_path)) is None
 
 
 def test_distill_augmenter_edits_texts_deterministically():
-    from hfexport.passes.distill import _Augmenter
+    from hfexport.passes.distill.augment import Augmenter
 
     texts = ["the cat sat on the warm mat all afternoon", "a quick brown fox jumps over the lazy dog today",
              "rain is expected in the north by the evening"]
-    first, second = _Augmenter(texts, 3), _Augmenter(texts, 3)
+    first, second = Augmenter(texts, 3), Augmenter(texts, 3)
     edited = [first(texts) for _ in range(5)]
     assert edited == [second(texts) for _ in range(5)]
     flat = [e for batch in edited for e in batch]
@@ -172,7 +172,7 @@ def test_distill_augmenter_edits_texts_deterministically():
 
 
 def test_embedding_neighbours_are_the_nearest_whole_words_and_swaps_keep_case():
-    from hfexport.passes.distill import _Augmenter, embedding_neighbours
+    from hfexport.passes.distill.augment import Augmenter, embedding_neighbours
 
     words = ["river", "creek", "stream", "happy", "glad", "cheerful", "##ing", "[CLS]", "the"]
     table = torch.zeros(len(words), 4)
@@ -187,23 +187,23 @@ def test_embedding_neighbours_are_the_nearest_whole_words_and_swaps_keep_case():
     model.get_input_embeddings = lambda: torch.nn.Embedding.from_pretrained(table)
     table_of = embedding_neighbours(model, Words(), ["The River was happy, the end."], k=2)
     assert table_of == {"river": ["stream", "creek"], "happy": ["cheerful", "glad"]}
-    augmenter = _Augmenter(["x"], 0, table_of)
+    augmenter = Augmenter(["x"], 0, table_of)
     assert augmenter._neighbour("River,") in ("Stream,", "Creek,")
     assert augmenter._neighbour("boat") == "boat"
 
 
 def test_relation_kl_is_zero_for_equal_relations_and_ignores_padding():
-    from hfexport.passes.distill import _relation_kl
+    from hfexport.passes.distill.losses import relation_kl
 
     torch.manual_seed(0)
     x, y = torch.randn(2, 5, 8), torch.randn(2, 5, 8)
     mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
-    assert float(_relation_kl(x, x, mask, 2, causal=False)) == pytest.approx(0.0, abs=1e-6)
-    base = float(_relation_kl(x, y, mask, 2, causal=False))
+    assert float(relation_kl(x, x, mask, 2, causal=False)) == pytest.approx(0.0, abs=1e-6)
+    base = float(relation_kl(x, y, mask, 2, causal=False))
     assert base > 0.01
     changed = y.clone()
     changed[1, 3:] = 100.0  # padded tokens: neither queries nor keys may count
-    assert float(_relation_kl(x, changed, mask, 2, causal=False)) == pytest.approx(base, rel=1e-5)
+    assert float(relation_kl(x, changed, mask, 2, causal=False)) == pytest.approx(base, rel=1e-5)
     # Causal: when only the last token differs, only the last query's relations differ (earlier queries
     # never see it as a key), so the loss is that query's KL over the 5 real queries.
     last = x.clone()
@@ -211,16 +211,16 @@ def test_relation_kl_is_zero_for_equal_relations_and_ignores_padding():
     full = torch.ones(2, 5, dtype=torch.long)
     t, s = (torch.softmax(v[:, 4:5] @ v.transpose(1, 2) / 8 ** 0.5, -1)[:, 0] for v in (x, last))
     expected = float((t * (t.log() - s.log())).sum(-1).mean()) / 5
-    assert float(_relation_kl(last, x, full, 1, causal=True)) == pytest.approx(expected, rel=1e-4)
-    assert float(_relation_kl(last, x, full, 1, causal=False)) > expected * 1.5
+    assert float(relation_kl(last, x, full, 1, causal=True)) == pytest.approx(expected, rel=1e-4)
+    assert float(relation_kl(last, x, full, 1, causal=False)) > expected * 1.5
 
 
 @pytest.mark.parametrize("arch", ["bert", "distilbert"])
 def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
-    from hfexport.passes.distill import _QKVTap, heads_per_projection
+    from hfexport.passes.distill.losses import QKVTap, heads_per_projection
 
     model = transformers.AutoModel.from_pretrained(make_tiny_model(tmp_path / arch, arch, "feature-extraction"))
-    tap = _QKVTap(model)
+    tap = QKVTap(model)
     model(input_ids=torch.tensor([[2, 5, 6, 3]]))
     assert [tuple(t.shape) for t in tap.captured] == [(1, 4, 32)] * 3
     assert heads_per_projection(model.config) == [4, 4, 4]
@@ -233,7 +233,7 @@ def test_relation_tap_captures_the_last_layers_query_key_value(tmp_path, arch):
 
 
 def test_relation_loss_on_grouped_query_attention_with_fewer_student_heads():
-    from hfexport.passes.distill import _QKVTap, _relation_kl, heads_per_projection
+    from hfexport.passes.distill.losses import QKVTap, heads_per_projection, relation_kl
 
     def llama(heads, kv_heads):
         config = transformers.LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
@@ -243,13 +243,13 @@ def test_relation_loss_on_grouped_query_attention_with_fewer_student_heads():
 
     teacher, student = llama(8, 4), llama(4, 2)  # as head pruning leaves it: half the heads, GQA kept
     ids, mask = torch.tensor([[5, 6, 7, 8, 9]]), torch.ones(1, 5, dtype=torch.long)
-    with _QKVTap(teacher) as t_tap, _QKVTap(student) as s_tap, torch.no_grad():
+    with QKVTap(teacher) as t_tap, QKVTap(student) as s_tap, torch.no_grad():
         teacher(input_ids=ids), student(input_ids=ids)
     heads = heads_per_projection(teacher.config)
     assert heads == [8, 4, 4]
     assert [x.shape[-1] for x in t_tap.captured] == [64, 32, 32]
     assert [x.shape[-1] for x in s_tap.captured] == [32, 16, 16]
-    losses = [float(_relation_kl(s, t, mask, h, causal=True))
+    losses = [float(relation_kl(s, t, mask, h, causal=True))
               for s, t, h in zip(s_tap.captured, t_tap.captured, heads)]
     assert all(loss > 0 for loss in losses)
     assert not teacher.model.layers[-1].self_attn.q_proj._forward_hooks  # the context removed them
@@ -267,17 +267,21 @@ def test_distill_with_relation_loss_trains_the_student(tmp_path):
 
 
 def test_diverse_selection_picks_distinct_texts_reproducibly(tmp_path):
-    from hfexport.passes.distill import DistillConfig, _diverse, _Loss, _nullcontext
+    from contextlib import nullcontext
+
+    from hfexport.passes.distill import DistillConfig
+    from hfexport.passes.distill.losses import DistillLoss
+    from hfexport.passes.distill.selection import diverse
 
     folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
     ctx = _context(folder, "feature-extraction")
     teacher = ctx.torch_module(folder).eval()
     pool = ctx.calibration_texts[:60]
-    loss = _Loss(ctx, DistillConfig(), None, teacher.config)
-    args = (teacher, loss, torch.device("cpu"), 0, Progress("quiet"), _nullcontext())
-    first = _diverse(pool, 12, *args)
+    loss = DistillLoss(ctx, DistillConfig(), None, teacher.config)
+    args = (teacher, loss, torch.device("cpu"), 0, Progress("quiet"), nullcontext())
+    first = diverse(pool, 12, *args)
     assert len(first) == 12 and len(set(first)) == 12 and set(first) <= set(pool)
-    assert _diverse(pool, 12, *args) == first
+    assert diverse(pool, 12, *args) == first
 
 
 def test_distill_select_diverse_runs_in_a_build(tmp_path):
@@ -306,3 +310,61 @@ def test_whole_chain_prune_distill_export_optimize_int8(tiny_model, tmp_path):
                                                       "bundle"]
     assert result.report.stage("prune").kind == "torch" and result.report.stage("prune").latency
     assert result.manifest["passes"][0]["stats"]["ffn_width"] == [64, 32]
+
+
+def _sentence_transformers_folder(folder, flag: str, normalize: bool) -> None:
+    """Add the sentence-transformers files that declare a pooling (and optionally Normalize) to a model folder."""
+    modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+               {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+    if normalize:
+        modules.append({"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"})
+    (folder / "modules.json").write_text(json.dumps(modules))
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 32,
+                                                                  f"pooling_mode_{flag}": True}))
+
+
+@pytest.mark.parametrize("mode, flag, normalize", [("max", "max_tokens", False), ("mean_sqrt_len", "mean_sqrt_len_tokens", True),
+                                                   ("last", "lasttoken", False)])
+def test_distill_target_is_the_models_own_pooling_as_the_runtime_computes_it(tmp_path, mode, flag, normalize):
+    import numpy as np
+
+    from hfexport.passes.distill import DistillConfig
+    from hfexport.passes.distill.losses import DistillLoss
+    from hfexport.runtime.tasks.feature_extraction import pool
+
+    folder = make_tiny_model(tmp_path / "teacher", "bert", "feature-extraction", init_range=0.2)
+    _sentence_transformers_folder(folder, flag, normalize)
+    ctx = _context(folder, "feature-extraction")
+    assert ctx.source.pooling == {"mode": mode, "normalize": normalize}
+    teacher = ctx.torch_module(folder).eval()
+    loss = DistillLoss(ctx, DistillConfig(), None, teacher.config)
+    batch = loss.encode(["a short one", "a rather longer sentence, so the short one is padded"], torch.device("cpu"))
+    assert batch["attention_mask"][0].sum() < batch["attention_mask"].shape[1]  # padding is in play
+    targets = loss.targets(teacher, batch)
+    with torch.no_grad():
+        outputs = teacher(**batch, output_hidden_states=True)
+    hidden, mask = outputs.last_hidden_state.numpy(), batch["attention_mask"].numpy()
+    # Before normalisation (docs/decisions/0003): cosine is scale-free, and the MSE term keeps the recipe's scale.
+    expected = pool(hidden, mask, mode, normalize=False)
+    np.testing.assert_allclose(targets["pooled"].float().numpy(), expected, rtol=2e-3, atol=2e-3)
+    np.testing.assert_allclose(loss.compared(outputs, batch).numpy(), expected, rtol=1e-5, atol=1e-6)
+    # The old loss pooled every mode but cls by the mean: that target is a different vector.
+    assert not np.allclose(expected, pool(hidden, mask, "mean"), atol=1e-2)
+
+
+def test_prune_and_distill_stats_parts_render_the_build_progress_line():
+    from hfexport.passes.distill import DistillConfig, DistillPass
+    from hfexport.passes.prune import PruneConfig, PrunePass
+
+    prune = PrunePass(PruneConfig())
+    structured = {"method": "structured", "parameters_before": 22_713_216, "parameters_after": 15_618_048,
+                  "kept_layers": [0, 2, 5], "ffn_width": [1536, 768], "block_influence": [0.1, 0.2]}
+    assert prune.stats_parts(structured) == ["22.7M -> 15.6M parameters", "kept layers [0, 2, 5], FFN 1536 -> 768"]
+    magnitude = {"method": "magnitude", "parameters_before": 2_000_000, "parameters_after": 2_000_000,
+                 "sparsity": 0.4987}
+    assert prune.stats_parts(magnitude) == ["2.0M -> 2.0M parameters", "sparsity 0.50"]
+    distilled = {"steps": 1410, "held_out_before": 0.57312, "held_out_after": 0.84611,
+                 "held_out_metric": "cosine_mean", "precision": "bf16"}
+    assert DistillPass(DistillConfig()).stats_parts(distilled) == [
+        "held-out cosine_mean 0.5731 -> 0.8461 in 1410 steps"]
