@@ -32,8 +32,12 @@ def build(
     threads: int | None = None,
     progress: Progress | None = None,
     verbose: bool = False,
+    cache: bool = True,
 ) -> BuildResult:
-    """Build a bundle for `target` from a hub id or local folder (default: all-MiniLM-L6-v2)."""
+    """Build a bundle for `target` from a hub id or local folder (default: all-MiniLM-L6-v2).
+
+    `cache=False` neither reuses nor stores finished stages (the stage cache: $HFEXPORT_CACHE_DIR, else
+    ~/.cache/hfexport; bounded by $HFEXPORT_CACHE_SIZE, default 20GB)."""
     from hfexport.build.engine import run_build
 
     with quiet_libraries(not verbose):
@@ -41,7 +45,7 @@ def build(
                          trust_remote_code=trust_remote_code, calibration_data=calibration_data,
                          eval_data=eval_data, train_data=train_data, text_column=text_column,
                          label_column=label_column, gates=gates, force=force, threads=threads,
-                         progress=progress or Progress())
+                         progress=progress or Progress(), cache=cache)
 
 
 def inspect_bundle(path: str | Path) -> dict:

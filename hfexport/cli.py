@@ -85,11 +85,12 @@ def main(verbose: bool) -> None:
 @click.option("--threads", type=int, default=None, help="Threads for validation timing [default: profile's].")
 @click.option("--no-gates", is_flag=True, help="Write the bundle even if fidelity gates fail.")
 @click.option("--force", is_flag=True, help="Replace an existing output folder.")
+@click.option("--no-cache", is_flag=True, help="Rerun every pass; neither reuse nor store cached stages.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @_handle_errors
 def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-          train_data, text_column, label_column, threads, no_gates, force, quiet, log_format) -> None:
+          train_data, text_column, label_column, threads, no_gates, force, no_cache, quiet, log_format) -> None:
     """Build a deployable bundle for a target."""
     from hfexport.api import build as run_build
     from hfexport.progress import Progress
@@ -99,7 +100,7 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
                        trust_remote_code=trust_remote_code, calibration_data=calibration_data,
                        eval_data=eval_data, train_data=train_data, text_column=text_column,
                        label_column=label_column,
-                       gates=not no_gates, force=force,
+                       gates=not no_gates, force=force, cache=not no_cache,
                        threads=threads, progress=progress,
                        verbose=click.get_current_context().find_root().params.get("verbose", False))
     summary = result.report.summary

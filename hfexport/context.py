@@ -29,14 +29,15 @@ class BuildContext:
     calibration_texts: list[str]
     progress: Progress = field(default_factory=Progress)
     train_texts: list[str] | None = None  # --train-data for distillation; calibration text otherwise
-    _stage_count: int = 0
+    # Every stage folder opened in this build, in order: the runner stores a pass's folder in the stage cache.
+    stage_dirs: list[Path] = field(default_factory=list)
     _torch_cache: dict = field(default_factory=dict)
 
     def stage_dir(self, name: str) -> Path:
         """A fresh folder for one pass's output; passes write only here."""
-        self._stage_count += 1
-        path = self.workdir / f"{self._stage_count:02d}-{name}"
+        path = self.workdir / f"{len(self.stage_dirs) + 1:02d}-{name}"
         path.mkdir(parents=True, exist_ok=False)
+        self.stage_dirs.append(path)
         return path
 
     def torch_module(self, path: Path):

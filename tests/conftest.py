@@ -250,3 +250,19 @@ def build_llm(tiny_llm, tmp_path_factory):
         return cache[key]
 
     return factory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stage_cache_outside_home(tmp_path_factory):
+    """Builds never touch the user's stage cache (~/.cache/hfexport), module-scoped fixtures' builds included."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HFEXPORT_CACHE_DIR", str(tmp_path_factory.mktemp("hfexport-cache-session")))
+        patch.delenv("HFEXPORT_CACHE_SIZE", raising=False)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _stage_cache_per_test(tmp_path_factory, monkeypatch):
+    """Each test gets its own empty stage cache, so no test reuses another's stages: one that replaces a
+    pass's code at run time (monkeypatch) still runs that pass, and results never depend on test order."""
+    monkeypatch.setenv("HFEXPORT_CACHE_DIR", str(tmp_path_factory.mktemp("hfexport-cache")))

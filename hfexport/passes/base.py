@@ -31,6 +31,10 @@ class Pass(ABC, Generic[C]):
     config_class: ClassVar[type[PassConfig]]
     # One line for `hfexport recipes` and docs.
     summary: ClassVar[str] = ""
+    # The BuildContext texts this pass reads ("calibration_texts", "train_texts"): the stage cache keys
+    # on their hashes. The default assumes both; a pass that reads neither (an export) declares none,
+    # so new calibration data does not invalidate it.
+    data_inputs: ClassVar[frozenset[str]] = frozenset({"calibration_texts", "train_texts"})
 
     def __init__(self, config: C):
         self.config = config
