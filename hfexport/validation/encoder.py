@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
-from hfexport import host
 from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.runtime.loader import Predictor
 from hfexport.tasks import get_task
 from hfexport.tasks._labelled import batched
 from hfexport.tasks.base import meta_field
 from hfexport.validation.evalset import EvalSet
-from hfexport.validation.metrics import check_gates
+from hfexport.validation.metrics import judged_report
 from hfexport.validation.timing import latency_of, text_of_length, time_alternating
 
 
@@ -111,23 +109,21 @@ class PredictorRunner:
         return _token_labels(logits, batch.attention_mask, batch.special_tokens_mask, batch.offsets)
 
 
-def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[dict], eval_set: EvalSet,
-             settings, threads: int, meta: dict, gates_overrides: dict, model_info: dict, target_info: dict,
-             versions: dict, progress) -> Report:
-    """`candidates`: dicts with name, kind, runner (PredictorRunner), size, pass_seconds, notes."""
-    task = reference.task
+def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judging, meta) -> Report:
+    """Fidelity, batch-1 latency and batch throughput of each candidate against the reference."""
+    task, settings, progress = reference.task, judging.settings, judging.progress
     spec = get_task(task)
     inputs, texts = eval_set.inputs, eval_set.texts
     batch = settings.batch_size
 
     progress.info(f"fidelity on {len(inputs)} held-out texts")
     ref_values = batched(reference, inputs, batch)
-    fid = {c["name"]: spec.fidelity(ref_values, batched(c["runner"].comparable, inputs, batch)) for c in candidates}
+    fid = {c.name: spec.fidelity(ref_values, batched(c.runner.comparable, inputs, batch)) for c in candidates}
 
     progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
     long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
     one = spec.eval_inputs([long_text], meta_field(meta, "mask_token"))
-    runners = {"pytorch": reference, **{c["name"]: c["runner"] for c in candidates}}
+    runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
                                settle=3)
 
@@ -137,35 +133,20 @@ def evaluate(*, reference: TorchRunner, reference_size: int, candidates: list[di
     throughput_ms = time_alternating({k: (lambda r=r: r(many)) for k, r in runners.items()}, runs, warmup=1)
     per_s = {k: batch / (float(np.median(v)) / 1000) for k, v in throughput_ms.items()}
 
-    stages = [StageMetrics(name="pytorch", kind="torch", size_bytes=reference_size,
+    stages = [StageMetrics(name="pytorch", kind="torch", size_bytes=judging.reference_size,
                            latency=latency_of(latency["pytorch"]), throughput_per_s=per_s["pytorch"],
                            notes=["reference: transformers tokenizer + PyTorch fp32 eager"])]
-    for c in candidates:
-        stages.append(StageMetrics(name=c["name"], kind=c["kind"], size_bytes=c["size"],
-                                   pass_seconds=c.get("pass_seconds"), latency=latency_of(latency[c["name"]]),
-                                   throughput_per_s=per_s[c["name"]], fidelity=fid[c["name"]],
-                                   notes=c.get("notes", [])))
+    stages += [StageMetrics(name=c.name, kind=c.kind, size_bytes=c.size_bytes, pass_seconds=c.pass_seconds,
+                            latency=latency_of(latency[c.name]), throughput_per_s=per_s[c.name], fidelity=fid[c.name],
+                            notes=list(c.notes)) for c in candidates]
     if eval_set.labels:
         labelled = eval_set.labelled_inputs
         progress.info(f"task metrics on {len(eval_set.labels)} labelled examples")
-        for stage, runner in ((stages[0], reference), (stages[-1], candidates[-1]["runner"])):
+        for stage, runner in ((stages[0], reference), (stages[-1], candidates[-1].runner)):
             stage.task_metrics = spec.labelled_metrics(runner, labelled, eval_set.labels, meta, batch)
         if not stages[0].task_metrics:
             stages[-1].notes.append(f"labels were given, but no task metric is defined for {task} here")
-    final = stages[-1]
-    gates = check_gates(task, gates_overrides, final.fidelity)
-    summary = {
-        "speedup": stages[0].latency.p50_ms / final.latency.p50_ms,
-        "throughput_ratio": final.throughput_per_s / stages[0].throughput_per_s,
-        "size_ratio": final.size_bytes / max(reference_size, 1),
-        **final.fidelity,
-    }
-    return Report(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=model_info, target=target_info,
-        host={**host.host_summary(), "versions": versions},
-        evaluation=Evaluation(samples=len(inputs), sequence_length=settings.sequence_length, batch_size=batch,
-                              latency_runs=settings.latency_runs, threads=threads, text_source=eval_set.source,
-                              labelled_examples=len(eval_set.labels)),
-        stages=stages, gates=gates, passed=all(g.passed for g in gates), summary=summary,
-    )
+    evaluation = Evaluation(samples=len(inputs), sequence_length=settings.sequence_length, batch_size=batch,
+                            latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source,
+                            labelled_examples=len(eval_set.labels))
+    return judged_report(judging, task, stages, evaluation, stages[0].latency.p50_ms / stages[-1].latency.p50_ms)

@@ -15,15 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
-from hfexport import host
 from hfexport.data import token_windows
 from hfexport.report.schema import Evaluation, Report, StageMetrics
-from hfexport.validation.metrics import check_gates
+from hfexport.validation.metrics import judged_report
 from hfexport.validation.timing import latency_of, time_alternating
 
 _GREEDY_PROMPTS = 8
@@ -135,14 +133,13 @@ def generation_fidelity(ref_logits, cand_logits, windows, ref_greedy, cand_greed
             "perplexity": ppl, "perplexity_ratio": ppl / ref_ppl}
 
 
-def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size: int, candidates: list[dict],
-                        texts: list[str], settings, threads: int, gates_overrides: dict, model_info: dict,
-                        target_info: dict, text_source: str, versions: dict, progress,
+def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list, eval_set, judging,
                         memory_paths: dict[str, Path] | None = None) -> Report:
-    """`candidates`: dicts with name, kind, runner (BundleGeneration), size, pass_seconds, notes.
+    """Each candidate (runner: BundleGeneration) against PyTorch `generate` on windows of the evaluation text.
 
     `memory_paths`: {"pytorch": model folder, "bundle": bundle folder} to measure peak memory of each.
     """
+    settings, progress, texts = judging.settings, judging.progress, eval_set.texts
     length, new_tokens = settings.sequence_length, settings.generation_tokens
     windows = token_windows(tokenizer, texts, settings.samples, length)
     prompts = windows[:_GREEDY_PROMPTS]
@@ -154,13 +151,13 @@ def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size
     ref_greedy = [reference.greedy(p, new_tokens) for p in prompts]
     fid = {}
     for c in candidates:
-        runner = c["runner"]
-        fid[c["name"]] = generation_fidelity(ref_logits, [runner.logits(w) for w in windows], windows, ref_greedy,
+        runner = c.runner
+        fid[c.name] = generation_fidelity(ref_logits, [runner.logits(w) for w in windows], windows, ref_greedy,
                                              [runner.greedy(p, new_tokens) for p in prompts], ref_ppl)
 
     progress.info(f"speed: {length}-token prompt, {new_tokens} new tokens, {settings.latency_runs} runs each")
     prompt = windows[0]
-    runners = {"pytorch": reference, **{c["name"]: c["runner"] for c in candidates}}
+    runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     first = time_alternating({k: (lambda r=r: r.timed(prompt, 1)) for k, r in runners.items()},
                              settings.latency_runs)
     runs = max(3, settings.latency_runs // 3)
@@ -176,7 +173,7 @@ def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size
     memory = {}
     if memory_paths:
         progress.info("peak memory: a fresh process per side")
-        memory = {name: peak_rss_mb(name, path, threads, new_tokens) for name, path in memory_paths.items()}
+        memory = {name: peak_rss_mb(name, path, judging.threads, new_tokens) for name, path in memory_paths.items()}
 
     def stage(name, kind, size, pass_seconds=None, fidelity=None, notes=None) -> StageMetrics:
         return StageMetrics(name=name, kind=kind, size_bytes=size, pass_seconds=pass_seconds,
@@ -184,21 +181,12 @@ def evaluate_generation(*, reference: TorchGeneration, tokenizer, reference_size
                             fidelity=fidelity or {}, generation=speed[name], peak_rss_mb=memory.get(name),
                             notes=notes or [])
 
-    stages = [stage("pytorch", "torch", reference_size,
+    stages = [stage("pytorch", "torch", judging.reference_size,
                     notes=["reference: PyTorch fp32 eager, transformers generate",
                            f"reference perplexity {ref_ppl:.3f}",
                            "latency = time to first token; throughput = decode tokens/s"])]
-    stages += [stage(c["name"], c["kind"], c["size"], c.get("pass_seconds"), fid[c["name"]], c.get("notes"))
-               for c in candidates]
-    final = stages[-1]
-    gates = check_gates("text-generation", gates_overrides, final.fidelity)
-    summary = {"speedup": final.throughput_per_s / stages[0].throughput_per_s,
-               "throughput_ratio": final.throughput_per_s / stages[0].throughput_per_s,
-               "size_ratio": final.size_bytes / max(reference_size, 1), **final.fidelity}
-    return Report(
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        model=model_info, target=target_info, host={**host.host_summary(), "versions": versions},
-        evaluation=Evaluation(samples=len(windows), sequence_length=length, batch_size=1,
-                              latency_runs=settings.latency_runs, threads=threads, text_source=text_source),
-        stages=stages, gates=gates, passed=all(g.passed for g in gates), summary=summary,
-    )
+    stages += [stage(c.name, c.kind, c.size_bytes, c.pass_seconds, fid[c.name], list(c.notes)) for c in candidates]
+    evaluation = Evaluation(samples=len(windows), sequence_length=length, batch_size=1,
+                            latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source)
+    return judged_report(judging, "text-generation", stages, evaluation,
+                         stages[-1].throughput_per_s / stages[0].throughput_per_s)

@@ -1,11 +1,12 @@
-"""Gates: the task's thresholds, with the recipe's values, judged on the bundle's fidelity."""
+"""Gates (the task's thresholds, with the recipe's values) judged on the bundle, and the report they go in."""
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from pathlib import Path
 
 from hfexport.errors import FidelityError
-from hfexport.report.schema import GateResult
+from hfexport.report.schema import Evaluation, GateResult, Report, StageMetrics
 from hfexport.tasks import get_task
 
 
@@ -23,3 +24,17 @@ def gate_failure(gates: list[GateResult], report_dir: Path | None) -> FidelityEr
     where = f"; report kept in {report_dir}" if report_dir else ""
     return FidelityError(f"fidelity gate failed: {parts}{where}", [g.model_dump() for g in failed],
                          str(report_dir) if report_dir else None)
+
+
+def judged_report(judging, task: str, stages: list[StageMetrics], evaluation: Evaluation, speedup: float) -> Report:
+    """The report of one validation: gates judged on the last stage (the bundle), the headline summary."""
+    from hfexport import host
+
+    final = stages[-1]
+    gates = check_gates(task, judging.gates, final.fidelity)
+    summary = {"speedup": speedup, "throughput_ratio": final.throughput_per_s / stages[0].throughput_per_s,
+               "size_ratio": final.size_bytes / max(judging.reference_size, 1), **final.fidelity}
+    return Report(created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=judging.model_info,
+                  target=judging.target_info, host={**host.host_summary(), "versions": judging.versions},
+                  evaluation=evaluation, stages=stages, gates=gates, passed=all(g.passed for g in gates),
+                  summary=summary)
