@@ -5,7 +5,7 @@ Importing this package stays light (the torch-free runtime imports it); the buil
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from hfexport._version import __version__
 
 __all__ = ["__version__", "build", "validate_bundle", "inspect_bundle"]
 

@@ -166,3 +166,15 @@ def token_windows(tokenizer, texts: list[str], count: int, length: int) -> list[
     while len(ids) < count * body:
         ids = ids + ids
     return [prefix + ids[i * body:(i + 1) * body] for i in range(count)]
+
+
+def split_held_out(texts: list[str], wanted: int, minimum: int = 8) -> tuple[list[str], list[str]]:
+    """(held out, rest): up to `wanted` texts, at most a fifth, picked with a fixed seed; ([], texts) when
+    fewer than `minimum` can be spared."""
+    import random
+
+    count = min(wanted, len(texts) // 5)
+    if count < minimum:
+        return [], list(texts)
+    chosen = set(random.Random(0).sample(range(len(texts)), count))
+    return ([t for i, t in enumerate(texts) if i in chosen], [t for i, t in enumerate(texts) if i not in chosen])

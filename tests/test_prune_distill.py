@@ -368,3 +368,24 @@ def test_prune_and_distill_stats_parts_render_the_build_progress_line():
                  "held_out_metric": "cosine_mean", "precision": "bf16"}
     assert DistillPass(DistillConfig()).stats_parts(distilled) == [
         "held-out cosine_mean 0.5731 -> 0.8461 in 1410 steps"]
+
+
+def test_distill_build_without_eval_data_is_judged_on_held_out_train_text(tmp_path):
+    """--train-data and no --eval-data: the gates see a split of the training text the student never trained
+    on, and the report shows the shipped everyday-English set beside it (not gated)."""
+    folder = make_tiny_model(tmp_path / "m", "bert", "feature-extraction")
+    train = tmp_path / "docstrings.txt"
+    lines = [f"Return the {word} of the given {thing} as a list." for word in ("sum", "mean", "sorted keys",
+             "first item", "last line", "unique values", "hash", "length") for thing in ("array", "file",
+             "mapping", "string", "table", "queue", "tree", "stream", "frame", "graph")]
+    train.write_text("\n".join(lines) + "\n")
+    result = _build(folder, [{"type": "prune", "ffn_keep": 0.5},
+                             {"type": "distill", "max_steps": 4, "eval_every": 2, "batch_size": 8},
+                             {"type": "export_onnx"}], tmp_path, train_data=str(train))
+    report = result.report
+    assert report.evaluation.text_source.startswith("held-out split of --train-data")
+    assert report.evaluation.samples == 16  # the recipe's samples, taken from the 80 lines (at most a fifth)
+    assert set(report.other_fidelity) == {"hfexport held-out corpus"}
+    assert "cosine_mean" in report.other_fidelity["hfexport held-out corpus"]
+    stats = _pass_record(result, "distill")["stats"]
+    assert stats["train_texts"] + stats["held_out_texts"] == len(lines) - 16  # the gate's split was never seen

@@ -35,6 +35,9 @@ class Pass(ABC, Generic[C]):
     # on their hashes. The default assumes both; a pass that reads neither (an export) declares none,
     # so new calibration data does not invalidate it.
     data_inputs: ClassVar[frozenset[str]] = frozenset({"calibration_texts", "train_texts"})
+    # True for a pass that trains on --train-data: without --eval-data, the build then holds out a split of
+    # that text (never trained on) and judges the gates there.
+    trains: ClassVar[bool] = False
 
     def __init__(self, config: C):
         self.config = config

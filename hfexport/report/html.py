@@ -213,6 +213,7 @@ def _facts(report: Report) -> str:
     items += [("runtime", target.get("runtime"))]
     items += [("samples", ev.samples), ("sequence length", ev.sequence_length), ("batch size", ev.batch_size)]
     items += [("timed runs", ev.latency_runs), ("text source", ev.text_source)]
+    items += [(f"bundle on {source}", metrics) for source, metrics in report.other_fidelity.items()]
     items += [("model revision", report.model.get("revision")), ("created", report.created)]
     shown = [(k, v) for k, v in items if v not in (None, "", [])]
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(_plain(v))}</dd>" for k, v in shown) + "</dl>"

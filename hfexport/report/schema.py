@@ -65,6 +65,9 @@ class Report(_Model):
     gates: list[GateResult]
     passed: bool
     summary: dict[str, float]  # speedup, size_ratio and the headline fidelity metrics of the bundle
+    # The bundle's fidelity on other text, by source, beside the gated one (a distilled student judged on a
+    # held-out split of its training text also shows the shipped everyday-English set here).
+    other_fidelity: dict[str, dict[str, float]] = Field(default_factory=dict)
 
     def stage(self, name: str) -> StageMetrics:
         for stage in self.stages:

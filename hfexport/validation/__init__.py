@@ -54,8 +54,12 @@ class Judging:
     progress: Progress
 
 
-def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: EvalSet, threads) -> Report:
-    """Validate a staged bundle and every stage before it (`stages`: (pass name, artifact, seconds))."""
+def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: EvalSet, threads,
+                   also_on: EvalSet | None = None) -> Report:
+    """Validate a staged bundle and every stage before it (`stages`: (pass name, artifact, seconds)).
+
+    `also_on`: other text whose bundle fidelity the report shows beside the gated set (not gated).
+    """
     from hfexport.runtime import load
 
     spec = get_task(ctx.source.task)
@@ -80,6 +84,10 @@ def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: Ev
                        memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
     if not spec.generative and ctx.recipe.evaluation.memory:
         _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
+    if also_on is not None:
+        ctx.progress.info(f"bundle fidelity on {also_on.source} too (reported, not gated)")
+        report.other_fidelity[also_on.source] = _fidelity_on(spec, model, ctx.hf_tokenizer(), bundle,
+                                                             candidates[-1], also_on, judging)
     return report
 
 
@@ -147,13 +155,34 @@ def _evaluate(spec: TaskSpec, model, tokenizer, bundle, candidates: list[Candida
 
         return evaluate_generation(TorchGeneration(model, bundle.eos_token_ids, bundle.pad_token_id), tokenizer,
                                    candidates, eval_set, judging, memory_paths)
-    from hfexport.validation.encoder import TorchRunner, evaluate
+    from hfexport.validation.encoder import evaluate
+
+    reference = _reference_runner(spec, model, tokenizer, bundle)
+    return evaluate(reference, candidates, eval_set, judging, bundle.manifest["model"])
+
+
+def _fidelity_on(spec: TaskSpec, model, tokenizer, bundle, candidate: Candidate, eval_set: EvalSet,
+                 judging: Judging) -> dict[str, float]:
+    """The candidate's fidelity to the reference on other text (no timing)."""
+    if spec.generative:
+        from hfexport.validation.generation import TorchGeneration, teacher_forced_fidelity
+
+        reference = TorchGeneration(model, bundle.eos_token_ids, bundle.pad_token_id)
+        return teacher_forced_fidelity(reference, candidate.runner, tokenizer, eval_set.texts, judging.settings)
+    from hfexport.tasks._labelled import batched
+
+    batch = judging.settings.batch_size
+    reference = _reference_runner(spec, model, tokenizer, bundle)
+    return spec.fidelity(batched(reference, eval_set.inputs, batch),
+                         batched(candidate.runner.comparable, eval_set.inputs, batch))
+
+
+def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
+    from hfexport.validation.encoder import TorchRunner
 
     manifest = bundle.manifest
-    meta = manifest["model"]
-    reference = TorchRunner(model, tokenizer, spec.name, meta, meta["max_length"],
-                            [i["name"] for i in manifest["signature"]["inputs"]])
-    return evaluate(reference, candidates, eval_set, judging, meta)
+    return TorchRunner(model, tokenizer, spec.name, manifest["model"], manifest["model"]["max_length"],
+                       [i["name"] for i in manifest["signature"]["inputs"]])
 
 
 def _runner(spec: TaskSpec, predictor):

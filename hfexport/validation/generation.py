@@ -133,6 +133,17 @@ def generation_fidelity(ref_logits, cand_logits, windows, ref_greedy, cand_greed
             "perplexity": ppl, "perplexity_ratio": ppl / ref_ppl}
 
 
+def teacher_forced_fidelity(reference: TorchGeneration, runner, tokenizer, texts: list[str],
+                            settings) -> dict[str, float]:
+    """Next-token top-1 agreement and perplexity ratio on windows of `texts` (no greedy runs, no timing)."""
+    windows = token_windows(tokenizer, texts, settings.samples, settings.sequence_length)
+    ref_logits = [reference.logits(w) for w in windows]
+    cand_logits = [runner.logits(w) for w in windows]
+    top1 = np.concatenate([r.argmax(-1) == c.argmax(-1) for r, c in zip(ref_logits, cand_logits)])
+    return {"top1_agreement": float(top1.mean()),
+            "perplexity_ratio": perplexity(cand_logits, windows) / perplexity(ref_logits, windows)}
+
+
 def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list, eval_set, judging,
                         memory_paths: dict[str, Path] | None = None) -> Report:
     """Each candidate (runner: BundleGeneration) against PyTorch `generate` on windows of the evaluation text.

@@ -77,6 +77,7 @@ class DistillPass(Pass[DistillConfig]):
     consumes = TorchModel
     produces = TorchModel
     config_class = DistillConfig
+    trains = True
 
     def describe(self) -> str:
         return f"distill({self.config.epochs} epochs, lr {self.config.learning_rate})"
