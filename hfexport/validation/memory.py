@@ -42,8 +42,7 @@ else:
         predictor = Predictor(manifest, open_encoder(Path(bundle), manifest),
                               open_model(Path(path), manifest, threads=threads, backend=backend))
     predictor(inputs)
-# NOTE: VmHWM, not ru_maxrss: Linux carries ru_maxrss across execve, so a child started from a big
-# build process would report the parent's peak. VmHWM belongs to the new address space.
+# NOTE: VmHWM, not ru_maxrss (docs/decisions/0002-peak-memory-in-a-fresh-process.md).
 peak = None
 try:
     for line in open("/proc/self/status"):

@@ -14,15 +14,9 @@ def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup:
                      block: int = 10, settle: int = 0) -> dict[str, list[float]]:
     """Time each function `runs` times in milliseconds, in alternating blocks of `block` calls.
 
-    NOTE: blocks, not strict alternation. ONNX Runtime's and PyTorch's worker threads spin-wait for a
-    while after each call; on a 2-core machine a call made right after the *other* engine's call
-    loses its cores to that spinning (measured: PyTorch 70 ms instead of 20 ms). In blocks only the
-    first call after a switch pays, and the median discards it; alternating blocks still spreads
-    machine drift over every side.
-    `settle` untimed calls open every block: after a switch the caches hold the other model's weights,
-    and a small model pays that for several calls (pruned MiniLM int8: 4.4-4.7 ms in blocks of 10 with
-    no settling, 2.7 ms in blocks of 60), which made it look 1.75-1.9x the default bundle instead of the
-    2.1-2.5x an app running one model sees.
+    Blocks, not strict alternation: worker threads spin after each call and steal the next side's cores;
+    `settle` untimed calls open each block so caches hold this side's weights. NOTE: measured in
+    docs/decisions/0001-timing-in-alternating-warm-blocks.md.
     """
     for fn in functions.values():
         for _ in range(warmup):
