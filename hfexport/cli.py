@@ -153,22 +153,24 @@ def inspect(bundle, as_json) -> None:
     info = inspect_bundle(bundle)
     m = info["manifest"]
     if as_json:
-        click.echo(json.dumps({**m, "checksums": info["checksums"]}, indent=2))
+        click.echo(json.dumps({**m.to_dict(), "checksums": info["checksums"]}, indent=2))
         return
-    model, target = m["model"], m["target"]
+    model, target = m.model, m.target
     click.echo(f"bundle     {info['path']}")
-    click.echo(f"model      {model['id']} @ {model.get('revision') or '-'}  ({model['task']}, {model['model_type']})")
-    click.echo(f"target     {target['name']} ({target['backend']}, {target['isa']}, {target['precision']})")
-    for p in m["passes"]:
-        click.echo(f"pass       {p['name']:<16} {p['seconds']:>6.1f}s  {p['size_bytes'] / 1e6:>7.1f} MB")
-    total = sum(f["bytes"] for f in m["files"].values())
-    click.echo(f"files      {len(m['files'])} files, {total / 1e6:.1f} MB")
-    v = m.get("validation")
+    click.echo(f"format     {m.format_version} (hfexport {m.hfexport_version})")
+    click.echo(f"model      {model.id} @ {model.revision or '-'}  ({model.task}, {model.model_type})")
+    click.echo(f"target     {target.name} ({target.backend}, {target.isa}, {target.precision})")
+    for p in m.passes:
+        click.echo(f"pass       {p.name:<16} {p.seconds:>6.1f}s  {p.size_bytes / 1e6:>7.1f} MB"
+                   + ("  (cached)" if p.cached else ""))
+    total = sum(f.bytes for f in m.files.values())
+    click.echo(f"files      {len(m.files)} files, {total / 1e6:.1f} MB")
+    v = m.validation
     if v:
-        s = v["summary"]
+        s = v.summary
         fid = ", ".join(f"{k} {val:.4f}" for k, val in s.items() if k not in ("speedup", "throughput_ratio",
                                                                               "size_ratio"))
-        click.echo(f"validation {'passed' if v['passed'] else 'FAILED'}: {s['speedup']:.2f}x faster, "
+        click.echo(f"validation {'passed' if v.passed else 'FAILED'}: {s['speedup']:.2f}x faster, "
                    f"{s['size_ratio']:.2f}x size, {fid}")
     click.echo(f"checksums  {info['checksums']}")
     if info["checksums"] != "ok":

@@ -45,6 +45,7 @@ def main() -> int:
     from hfexport.loading import load_torch_model, resolve_model
     from hfexport.progress import Progress
     from hfexport.runtime import load
+    from hfexport.runtime.manifest import read_manifest
     from hfexport.validation.encoder import PredictorRunner, TorchRunner
     from hfexport.validation.timing import text_of_length, time_alternating
 
@@ -64,11 +65,11 @@ def main() -> int:
             bundles[recipe] = scratch / recipe
 
     first = load(next(iter(bundles.values())), threads=args.threads)
-    meta = first.manifest["model"]
-    source = resolve_model(args.model, task=meta["task"], log=lambda _m: None)
+    meta = first.manifest.model
+    source = resolve_model(args.model, task=meta.task, log=lambda _m: None)
     tokenizer = AutoTokenizer.from_pretrained(str(source.local_dir))
-    reference = TorchRunner(load_torch_model(source), tokenizer, meta["task"], meta, source.max_length,
-                            [i["name"] for i in first.manifest["signature"]["inputs"]])
+    reference = TorchRunner(load_torch_model(source), tokenizer, meta.task, meta, source.max_length,
+                            [i.name for i in first.manifest.signature.inputs])
     runners = {"pytorch": reference}
     for name, path in bundles.items():
         runners[name] = PredictorRunner(load(path, threads=args.threads), meta)
@@ -94,25 +95,24 @@ def main() -> int:
         row = {"name": name, "p50_ms": round(p50, 2), "speedup": round(base_p50 / p50, 2),
                "throughput_per_s": round(tput, 1), "throughput_ratio": round(tput / base_tput, 2)}
         if name != "pytorch":
-            manifest = json.loads((bundles[name] / "manifest.json").read_text())
-            files = manifest["files"]
-            row["size_mb"] = round(sum(files[name]["bytes"] for name in manifest["model_files"]) / 1e6, 1)
-            row["fidelity"] = {k: round(v, 4) for k, v in manifest["validation"]["summary"].items()
+            manifest = read_manifest(bundles[name])
+            row["size_mb"] = round(manifest.model_bytes() / 1e6, 1)
+            row["fidelity"] = {k: round(v, 4) for k, v in manifest.validation.summary.items()
                                if k not in ("speedup", "throughput_ratio", "size_ratio")}
-            row["gates_passed"] = manifest["validation"]["passed"]
+            row["gates_passed"] = manifest.validation.passed
             if name in build_seconds:
                 row["build_s"] = round(build_seconds[name], 1)
         else:
             row["size_mb"] = round(sum(p.stat().st_size for p in source.local_dir.glob("*.safetensors")) / 1e6, 1)
         rows.append(row)
 
-    result = {"model": meta["id"], "task": meta["task"], "threads": args.threads, "tokens": tokens,
+    result = {"model": meta.id, "task": meta.task, "threads": args.threads, "tokens": tokens,
               "batch": args.batch, "runs": args.runs, "rows": rows,
-              "cpu": first.manifest["build_host"]["cpu"], "isa": first.manifest["target"]["isa"]}
+              "cpu": first.manifest.build_host.cpu, "isa": first.manifest.target.isa}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.markdown:
-        print(f"| path ({meta['id']}, batch 1 x {tokens} tokens, {args.threads} threads) | p50 ms | vs PyTorch "
+        print(f"| path ({meta.id}, batch 1 x {tokens} tokens, {args.threads} threads) | p50 ms | vs PyTorch "
               f"| batch {args.batch} texts/s | vs PyTorch | size MB | fidelity (held-out) | gates |")
         print("|---|---|---|---|---|---|---|---|")
         for row in rows:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from hfexport.errors import BundleIntegrityError, FidelityError, OutputExistsError
 from hfexport.progress import Progress
 from hfexport.runtime import load
+from hfexport.runtime.manifest import read_manifest
 from tests.conftest import INT8_PASSES
 
 TEXTS = ["The weather in Paris was lovely today.", "Ada Lovelace wrote the first program.", "ok"]
@@ -88,19 +87,19 @@ def test_build_fill_mask_top_k(built_bundle):
 
 def test_build_manifest_records_passes_checksums_and_signature(built_bundle):
     bundle = built_bundle("bert", "feature-extraction", passes=INT8_PASSES, gates={"cosine_min": 0.5})
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["format_version"] == 1
-    assert [p["name"] for p in manifest["passes"]] == ["export_onnx", "optimize", "quantize"]
-    assert all(p["seconds"] > 0 for p in manifest["passes"])
-    assert manifest["passes"][1]["stats"]["fused_operators"].get("Attention") == 2
-    assert manifest["passes"][2]["stats"]["quantized_nodes"] > 0
-    assert manifest["target"]["precision"] == "int8"
-    assert {"model.onnx", "tokenizer/tokenizer.json", "report/report.json", "report/report.html"} <= set(manifest["files"])
-    assert all(len(entry["sha256"]) == 64 for entry in manifest["files"].values())
-    inputs = {i["name"]: i for i in manifest["signature"]["inputs"]}
-    assert inputs["input_ids"]["shape"] == ["batch", "sequence"]
-    assert manifest["tools"]["onnxruntime"] and manifest["tools"]["torch"]
-    assert manifest["validation"]["passed"] is True
+    manifest = read_manifest(bundle)
+    assert manifest.format_version == 2
+    assert [p.name for p in manifest.passes] == ["export_onnx", "optimize", "quantize"]
+    assert all(p.seconds > 0 for p in manifest.passes)
+    assert manifest.passes[1].stats["fused_operators"].get("Attention") == 2
+    assert manifest.passes[2].stats["quantized_nodes"] > 0
+    assert manifest.target.precision == "int8"
+    assert {"model.onnx", "tokenizer/tokenizer.json", "report/report.json", "report/report.html"} <= set(manifest.files)
+    assert all(len(entry.sha256) == 64 for entry in manifest.files.values())
+    inputs = {i.name: i for i in manifest.signature.inputs}
+    assert inputs["input_ids"].shape == ["batch", "sequence"]
+    assert manifest.tools["onnxruntime"] and manifest.tools["torch"]
+    assert manifest.validation.passed is True
 
 
 def test_build_unfused_projections_put_qkv_into_int8(built_bundle):
@@ -109,8 +108,7 @@ def test_build_unfused_projections_put_qkv_into_int8(built_bundle):
     passes = [{"type": "export_onnx"}, {"type": "optimize", "attention": "unfused_projections"},
               {"type": "quantize", "precision": "int8", "op_types": ["MatMul"]}]
     bundle = built_bundle("bert", "feature-extraction", passes=passes, gates={"cosine_min": 0.5})
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    fused = manifest["passes"][1]["stats"]["fused_operators"]
+    fused = read_manifest(bundle).passes[1].stats["fused_operators"]
     assert fused.get("MultiHeadAttention") == 2 and not fused.get("Attention")
     ops = [n.op_type for n in onnx.load(str(bundle / "model.onnx")).graph.node]
     # q, k, v, attention output, FFN in and out: six int8 MatMuls per layer, two layers
@@ -172,7 +170,7 @@ def test_build_no_gates_writes_bundle_that_failed(tiny_model, fast_recipe, tmp_p
     result = build(str(tiny_model()), recipe=str(fast_recipe(INT8_PASSES, gates={"cosine_min": 1.0})),
                    output=out, gates=False, progress=Progress("quiet"))
     assert result.report.passed is False
-    assert json.loads((out / "manifest.json").read_text())["validation"]["passed"] is False
+    assert read_manifest(out).validation.passed is False
 
 
 def test_build_interrupted_leaves_nothing_behind(tiny_model, fast_recipe, tmp_path, monkeypatch):
@@ -197,7 +195,7 @@ def test_build_static_int8_with_calibration_file(tiny_model, fast_recipe, tmp_pa
               {"type": "quantize", "mode": "static", "calibration_samples": 10}]
     result = build(str(tiny_model()), recipe=str(fast_recipe(passes, gates={"cosine_min": 0.5})),
                    calibration_data=texts, output=tmp_path / "static", progress=Progress("quiet"))
-    stats = result.manifest["passes"][2]["stats"]
+    stats = result.manifest.passes[2].stats
     assert stats["mode"] == "static" and stats["calibration_samples"] == 10
     assert result.report.stages[-1].fidelity["cosine_mean"] > 0.9
 

@@ -37,7 +37,7 @@ def test_minilm_default_build_passes_gates_and_is_faster(minilm_bundle):
     assert report.passed
     bundle = report.stage("bundle")
     assert bundle.fidelity["cosine_mean"] >= 0.99 and bundle.fidelity["cosine_min"] >= 0.975
-    assert result.manifest["passes"][1]["stats"]["fused_operators"]["Attention"] == 6
+    assert result.manifest.passes[1].stats["fused_operators"]["Attention"] == 6
     # A speed ratio, not a time: generous so a loaded CI machine does not flake; scripts/bench.py measures.
     assert report.summary["speedup"] > 1.2
 

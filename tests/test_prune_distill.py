@@ -27,7 +27,7 @@ def _build(folder, passes, tmp_path, name="out", gates=None, **kwargs):
 
 
 def _pass_record(result, name):
-    return next(p for p in result.manifest["passes"] if p["name"] == name)
+    return next(p for p in result.manifest.passes if p.name == name)
 
 
 def _context(folder, task):
@@ -309,7 +309,7 @@ def test_whole_chain_prune_distill_export_optimize_int8(tiny_model, tmp_path):
     assert [s.name for s in result.report.stages] == ["pytorch", "prune", "distill", "export_onnx", "optimize",
                                                       "bundle"]
     assert result.report.stage("prune").kind == "torch" and result.report.stage("prune").latency
-    assert result.manifest["passes"][0]["stats"]["ffn_width"] == [64, 32]
+    assert result.manifest.passes[0].stats["ffn_width"] == [64, 32]
 
 
 def _sentence_transformers_folder(folder, flag: str, normalize: bool) -> None:

@@ -38,7 +38,7 @@ def test_runtime_thread_safe_concurrent_calls(built_bundle):
 def test_runtime_truncates_to_model_max_length(built_bundle):
     model = load(built_bundle("bert", "feature-extraction"))
     batch = model.encode(["word " * 1000, "short"])
-    assert batch.input_ids.shape == (2, model.manifest["model"]["max_length"])
+    assert batch.input_ids.shape == (2, model.manifest.model.max_length)
     assert batch.attention_mask[1].sum() < batch.attention_mask[0].sum()
     assert model(["word " * 1000]).shape == (1, 32)
 

@@ -9,10 +9,14 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from hfexport import __version__
+from hfexport._version import __version__
 from hfexport.artifacts import Artifact
+from hfexport.build.manifest import Manifest as ManifestModel
+from hfexport.build.manifest import tool_versions
 from hfexport.errors import OutputExistsError
-from hfexport.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, file_table
+from hfexport.runtime.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, file_table, parse_manifest
+
+__all__ = ["check_output", "install", "stage_bundle", "tool_versions", "write_manifest"]
 
 # Files copied from the tokenizer folder: JSON only, so a bundle never holds a pickle.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
@@ -23,20 +27,6 @@ def check_output(output: Path, force: bool) -> None:
         raise OutputExistsError(f"output {output} already exists (use --force to replace it)")
     if not output.parent.exists():
         output.parent.mkdir(parents=True)
-
-
-def tool_versions() -> dict[str, str]:
-    import importlib.metadata
-    import platform
-
-    versions = {"hfexport": __version__, "python": platform.python_version()}
-    for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
-                    "tokenizers", "numpy"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_config_file: Path,
@@ -57,13 +47,17 @@ def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_c
     return list(files)
 
 
-def write_manifest(staging: Path, body: dict) -> dict:
-    """Write manifest.json with the sha256 of every file now in the staging folder."""
-    manifest = {"format_version": FORMAT_VERSION, "hfexport_version": __version__,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **body,
-                "files": file_table(staging)}  # fmt: skip
-    (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8")
-    return manifest
+def write_manifest(staging: Path, body: dict) -> Manifest:
+    """Write manifest.json with the sha256 of every file now in the staging folder; return it as an app
+    reads it back. The whole manifest is checked against the schema (build/manifest.py) first."""
+    document = ManifestModel(format_version=FORMAT_VERSION, hfexport_version=__version__,
+                             created=datetime.now(timezone.utc).isoformat(timespec="seconds"), **body,
+                             files=file_table(staging))
+    # NOTE: model_dump() then json.dumps(default=str), as format 1 was written: a stats value that is not
+    # JSON (a numpy scalar, a Path) is written as its text instead of failing the build.
+    text = json.dumps(document.model_dump(), indent=2, default=str) + "\n"
+    (staging / MANIFEST_NAME).write_text(text, encoding="utf-8")
+    return parse_manifest(json.loads(text), source=str(staging / MANIFEST_NAME))
 
 
 def install(staging: Path, output: Path, force: bool) -> None:

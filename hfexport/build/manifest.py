@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hfexport import __version__, host
-from hfexport.runtime.manifest import FORMAT_VERSION, SCHEMA_PATH
+from hfexport import host
+from hfexport._version import __version__
+from hfexport.runtime.manifest import SCHEMA_PATH
 from hfexport.tasks import get_task
 
 
@@ -136,9 +137,6 @@ class Manifest(_Section):
     build_host: BuildHost
     validation: ValidationInfo | None = Field(None, description="absent only while the build validates")
     files: dict[str, FileEntry] = Field(description="sha256 and size of every file but manifest.json")
-
-
-assert Manifest.model_fields["format_version"].annotation == Literal[FORMAT_VERSION], "bump both together"
 
 
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:

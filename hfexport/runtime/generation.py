@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hfexport.runtime.chat import read_chat_template, render_chat
+from hfexport.runtime.manifest import Manifest
 from hfexport.runtime.sampling import SamplingSettings, choose
 
 Prompt = str | list[dict]  # a text, or a conversation rendered with the chat template
@@ -28,7 +29,7 @@ class TextGenerator:
 
     task = "text-generation"
 
-    def __init__(self, manifest: dict, bundle: Path, backend, tokenizer_file: Path):
+    def __init__(self, manifest: Manifest, bundle: Path, backend, tokenizer_file: Path):
         from tokenizers import Tokenizer
 
         self.manifest, self.path, self.backend = manifest, bundle, backend
@@ -36,12 +37,11 @@ class TextGenerator:
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.generation_config = _read_json(bundle / "generation_config.json")
         model_config = _read_json(bundle / "config.json")
-        meta = manifest["model"]
         eos = self.generation_config.get("eos_token_id", model_config.get("eos_token_id"))
         self.eos_token_ids: list[int] = sorted({int(e) for e in ([eos] if isinstance(eos, int) else eos or [])})
-        pad = self.generation_config.get("pad_token_id", meta.get("pad_token_id"))
+        pad = self.generation_config.get("pad_token_id")
         self.pad_token_id = int(pad if pad is not None else (self.eos_token_ids or [0])[0])
-        self.max_length = int(meta["max_length"])
+        self.max_length = manifest.model.max_length
         tok_dir = tokenizer_file.parent
         self.chat_template = read_chat_template(tok_dir)
         tok_config = _read_json(tok_dir / "tokenizer_config.json")
@@ -49,7 +49,7 @@ class TextGenerator:
                                                                              "unk_token")}
 
     def __repr__(self) -> str:
-        return f"<TextGenerator {self.manifest['model']['id']} backend={self.backend.backend}>"
+        return f"<TextGenerator {self.manifest.model.id} backend={self.backend.backend}>"
 
     # -- text <-> tokens ---------------------------------------------------------------------------------
 

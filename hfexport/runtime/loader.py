@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from hfexport.runtime.backends import open_backend
-from hfexport.runtime.manifest import read_manifest, verify_files
+from hfexport.runtime.manifest import Manifest, read_manifest, verify_files
 from hfexport.runtime.tasks import normalise_inputs, task_module
 from hfexport.runtime.tokenizer import Batch, TextEncoder
 
@@ -16,10 +16,10 @@ from hfexport.runtime.tokenizer import Batch, TextEncoder
 class Predictor:
     """Text in, task results out. Safe to call from several threads at once."""
 
-    def __init__(self, manifest: dict, encoder: TextEncoder, backend, path: Path | None = None):
+    def __init__(self, manifest: Manifest, encoder: TextEncoder, backend, path: Path | None = None):
         self.path = path
         self.manifest = manifest
-        self.task: str = manifest["model"]["task"]
+        self.task: str = manifest.model.task
         module = task_module(self.task)
         self._post = module.postprocess
         self._inputs = getattr(module, "normalise_inputs", normalise_inputs)
@@ -27,7 +27,7 @@ class Predictor:
         self.backend = backend
 
     def __repr__(self) -> str:
-        return f"<Predictor {self.manifest['model']['id']} task={self.task} backend={self.backend.backend}>"
+        return f"<Predictor {self.manifest.model.id} task={self.task} backend={self.backend.backend}>"
 
     # -- the steps, public so validation measures exactly what users run --------------------------
 
@@ -38,7 +38,7 @@ class Predictor:
         return self.backend.run(batch.feeds(self.backend.input_names))
 
     def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch, texts, **options) -> Any:
-        return self._post(outputs, batch, self.manifest["model"], texts, self.encoder, **options)
+        return self._post(outputs, batch, self.manifest.model, texts, self.encoder, **options)
 
     # -- the one call users make ---------------------------------------------------------------------
 
@@ -54,23 +54,22 @@ class Predictor:
         return [item for part in results for item in part]
 
 
-def open_encoder(bundle: Path, manifest: dict) -> TextEncoder:
-    tok = manifest["tokenizer"]
-    return TextEncoder(bundle / tok["file"], max_length=manifest["model"]["max_length"],
-                       pad_id=tok["pad_token_id"], pad_token=tok["pad_token"])
+def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
+    tok = manifest.tokenizer
+    return TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
+                       pad_token=tok.pad_token)
 
 
-def open_model(model_path: Path, manifest: dict, *, providers=None, threads=None, backend: str | None = None,
+def open_model(model_path: Path, manifest: Manifest, *, providers=None, threads=None, backend: str | None = None,
                device: str | None = None, session_overrides: dict | None = None):
     """The backend session for one model file, configured as the manifest's target says.
 
     `session_overrides` replaces session settings for this process only (validation switches ONNX
     Runtime's thread spinning off so sessions side by side do not steal each other's cores).
     """
-    target = manifest["target"]
-    session = dict(target.get("session") or {}, execution_providers=target.get("execution_providers"),
-                   **(session_overrides or {}))
-    return open_backend(backend or target["backend"], model_path, session, providers=providers, threads=threads,
+    target = manifest.target
+    session = dict(target.session, execution_providers=target.execution_providers, **(session_overrides or {}))
+    return open_backend(backend or target.backend, model_path, session, providers=providers, threads=threads,
                         device=device)
 
 
@@ -85,9 +84,9 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
     manifest = read_manifest(bundle)
     if verify:
         verify_files(bundle, manifest)
-    backend = open_model(bundle / manifest["model_file"], manifest, providers=providers, threads=threads,
+    backend = open_model(bundle / manifest.model_file, manifest, providers=providers, threads=threads,
                          device=device, session_overrides=session_overrides)
-    opener = getattr(task_module(manifest["model"]["task"]), "open_predictor", None)
+    opener = getattr(task_module(manifest.model.task), "open_predictor", None)
     if opener is not None:  # a generative task: its own loop over the model
         return opener(manifest, bundle, backend)
     return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
