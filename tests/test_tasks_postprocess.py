@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from hfexport.runtime.manifest import ModelInfo
 from hfexport.runtime.tasks.feature_extraction import pool
 from hfexport.runtime.tasks.question_answering import best_span
 from hfexport.runtime.tasks.token_classification import postprocess as tokens_post
@@ -37,6 +38,7 @@ def test_token_classification_groups_bio_tags():
     batch = Batch(input_ids=np.zeros((1, 7), np.int64), attention_mask=np.ones((1, 7), np.int64),
                   token_type_ids=np.zeros((1, 7), np.int64), offsets=offsets,
                   special_tokens_mask=np.array([[1, 0, 0, 0, 0, 0, 1]]), sequence_ids=[[None] + [0] * 5 + [None]])
-    meta = {"id2label": {"0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC"}}
+    meta = ModelInfo(id="tiny", revision=None, task="token-classification", model_type="bert", max_length=7,
+                     id2label={"0": "O", "1": "B-PER", "2": "I-PER", "3": "B-LOC", "4": "I-LOC"})
     groups = tokens_post({"logits": logits}, batch, meta, [text], None)[0]
     assert [(g["entity_group"], g["word"]) for g in groups] == [("PER", "Ada Lovelace"), ("LOC", "London")]

@@ -27,5 +27,5 @@ def pool(hidden: np.ndarray, attention_mask: np.ndarray, mode: str = "mean", nor
 
 
 def postprocess(outputs, batch, meta, texts, encoder, **_options) -> np.ndarray:
-    pooling = meta.get("pooling") or {"mode": "mean", "normalize": False}
-    return pool(outputs["last_hidden_state"], batch.attention_mask, pooling["mode"], pooling["normalize"])
+    mode, normalize = (meta.pooling.mode, meta.pooling.normalize) if meta.pooling else ("mean", False)
+    return pool(outputs["last_hidden_state"], batch.attention_mask, mode, normalize)

@@ -8,13 +8,13 @@ from hfexport.runtime.tasks import softmax
 
 
 def postprocess(outputs, batch, meta, texts, encoder, top_k: int = 5, **_options):
-    mask_id = meta["mask_token_id"]
+    mask_id = meta.mask_token_id
     logits = outputs["logits"]
     results = []
     for row in range(logits.shape[0]):
         positions = np.flatnonzero(batch.input_ids[row] == mask_id)
         if positions.size == 0:
-            raise ValueError(f"text {row} has no {meta.get('mask_token', 'mask')} token")
+            raise ValueError(f"text {row} has no {meta.mask_token or 'mask'} token")
         per_mask = []
         for pos in positions:
             probs = softmax(logits[row, pos])

@@ -8,4 +8,4 @@ from pathlib import Path
 def open_predictor(manifest, bundle: Path, backend):
     from hfexport.runtime.generation import TextGenerator
 
-    return TextGenerator(manifest, bundle, backend, bundle / manifest["tokenizer"]["file"])
+    return TextGenerator(manifest, bundle, backend, bundle / manifest.tokenizer.file)

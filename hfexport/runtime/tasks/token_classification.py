@@ -15,7 +15,7 @@ def _split_tag(label: str) -> tuple[str, str]:
 
 def postprocess(outputs, batch, meta, texts, encoder, aggregation: str = "simple", **_options):
     probs = softmax(outputs["logits"])
-    id2label = meta.get("id2label") or {}
+    id2label = meta.id2label or {}
     results = []
     for row, text in enumerate(texts):
         tokens = []
