@@ -254,3 +254,24 @@ def test_cli_build_no_cache(tiny_model, fast_recipe, tmp_path):
     cached = [json.loads(line).get("cached") for line in second.output.splitlines() if '"done"' in line]
     assert cached[:2] == [False, False]
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["passes"][0]["cached"] is False
+
+
+def test_runner_stores_only_artifacts_that_round_trip(tmp_path):
+    from hfexport.artifacts import OnnxModel
+    from hfexport.build.cache import StageCache
+
+    cache = StageCache(tmp_path / "cache", max_bytes=10**9)
+    stage = tmp_path / "01-optimize"
+    stage.mkdir()
+    (stage / "model.onnx").write_bytes(b"graph")
+    plain = OnnxModel(stage / "model.onnx", ("input_ids",), ("last_hidden_state",), stats={"nodes": 3, "f": 0.1})
+    assert cache.store("a" * 64, "optimize", plain, stage, 1.0)
+    found, entry = cache.lookup("a" * 64)
+    assert found == OnnxModel(tmp_path / "cache" / "stages" / ("a" * 64) / "stage" / "model.onnx",
+                              ("input_ids",), ("last_hidden_state",))
+    assert found.stats == plain.stats and entry["name"] == "optimize"
+    # A tuple would come back as a list: not stored, rather than reused as something else.
+    assert not cache.store("b" * 64, "optimize", OnnxModel(stage / "model.onnx", stats={"width": (1, 2)}), stage, 1.0)
+    outside = OnnxModel(tmp_path / "elsewhere.onnx")
+    assert not cache.store("c" * 64, "optimize", outside, stage, 1.0)
+    assert cache.lookup("b" * 64) is None and cache.lookup("c" * 64) is None

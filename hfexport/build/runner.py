@@ -67,7 +67,9 @@ class PassRunner:
         if not self.cache.writable or len(opened) != 1:
             return
         try:
-            self.cache.store(key, name, artifact, opened[0], seconds)
+            if not self.cache.store(key, name, artifact, opened[0], seconds):
+                self.ctx.progress.info(f"stage cache: {name}'s output is not stored (its artifact or stats do not "
+                                       f"round-trip through JSON); it reruns in every build")
         except OSError as exc:
             self.cache.writable = False
             self.ctx.progress.info(f"stage cache: cannot write to {self.cache.folder} ({exc.strerror or exc}); "
