@@ -1,8 +1,14 @@
-"""The planner: recipe + target -> an ordered, type-checked chain of passes, before any work starts."""
+"""The planner: recipe + target -> an ordered, type-checked chain of passes, before any work starts.
+
+A pass whose work depends on the target (export, optimize, quantize) resolves here, through `for_target`:
+the planned step carries the backend's own settings, or the plan leaves the step out with a note (optimize
+on openvino). Notes also name deprecated recipe and pass names; the build prints them with the plan.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from hfexport.artifacts import ARTIFACT_KINDS, TorchModel
 from hfexport.context import PlanContext
@@ -11,10 +17,17 @@ from hfexport.passes import Pass, get_pass
 from hfexport.tasks import get_task
 
 
+@runtime_checkable
+class TargetDependent(Protocol):
+    def for_target(self, plan: PlanContext) -> Pass | str:
+        """This step as the target runs it (its backend's settings filled in), or why the target leaves it out."""
+
+
 @dataclass(frozen=True)
 class Plan:
     steps: tuple[Pass, ...]
     context: PlanContext
+    notes: tuple[str, ...] = ()  # one line each: steps left out, deprecated names
 
     def describe(self) -> str:
         return " -> ".join(step.describe() for step in self.steps)
@@ -28,6 +41,7 @@ def make_plan(ctx: PlanContext) -> Plan:
         raise PlanError(f"recipe {recipe.name!r}, gates.{foreign[0]}: {task.name} is not measured by "
                         f"{foreign[0]} (its gates: {', '.join(sorted(task.gate_metrics))}); remove it")
     steps: list[Pass] = []
+    notes = [recipe.deprecation] if recipe.deprecation else []
     produced: type = TorchModel
     previous = "the loaded model"
     for index, (pass_type, config) in enumerate(recipe.pass_configs()):
@@ -45,14 +59,20 @@ def make_plan(ctx: PlanContext) -> Plan:
         step = cls(config)
         try:
             step.check(ctx)
+            planned = step.for_target(ctx) if isinstance(step, TargetDependent) else step
         except PlanError as exc:
             raise PlanError(f"{where}: {exc}") from exc
-        steps.append(step)
-        produced, previous = cls.output_kind(produced), f"passes.{index} ({pass_type})"
+        if isinstance(planned, str):
+            notes.append(f"passes.{index} ({pass_type}) {planned}")
+            continue
+        if getattr(planned, "deprecation", None):
+            notes.append(f"passes.{index}: {planned.deprecation}")
+        steps.append(planned)
+        produced, previous = planned.output_kind(produced), f"passes.{index} ({pass_type})"
     final = ARTIFACT_KINDS.get(target.artifact)
     if produced is not final:
         raise PlanError(
             f"recipe {recipe.name!r} ends with a {produced.kind} model but target {target.name!r} deploys "
             f"{target.artifact}; add an export step for it"
         )
-    return Plan(tuple(steps), ctx)
+    return Plan(tuple(steps), ctx, tuple(notes))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -48,9 +48,8 @@ class OpenVINOOptions(_Strict):
     # NOTE: always set. Left unset, OpenVINO picks bf16 on CPUs with AVX512-BF16 (and f16 on GPUs)
     # without saying so; the profile decides and the report records what the runtime actually used.
     inference_precision: Literal["f32", "bf16", "f16"] = "f32"
-    # NOTE: always set, for the same reason. OpenVINO 2026.4's CPU plugin keeps a stateful LLM's KV cache
-    # in u8 by default on x86, whatever the inference precision; measured on a random Llama it changed a
-    # greedy token at step 8 against PyTorch. f32 keeps the fp32 recipes exact.
+    # NOTE: always set, for the same reason: OpenVINO's own default on x86 is a u8 cache
+    # (docs/decisions/0049-openvino-f32-inference-and-kv-cache.md).
     kv_cache_precision: Literal["f32", "bf16", "f16", "u8"] = "f32"
     streams: int | Literal["AUTO"] | None = Field(None, description="null = what the hint picks")
     cache_dir: str | None = Field(None, description="compiled-blob cache (saves GPU/NPU compile time); ~ expands")
@@ -60,6 +59,86 @@ class OpenVINOOptions(_Strict):
         if isinstance(self.streams, int) and self.streams < 1:
             raise ValueError("streams must be at least 1 (or AUTO, or null)")
         return self
+
+
+# -- `quantize:`: how the target runs a recipe's quantize step, one section type per backend -----------------
+# A recipe's quantize step says the intent (precision, weights_only, group_size); each field below is the
+# target's default for an option the recipe leaves unset, named as in the quantize pass's config.
+
+WeightPrecision = Literal["fp32", "int8", "int4"]
+
+
+class _QuantizeSection(_Strict):
+    int8: BaseModel  # precision int8 on encoder models (weights and activations)
+    weights_only: dict  # weights_only on encoder models, per precision
+    llm: dict  # weights_only on text-generation (KV-cache) models, per precision
+
+    def defaults(self, precision: str, weights_only: bool, generative: bool, explicit: dict[str, Any]) -> dict:
+        """The options this target fills in for a quantize step; `explicit` holds what the recipe set."""
+        if weights_only:
+            table = self.llm if generative else self.weights_only
+            chosen = table.get(precision)
+            return chosen.model_dump(exclude_none=True) if chosen else {}
+        if precision != "int8" or generative:
+            return {}
+        values = self.int8.model_dump(exclude_none=True)
+        if explicit.get("mode", values.get("mode", "dynamic")) != "static":
+            # The calibration settings belong to static mode only.
+            for name in ("smooth_quant_alpha", "calibration_samples"):
+                values.pop(name, None)
+        return values
+
+
+class OrtInt8Defaults(_Strict):
+    mode: Literal["dynamic", "static"] | None = None
+    op_types: list[str] | None = Field(None, min_length=1)
+    calibration_samples: int | None = Field(None, ge=1)
+
+
+class OrtWeightOnlyDefaults(_Strict):
+    group_size: Literal[32, 64, 128] | None = None
+    lm_head_precision: WeightPrecision | None = None
+    embedding_precision: WeightPrecision | None = None
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
+    int4_top1_target: float | None = Field(None, gt=0, le=1)
+
+
+class OnnxRuntimeQuantize(_QuantizeSection):
+    """ONNX Runtime's quantisers: int8 QDQ/dynamic (flavoured by `quant_presets`), MatMulNBits, fp16."""
+
+    backend: Literal["onnxruntime"] = Field("onnxruntime", exclude=True)
+    int8: OrtInt8Defaults = Field(default_factory=OrtInt8Defaults)
+    weights_only: dict[Literal["int8", "int4"], OrtWeightOnlyDefaults] = Field(default_factory=dict)
+    llm: dict[Literal["int8", "int4"], OrtWeightOnlyDefaults] = Field(default_factory=dict)
+
+
+class NNCFInt8Defaults(_Strict):
+    mode: Literal["dynamic", "static"] | None = None  # static: nncf.quantize; dynamic: weight compression
+    smooth_quant_alpha: float | None = Field(None, ge=0, le=1)
+    calibration_samples: int | None = Field(None, ge=1)
+
+
+class NNCFWeightDefaults(_Strict):
+    group_size: Literal[32, 64, 128] | None = None
+    ratio: float | None = Field(None, gt=0, le=1)
+    lm_head_precision: WeightPrecision | None = None
+    embedding_precision: WeightPrecision | None = None
+
+
+class OpenVINOQuantize(_QuantizeSection):
+    """NNCF: post-training int8 (static) and weight compression (int8 per channel, int4 in groups)."""
+
+    backend: Literal["openvino"] = Field("openvino", exclude=True)
+    int8: NNCFInt8Defaults = Field(default_factory=NNCFInt8Defaults)
+    weights_only: dict[Literal["int8", "int4"], NNCFWeightDefaults] = Field(default_factory=dict)
+    llm: dict[Literal["int8", "int4"], NNCFWeightDefaults] = Field(default_factory=dict)
+
+
+QUANTIZE_SECTIONS: dict[str, type[_QuantizeSection]] = {"onnxruntime": OnnxRuntimeQuantize,
+                                                         "openvino": OpenVINOQuantize}
+QuantizeSection = Annotated[OnnxRuntimeQuantize | OpenVINOQuantize, Field(discriminator="backend")]
+# The artifact each backend deploys.
+BACKEND_ARTIFACTS = {"onnxruntime": "onnx", "openvino": "openvino", "xla": "stablehlo"}
 
 
 class HostRequirements(_Strict):
@@ -86,11 +165,29 @@ class TargetProfile(_Strict):
     session: SessionOptions = Field(default_factory=SessionOptions)
     # Backend-specific compile options; only for `backend: openvino`, where it defaults to OpenVINOOptions().
     openvino: OpenVINOOptions | None = None
+    # How `quantize` runs here: the section type follows `backend` (unset: that backend's defaults).
+    quantize: QuantizeSection | None = None
     requires: HostRequirements = Field(default_factory=HostRequirements)
     default_recipe: str = "default"
     # Per-task defaults where the general one does not fit, e.g. {text-generation: llm-int4}.
     task_recipes: dict[str, str] = Field(default_factory=dict)
     runtime_packages: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _backend_sections(cls, data: Any) -> Any:
+        """Tag the `quantize:` section with the profile's backend, which picks its type."""
+        if not isinstance(data, dict):
+            return data
+        backend = data.get("backend")
+        if data.get("openvino") is not None and backend != "openvino":
+            raise ValueError(f"openvino: options are for backend openvino, not {backend}")
+        section = data.get("quantize")
+        if isinstance(section, dict) or (section is None and backend in QUANTIZE_SECTIONS):
+            if backend not in QUANTIZE_SECTIONS:
+                raise ValueError(f"quantize: backend {backend} has no quantiser options")
+            data = {**data, "quantize": {**(section or {}), "backend": backend}}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> TargetProfile:
@@ -99,8 +196,11 @@ class TargetProfile(_Strict):
         isas = [p.isa for p in self.quant_presets]
         if len(isas) != len(set(isas)):
             raise ValueError("quant_presets lists an ISA twice")
-        if self.openvino is not None and self.backend != "openvino":
-            raise ValueError(f"openvino: options are for backend openvino, not {self.backend}")
+        if self.quantize is not None and self.quantize.backend != self.backend:
+            raise ValueError(f"quantize: options are for backend {self.quantize.backend}, not {self.backend}")
+        if self.artifact != BACKEND_ARTIFACTS[self.backend]:
+            raise ValueError(f"artifact {self.artifact!r}: backend {self.backend} deploys "
+                             f"{BACKEND_ARTIFACTS[self.backend]!r}")
         return self
 
     def session_options(self) -> dict:

@@ -15,8 +15,8 @@ import pytest
 
 from hfexport.errors import ConfigError, PlanError
 
-FP16_PASSES = [{"type": "export_onnx"}, {"type": "optimize"}, {"type": "quantize", "precision": "fp16"}]
-LLM_FP16_PASSES = [{"type": "export_onnx_generation"}, {"type": "quantize", "precision": "fp16"}]
+FP16_PASSES = [{"type": "export"}, {"type": "optimize"}, {"type": "quantize", "precision": "fp16"}]
+LLM_FP16_PASSES = [{"type": "export"}, {"type": "quantize", "precision": "fp16"}]
 
 
 def _has_cuda_provider() -> bool:
@@ -42,8 +42,8 @@ def test_cuda_target_defaults_and_host_fit():
     cuda = load_target("cuda")
     assert (cuda.backend, cuda.device, cuda.preferred_precision) == ("onnxruntime", "cuda", "fp16")
     assert cuda.execution_providers == ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    assert cuda.recipe_for("feature-extraction") == "cuda-fp16"
-    assert cuda.recipe_for("text-generation") == "cuda-llm-fp16"
+    assert cuda.recipe_for("feature-extraction") == "fp16"
+    assert cuda.recipe_for("text-generation") == "llm-fp16"
     fits, why = cuda.host_fit()
     if not _has_cuda_provider():
         assert not fits and "CUDAExecutionProvider" in why
@@ -64,9 +64,9 @@ def test_cuda_default_recipe_plans(tiny_model):
 
 @pytest.mark.parametrize("specs, target, message", [
     (FP16_PASSES, "cpu", "precision 'fp16' is not supported by target 'cpu'"),
-    ([{"type": "export_openvino"}, {"type": "quantize", "precision": "fp16"}], "openvino",
+    ([{"type": "export"}, {"type": "quantize", "precision": "fp16"}], "openvino",
      "precision 'fp16' is not supported by target 'openvino'"),
-    ([{"type": "export_onnx"}, {"type": "quantize", "mode": "dynamic"}], "cuda",
+    ([{"type": "export"}, {"type": "quantize", "mode": "dynamic"}], "cuda",
      "precision 'int8' is not supported by target 'cuda'"),
 ])  # fmt: skip
 def test_plan_rejects_precisions_the_target_lacks(tiny_model, specs, target, message):
@@ -145,8 +145,8 @@ def test_fp16_conversion_keeps_named_nodes_in_fp32(built_bundle, tmp_path):
     import onnx
     from onnx import TensorProto
 
+    from hfexport.backends._onnx.float16 import convert_float16
     from hfexport.errors import ExportError
-    from hfexport.passes._float16 import convert_float16
 
     source = built_bundle(passes=[{"type": "export_onnx"}]) / "model.onnx"
     graph = onnx.load(str(source)).graph

@@ -21,9 +21,10 @@ def test_tasks_infer_text_generation_for_causal_lm(tmp_path, architecture):
 # -- fixtures ---------------------------------------------------------------------------------------------
 
 FP32_PASSES = [{"type": "export_onnx_generation"}]
+# Plain round-to-nearest int4: `int4_top1_target: None` turns off the cpu target's default search.
 INT4_PASSES = [{"type": "export_onnx_generation"},
                {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 32,
-                "lm_head_precision": "int8", "embedding_precision": "int4"}]
+                "lm_head_precision": "int8", "embedding_precision": "int4", "int4_top1_target": None}]
 # int4 where the measured sensitivity allows, int8 elsewhere (the embedding int8 too if it must).
 INT4_SPLIT_PASSES = [INT4_PASSES[0], {**INT4_PASSES[1], "int4_top1_target": 0.95}]
 PROMPTS = ["The model reads", "A much longer prompt that needs left padding when it is batched", "Hello"]
@@ -367,10 +368,11 @@ def test_validate_bundle_revalidates_text_generation_with_html(llm_bundle, tmp_p
 
 def test_export_onnx_generation_fails_typed_when_greedy_tokens_differ(tiny_llm, tmp_path, monkeypatch):
     from hfexport.artifacts import TorchModel
+    from hfexport.backends._onnx import export as module
     from hfexport.context import BuildContext
     from hfexport.errors import ExportError
     from hfexport.loading import resolve_model
-    from hfexport.passes import export_onnx_generation as module
+    from hfexport.passes.export_aliases import ExportOnnxGenerationPass
     from hfexport.profiles import load_target
     from hfexport.recipes import Recipe
 
@@ -379,7 +381,7 @@ def test_export_onnx_generation_fails_typed_when_greedy_tokens_differ(tiny_llm, 
                        source.local_dir, [])
     monkeypatch.setattr(module, "_greedy_check", lambda *args: ([1, 2, 3], [1, 2, 4], 0.5))
     with pytest.raises(ExportError, match=r"differ from PyTorch's generate at token 2 .*5.00e-01"):
-        module.ExportOnnxGenerationPass(module.ExportOnnxGenerationConfig()).run(TorchModel(source.local_dir), ctx)
+        ExportOnnxGenerationPass(module.ExportOnnxGenerationConfig()).run(TorchModel(source.local_dir), ctx)
 
 
 def test_export_onnx_generation_check_masks_eos_like_min_new_tokens(tmp_path):
@@ -388,7 +390,7 @@ def test_export_onnx_generation_check_masks_eos_like_min_new_tokens(tmp_path):
     import torch
     import transformers
 
-    from hfexport.passes._generation_graph import SAMPLE_PROMPT
+    from hfexport.backends._generation_graph import SAMPLE_PROMPT
     from tests.conftest import make_tiny_llm
 
     folder = make_tiny_llm(tmp_path / "llm", "llama")
@@ -403,7 +405,7 @@ def test_export_onnx_generation_check_masks_eos_like_min_new_tokens(tmp_path):
     from hfexport.artifacts import TorchModel
     from hfexport.context import BuildContext
     from hfexport.loading import resolve_model
-    from hfexport.passes.export_onnx_generation import ExportOnnxGenerationConfig, ExportOnnxGenerationPass
+    from hfexport.passes.export_aliases import ExportOnnxGenerationConfig, ExportOnnxGenerationPass
     from hfexport.profiles import load_target
     from hfexport.recipes import Recipe
 

@@ -20,12 +20,12 @@ from tests.test_build import TEXTS, _torch_outputs
 
 pytest.importorskip("openvino")
 
-FP32 = [{"type": "export_openvino"}]
-INT8_STATIC = [{"type": "export_openvino"},
+FP32 = [{"type": "export"}]
+INT8_STATIC = [{"type": "export"},
                {"type": "quantize", "precision": "int8", "mode": "static", "smooth_quant_alpha": 0.8}]
-INT8_WEIGHTS = [{"type": "export_openvino"}, {"type": "quantize", "precision": "int8", "weights_only": True}]
+INT8_WEIGHTS = [{"type": "export"}, {"type": "quantize", "precision": "int8", "weights_only": True}]
 # The tiny models' layers are 32 and 64 wide, so int4 groups must be smaller than the default 128.
-INT4_WEIGHTS = [{"type": "export_openvino"},
+INT4_WEIGHTS = [{"type": "export"},
                 {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 32}]
 QA_PAIR = ("Who wrote the first program?", "Ada Lovelace wrote the first program for the Analytical Engine.")
 
@@ -217,16 +217,19 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
     from hfexport.recipes import load_recipe
 
     profile = load_target("openvino")
-    assert profile.default_recipe == "openvino-default" and profile.openvino.inference_precision == "f32"
+    assert profile.default_recipe == "default" and profile.openvino.inference_precision == "f32"
     plan = make_plan(PlanContext(profile, load_recipe(profile.default_recipe), resolve_model(str(tiny_model()))))
-    assert plan.describe() == "export_openvino -> quantize(int8, static)"
+    assert plan.describe() == "export(openvino) -> quantize(int8, static)"
+    # The recipe's optimize step: OpenVINO fuses when it compiles, so the plan leaves it out and says so.
+    assert plan.notes == ("passes.1 (optimize) left out on target 'openvino': OpenVINO fuses the graph when it "
+                          "compiles it for the device, so there is nothing to do at build time",)
 
 
 @pytest.mark.parametrize("specs, target, message", [
     ([{"type": "export_onnx"}], "openvino", "deploys openvino, not ONNX"),
     ([{"type": "export_openvino"}], "cpu", "deploys onnx, not OpenVINO IR"),
-    ([{"type": "export_openvino"}, {"type": "optimize"}], "openvino",
-     r"passes.1 \(optimize\): takes a onnx model but passes.0 \(export_openvino\) gives a openvino model"),
+    ([{"type": "export"}, {"type": "optimize", "attention": "unfused_projections"}], "openvino",
+     r"passes.1 \(optimize\): attention: an ONNX Runtime fusion option; OpenVINO fuses the graph when it compiles"),
     ([{"type": "export_openvino"}, {"type": "quantize", "op_types": ["MatMul"]}], "openvino",
      r"passes.1 \(quantize\): op_types: an ONNX Runtime quantiser option"),
     ([{"type": "export_onnx"}, {"type": "quantize", "precision": "int4", "weights_only": True, "ratio": 0.5}],
@@ -293,7 +296,7 @@ def test_minilm_openvino_default_build_is_faithful_and_faster(tmp_path):
     seconds = time.perf_counter() - started
     report = result.report
     assert report.passed
-    assert [p["name"] for p in result.manifest["passes"]] == ["export_openvino", "quantize"]
+    assert [p["name"] for p in result.manifest["passes"]] == ["export", "quantize"]
     assert result.manifest["passes"][1]["stats"]["algorithm"] == "nncf.quantize"
     fidelity = report.stage("bundle").fidelity
     assert fidelity["cosine_mean"] >= 0.995 and fidelity["cosine_min"] >= 0.985, fidelity

@@ -162,7 +162,7 @@ def test_openvino_quantize_finds_tied_lm_head_and_embedding(ov_llm_bundle):
     """GPT-2 shares one table between the embedding Gather and the LM head MatMul; Llama does not."""
     import openvino as ov
 
-    from hfexport.passes._quantize_nncf import find_lm_head_and_embeddings
+    from hfexport.backends._openvino.nncf import find_lm_head_and_embeddings
 
     for arch, tied in (("gpt2", True), ("llama", False)):
         model = ov.Core().read_model(str(ov_llm_bundle(arch)[0] / "model.xml"))
@@ -199,14 +199,14 @@ def test_cli_build_target_openvino_on_a_tiny_llm_folder(tiny_llm, tmp_path):
     from hfexport.cli import main
 
     out = tmp_path / "bundle"
-    # No --recipe: the openvino target's text-generation default (openvino-llm-int4). --no-gates: a
+    # No --recipe: the openvino target's text-generation default (llm-int4). --no-gates: a
     # 64-wide random model cannot reach the 0.9 top-1 gate in int4; the report still records it.
     result = CliRunner().invoke(main, ["build", "-m", str(tiny_llm("qwen2")), "--target", "openvino", "-o", str(out),
                                        "--no-gates", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["recipe"]["name"] == "openvino-llm-int4"
-    assert [p["name"] for p in manifest["passes"]] == ["export_openvino_generation", "quantize"]
+    assert manifest["recipe"]["name"] == "llm-int4"
+    assert [p["name"] for p in manifest["passes"]] == ["export", "quantize"]
     assert manifest["target"]["backend"] == "openvino" and manifest["target"]["precision"] == "int4"
     assert (out / "report" / "report.html").is_file()
     run = CliRunner().invoke(main, ["run", str(out), "Once upon", "--max-new-tokens", "5"], catch_exceptions=False)
@@ -232,10 +232,10 @@ def test_openvino_target_defaults_to_openvino_llm_int4_for_text_generation(tiny_
     from hfexport.recipes import load_recipe
 
     target = load_target("openvino")
-    assert target.recipe_for("text-generation") == "openvino-llm-int4"
-    assert target.recipe_for("feature-extraction") == "openvino-default"
-    plan = _plan(tiny_llm, recipe=load_recipe("openvino-llm-int4"))
-    assert plan.describe() == "export_openvino_generation(stateful) -> quantize(int4, weights only, group 32)"
+    assert target.recipe_for("text-generation") == "llm-int4"
+    assert target.recipe_for("feature-extraction") == "default"
+    plan = _plan(tiny_llm, recipe=load_recipe("llm-int4"))
+    assert plan.describe() == "export(openvino, generation, stateful) -> quantize(int4, weights only, group 32)"
 
 
 @pytest.mark.parametrize("specs, target, message", [

@@ -43,7 +43,7 @@ def _ops(path) -> dict[str, str]:
 def test_weight_matrices_names_roles_and_skips_excluded(tmp_path):
     import onnx
 
-    from hfexport.passes._weight_only import weight_matrices
+    from hfexport.backends._onnx.weight_only import weight_matrices
 
     graph = onnx.load(str(_toy_llm(tmp_path / "toy.onnx"))).graph
     found = {m.node: (m.op, m.role, m.params) for m in weight_matrices(graph, exclude_nodes=["down"])}
@@ -58,7 +58,8 @@ def test_weight_only_dequantized_weights_are_what_the_kernels_compute(tmp_path, 
     import onnx
     from onnx import numpy_helper
 
-    from hfexport.passes._weight_only import _apply, dequantized, weight_matrices
+    from hfexport.backends._onnx.blocks import dequantized
+    from hfexport.backends._onnx.weight_only import _apply, weight_matrices
 
     model = onnx.load(str(_toy_llm(tmp_path / "toy.onnx")))
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
@@ -75,7 +76,7 @@ def test_weight_only_dequantized_weights_are_what_the_kernels_compute(tmp_path, 
 def test_weight_only_int8_embedding_is_gather_block_quantized_uint8(tmp_path):
     import onnx
 
-    from hfexport.passes._weight_only import quantize_weights_only
+    from hfexport.backends._onnx.weight_only import quantize_weights_only
 
     source = _toy_llm(tmp_path / "toy.onnx")
     stats = quantize_weights_only(source, tmp_path / "q.onnx", bits=4, group_size=32, lm_head_precision="fp32",
@@ -93,7 +94,7 @@ def test_weight_only_int8_embedding_is_gather_block_quantized_uint8(tmp_path):
 
 def test_weight_only_excluded_node_stays_float_when_lm_head_is_quantised(tmp_path):
     """Regression: the LM head's own quantiser run also took every other MatMul left in float."""
-    from hfexport.passes._weight_only import quantize_weights_only
+    from hfexport.backends._onnx.weight_only import quantize_weights_only
 
     stats = quantize_weights_only(_toy_llm(tmp_path / "toy.onnx"), tmp_path / "q.onnx", bits=4, group_size=32,
                                   lm_head_precision="int8", embedding_precision="fp32", accuracy_level=4,
@@ -109,8 +110,8 @@ def test_weight_only_excluded_node_stays_float_when_lm_head_is_quantised(tmp_pat
 
 def test_int4_search_mix_keeps_the_target_through_the_real_kernels(tmp_path):
     """The probe's agreement for the chosen mix is what the quantised graph (accuracy_level 0) gives."""
-    from hfexport.passes._int4_search import SearchSettings
-    from hfexport.passes._weight_only import quantize_weights_only
+    from hfexport.backends._onnx.int4_search import SearchSettings
+    from hfexport.backends._onnx.weight_only import quantize_weights_only
 
     source = _toy_llm(tmp_path / "toy.onnx")
     windows = np.random.default_rng(1).integers(0, VOCAB, (16, 32)).tolist()
@@ -129,8 +130,8 @@ def test_int4_search_mix_keeps_the_target_through_the_real_kernels(tmp_path):
 
 @pytest.mark.parametrize(("target", "int4"), [(0.5, 4), (0.99, 0)])
 def test_int4_search_all_int4_when_it_passes_and_none_when_no_single_matrix_does(tmp_path, target, int4):
-    from hfexport.passes._int4_search import SearchSettings
-    from hfexport.passes._weight_only import quantize_weights_only
+    from hfexport.backends._onnx.int4_search import SearchSettings
+    from hfexport.backends._onnx.weight_only import quantize_weights_only
 
     windows = np.random.default_rng(1).integers(0, VOCAB, (16, 32)).tolist()
     stats = quantize_weights_only(_toy_llm(tmp_path / "toy.onnx"), tmp_path / "q.onnx", bits=4, group_size=32,
@@ -140,8 +141,8 @@ def test_int4_search_all_int4_when_it_passes_and_none_when_no_single_matrix_does
 
 
 def test_int4_search_budget_takes_cheapest_error_per_parameter_and_skips_what_overflows():
-    from hfexport.passes._int4_search import _bisect_budget
-    from hfexport.passes._weight_only import WeightMatrix
+    from hfexport.backends._onnx.blocks import WeightMatrix
+    from hfexport.backends._onnx.int4_search import _bisect_budget
 
     # A top-1 that falls linearly with the summed error: the pick must stay under an error of 0.1.
     sizes = {"a": (0.01, 100), "b": (0.5, 10_000), "c": (0.02, 100), "d": (0.06, 100), "e": (0.2, 100)}

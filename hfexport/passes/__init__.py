@@ -17,12 +17,14 @@ __all__ = ["Pass", "PassConfig", "get_pass", "pass_names"]
 BUILTIN_PASSES: dict[str, str] = {
     "prune": "hfexport.passes.prune:PrunePass",
     "distill": "hfexport.passes.distill:DistillPass",
-    "export_onnx": "hfexport.passes.export_onnx:ExportOnnxPass",
-    "export_openvino": "hfexport.passes.export_openvino:ExportOpenVINOPass",
-    "export_onnx_generation": "hfexport.passes.export_onnx_generation:ExportOnnxGenerationPass",
-    "export_openvino_generation": "hfexport.passes.export_openvino_generation:ExportOpenVINOGenerationPass",
+    "export": "hfexport.passes.export:ExportPass",
     "optimize": "hfexport.passes.optimize:OptimizePass",
     "quantize": "hfexport.passes.quantize:QuantizePass",
+    # Deprecated for one release: `export` pinned to one format and graph (the plan notes the rename).
+    "export_onnx": "hfexport.passes.export_aliases:ExportOnnxPass",
+    "export_openvino": "hfexport.passes.export_aliases:ExportOpenVINOPass",
+    "export_onnx_generation": "hfexport.passes.export_aliases:ExportOnnxGenerationPass",
+    "export_openvino_generation": "hfexport.passes.export_aliases:ExportOpenVINOGenerationPass",
 }
 
 ENTRY_POINT_GROUP = "hfexport.passes"

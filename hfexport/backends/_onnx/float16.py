@@ -9,11 +9,24 @@ fp32 bundle.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from hfexport.errors import ExportError
 
 _EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's limit for one file
+
+
+@dataclass(frozen=True)
+class Float16Settings:
+    """fp16 takes no quantiser options: only the nodes kept in fp32."""
+
+    exclude_nodes: tuple[str, ...] = ()
+    precision: Literal["fp16"] = "fp16"
+
+    def describe(self) -> str:
+        return "quantize(fp16)"
 
 
 def convert_float16(source: Path, out: Path, keep_nodes: list[str] | tuple[str, ...] = ()) -> dict:

@@ -1,12 +1,9 @@
 """int8 and int4 on openvino targets, with NNCF.
 
-- `mode: static` (the openvino default recipe): NNCF post-training quantisation of weights and
+- `mode: static` (the openvino target's int8): NNCF post-training quantisation of weights and
   activations, calibrated on text, with `ModelType.TRANSFORMER` so attention's softmax and the layer
   norms stay in float and SmoothQuant moves activation outliers into the weights first.
-  Measured on all-MiniLM-L6-v2 (256 held-out texts), NNCF defaults: mean cosine 0.9977, min 0.9867;
-  SmoothQuant alpha 0.8 instead of 0.95 (the default recipe): 0.9978 / 0.9909; without SmoothQuant
-  0.9933 / 0.9781; symmetric activations (PERFORMANCE preset) 0.9972 / 0.9856; full bias correction
-  instead of fast: 0.9963 / 0.9818 and 3x the time.
+  NOTE: the settings' measurements: docs/decisions/0046-nncf-post-training-settings.md.
 - `mode: dynamic` or `weights_only: true`: NNCF weight compression (int8 per channel, or int4 in groups
   with `ratio` of the layers in int4 and the rest in int8). No calibration; OpenVINO's CPU plugin
   quantises activations at run time where it pays, so on openvino "dynamic" and "weights only" write
@@ -18,51 +15,84 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Literal
 
 from hfexport.artifacts import OpenVINOModel
 from hfexport.errors import ExportError
 
-if TYPE_CHECKING:
-    from hfexport.context import BuildContext
-    from hfexport.passes.quantize import QuantizeConfig
-
 DEFAULT_INT4_GROUP_SIZE = 128
+Precision = Literal["fp32", "int8", "int4"]
 
 
-def quantize_openvino(config: QuantizeConfig, artifact: OpenVINOModel, ctx: BuildContext,
-                      out_dir: Path) -> OpenVINOModel:
+@dataclass(frozen=True)
+class PostTrainingSettings:
+    """nncf.quantize: int8 weights and activations, calibrated on text."""
+
+    calibration_samples: int
+    smooth_quant_alpha: float | None  # None: NNCF's default; 0: off
+    symmetric_activations: bool = False
+    exclude_nodes: tuple[str, ...] = ()
+    precision: Literal["int8"] = "int8"
+
+    def describe(self) -> str:
+        return "quantize(int8, static)"
+
+
+@dataclass(frozen=True)
+class WeightCompressionSettings:
+    """nncf.compress_weights; `lm_head_precision` / `embedding_precision` None keep NNCF's own rule."""
+
+    precision: Literal["int8", "int4"]
+    group_size: int  # int4 only (int8 is per channel)
+    ratio: float  # int4 only: share of layers in int4
+    lm_head_precision: Precision | None = None
+    embedding_precision: Precision | None = None
+    exclude_nodes: tuple[str, ...] = ()
+    weights_only: bool = True  # False: asked for as `mode: dynamic`, which on OpenVINO is the same
+
+    def describe(self) -> str:
+        if not self.weights_only:
+            return f"quantize({self.precision}, dynamic)"
+        return f"quantize({self.precision}, weights only, group {self.group_size})"
+
+
+def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings, artifact: OpenVINOModel,
+                      out_dir: Path, texts: list[str] = (), encode: Callable[[str], dict] | None = None
+                      ) -> OpenVINOModel:
+    """Quantise `artifact` into `out_dir`; post-training calibrates on `texts`, each turned into feeds by `encode`."""
     import nncf
     import openvino as ov
 
     model = ov.Core().read_model(str(artifact.path))
-    ignored = nncf.IgnoredScope(names=list(config.exclude_nodes)) if config.exclude_nodes else None
+    ignored = nncf.IgnoredScope(names=list(settings.exclude_nodes)) if settings.exclude_nodes else None
     # NOTE: NNCF prints tables and progress bars through its own stdout handler at INFO, set when it is
     # imported; a quiet build (root logger at ERROR) silences it too.
     nncf_logger = logging.getLogger("nncf")
     saved_level = nncf_logger.level
     nncf_logger.setLevel(max(saved_level, logging.getLogger().level))
     try:
-        if config.weights_only or config.mode == "dynamic":
-            result, settings = _compress_weights(nncf, model, config)
+        if isinstance(settings, WeightCompressionSettings):
+            result, stats = _compress_weights(nncf, model, settings)
         else:
-            result, settings = _post_training(nncf, model, config, ctx, artifact, ignored)
+            result, stats = _post_training(nncf, model, settings, texts, encode, ignored)
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:  # NNCF raises anything; the first line is what the user needs
-        raise ExportError(f"NNCF {config.precision} quantisation failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"NNCF {settings.precision} quantisation failed: {str(exc).splitlines()[0]}") from exc
     finally:
         nncf_logger.setLevel(saved_level)
     out = out_dir / "model.xml"
     ov.save_model(result, str(out), compress_to_fp16=False)
     return OpenVINOModel(out, artifact.inputs, artifact.outputs,
                          stats={"nodes": len(result.get_ops()), "quantized_nodes": _quantized_nodes(result),
-                                "precision": config.precision, **settings})
+                                "precision": settings.precision, **stats})
 
 
-def _compress_weights(nncf, model, config: QuantizeConfig):
-    group_size = config.group_size or DEFAULT_INT4_GROUP_SIZE
+def _compress_weights(nncf, model, config: WeightCompressionSettings):
+    group_size = config.group_size
 
     def compress(model, precision: str, ignored_names: list[str], **extra):
         scope = nncf.IgnoredScope(names=ignored_names) if ignored_names else None
@@ -136,16 +166,8 @@ def _constant_source(value):
     return node if node.get_type_name() == "Constant" else None
 
 
-def _post_training(nncf, model, config: QuantizeConfig, ctx: BuildContext, artifact: OpenVINOModel, ignored):
-    texts = ctx.calibration_texts[: config.calibration_samples]
-    tokenizer = ctx.hf_tokenizer()
-    names = list(artifact.inputs)
-    max_length = ctx.source.max_length
-
-    def feeds(text: str) -> dict:
-        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
-        return {n: encoded[n].astype("int64") for n in names}
-
+def _post_training(nncf, model, config: PostTrainingSettings, texts, encode, ignored):
+    texts = list(texts)[: config.calibration_samples]
     # MIXED: symmetric weights, asymmetric activations (GELU outputs and attention inputs are one-sided).
     preset = nncf.QuantizationPreset.PERFORMANCE if config.symmetric_activations else nncf.QuantizationPreset.MIXED
     extra = {}
@@ -159,7 +181,7 @@ def _post_training(nncf, model, config: QuantizeConfig, ctx: BuildContext, artif
         alpha = config.smooth_quant_alpha or -1
         extra["advanced_parameters"] = AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
-    quantized = nncf.quantize(model, nncf.Dataset(texts, feeds), model_type=nncf.ModelType.TRANSFORMER,
+    quantized = nncf.quantize(model, nncf.Dataset(texts, encode), model_type=nncf.ModelType.TRANSFORMER,
                               preset=preset, subset_size=len(texts), ignored_scope=ignored, **extra)
     return quantized, {"algorithm": "nncf.quantize", "mode": "static", "model_type": "transformer",
                        "preset": preset.value, "smooth_quant_alpha": config.smooth_quant_alpha,

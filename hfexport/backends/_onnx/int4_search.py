@@ -9,17 +9,19 @@ on the graph being quantised, against its own float output:
 2. order: that error per parameter, least first (the file bytes int4 saves over int8 grow with the parameter
    count, so this is error per byte saved);
 3. budget: candidates are taken in that order, skipping any that would overflow a budget on the summed error
-   (errors of independent roundings add: on the bench model the sum of the single-matrix errors is within
-   4% of the all-int4 error); the budget is the largest, found by bisection, whose mixed graph (chosen ones
-   int4, the rest int8) keeps top-1 agreement with the float graph >= the target on the calibration windows.
+   (errors of independent roundings add, nearly); the budget is the largest, found by bisection, whose mixed
+   graph (chosen ones int4, the rest int8) keeps top-1 agreement with the float graph >= the target on the
+   calibration windows.
    That agreement is measured, not predicted.
 
 The probe is the float graph with the candidate weights turned into graph inputs, so one session serves every
 trial, each fed the weights dequantised exactly as MatMulNBits / GatherBlockQuantized will compute with them.
 It computes in float: the kernels' int8 rounding of activations (accuracy_level 4) is not part of the search,
-so the target needs headroom over the recipe's gate (measured: about 0.01-0.02 of top-1 on the bench model).
-Cost: one forward pass over the calibration windows per candidate, plus about 8 (35 in all on the bench model);
-each candidate is quantised twice (int4, int8) and the dequantised copies are kept for the search's length.
+so the target needs headroom over the recipe's gate. Cost: one forward pass over the calibration windows per
+candidate, plus about 8; each candidate is quantised twice (int4, int8) and the dequantised copies are kept for
+the search's length.
+
+NOTE: why a measured split, and the numbers behind the 0.93 default: docs/decisions/0048-int4-int8-split-search.md.
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hfexport.backends._onnx.blocks import WeightMatrix, dequantized
 from hfexport.errors import ExportError
-from hfexport.passes._weight_only import WeightMatrix, dequantized
 
 _BATCH = 4  # windows per probe call: bounds the [batch, tokens, vocab] logits held at once
 
@@ -194,7 +196,7 @@ class _Probe:
                 feeds[value.name] = np.zeros((ids.shape[0], heads, 0, head_dim), np.float32)
             elif value.name not in self.weights:
                 raise ExportError(f"int4_top1_target: cannot feed graph input {value.name!r} (the search runs "
-                                  "graphs from export_onnx_generation)")
+                                  "text-generation graphs from the export step)")
         return feeds
 
     def _logits(self, feeds: dict, weights: dict[str, np.ndarray]) -> np.ndarray:

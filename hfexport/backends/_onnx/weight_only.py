@@ -3,7 +3,7 @@
 Every weight matrix gets a precision first (`plan_precisions`): the transformer blocks' MatMuls at `bits`,
 the LM head (the MatMul that produces `logits`) and the embedding table (the Gather over a [vocab, hidden]
 table) at their own. With a `search` (int4_top1_target), the matrices planned in int4 go through the
-sensitivity search of `_int4_search.py`, and the ones it does not keep in int4 become int8.
+sensitivity search of `int4_search.py`, and the ones it does not keep in int4 become int8.
 
 The quantiser takes one bit width per run, so it runs once per bit width, each run told which nodes are its
 own and which are not: it otherwise takes every MatMul (or Gather) it sees, `nodes_to_include` only adds to
@@ -15,21 +15,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
+from hfexport.backends._onnx.blocks import WeightMatrix, quantize_rows_uint8
+from hfexport.backends._onnx.int4_search import SearchSettings, search_int4
 from hfexport.errors import ExportError
+
+Precision = Literal["fp32", "int8", "int4"]
 
 
 @dataclass(frozen=True)
-class WeightMatrix:
-    """One quantisable weight: a MatMul's constant B [K, N] or the embedding Gather's table [vocab, hidden]."""
+class WeightOnlySettings:
+    """What the MatMulNBits quantiser is told, defaults applied (`int4_top1_target`: the search's target)."""
 
-    node: str
-    weight: str  # initializer name
-    op: str  # "MatMul" or "Gather"
-    role: str  # "block", "lm_head" or "embedding"
-    params: int
+    precision: Literal["int8", "int4"]
+    group_size: Literal[32, 64, 128]
+    lm_head_precision: Precision
+    embedding_precision: Precision
+    accuracy_level: Literal[0, 1, 2, 3, 4]
+    exclude_nodes: tuple[str, ...] = ()
+    int4_top1_target: float | None = None
+
+    @property
+    def bits(self) -> int:
+        return 4 if self.precision == "int4" else 8
+
+    def describe(self) -> str:
+        split = f", int8 where top-1 < {self.int4_top1_target:g}" if self.int4_top1_target is not None else ""
+        return f"quantize({self.precision}, weights only, group {self.group_size}{split})"
 
 
 def _producer(graph, name: str):
@@ -48,7 +63,9 @@ def find_lm_head(graph) -> str | None:
 
 def find_embeddings(graph) -> list[str]:
     """Gathers over a [vocab, hidden] table: the token embedding (not GPT-2's [positions, hidden] one)."""
-    logits = next(o for o in graph.output if o.name == "logits")
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    if logits is None:  # an encoder's hidden states: no vocabulary to size the table by
+        return []
     vocab = logits.type.tensor_type.shape.dim[-1].dim_value
     tables = {init.name for init in graph.initializer if len(init.dims) == 2 and init.dims[0] == vocab}
     return [n.name for n in graph.node if n.op_type == "Gather" and n.input[0] in tables]
@@ -85,8 +102,8 @@ def plan_precisions(matrices: list[WeightMatrix], *, bits: int, lm_head_precisio
 
 def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int, lm_head_precision: str,
                           embedding_precision: str, accuracy_level: int, exclude_nodes: list[str],
-                          search=None) -> dict:
-    """`search`: an `_int4_search.SearchSettings` (calibration windows and the top-1 target), or None."""
+                          search: SearchSettings | None = None) -> dict:
+    """`search`: the int4 search's calibration windows and top-1 target, or None for no search."""
     import logging
 
     # NOTE: importing the quantiser runs logging.basicConfig(level=INFO), which undoes the build's quiet
@@ -114,8 +131,6 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
                                  embedding_precision=embedding_precision)
     found = None
     if search is not None:
-        from hfexport.passes._int4_search import search_int4
-
         candidates = [m for m in matrices if precisions[m.node] == "int4"]
         found = search_int4(model, candidates, search, group_size=group_size)
         precisions.update({node: "int8" for node in found.int8})
@@ -186,26 +201,6 @@ def _apply(model, matrices, precisions, *, group_size, accuracy_level):
     return model
 
 
-# -- block quantisation, the arithmetic ---------------------------------------------------------------------
-
-
-def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Asymmetric uint8 blocks of `group_size` along each row, MLAS's rule (the range always holds 0):
-    (codes [rows, cols] uint8, scales [rows, blocks] float32, zero points [rows, blocks] uint8)."""
-    rows, cols = table.shape
-    blocks = -(-cols // group_size)
-    padded = np.zeros((rows, blocks * group_size), np.float32)
-    padded[:, :cols] = table
-    grouped = padded.reshape(rows, blocks, group_size)
-    low = np.minimum(grouped.min(-1), 0.0)
-    high = np.maximum(grouped.max(-1), 0.0)
-    scales = ((high - low) / 255.0).astype(np.float32)
-    scales[scales == 0] = 1.0
-    zero_points = np.clip(np.round(-low / scales), 0, 255).astype(np.uint8)
-    codes = np.clip(np.round(grouped / scales[..., None]) + zero_points[..., None], 0, 255).astype(np.uint8)
-    return codes.reshape(rows, -1)[:, :cols], scales, zero_points
-
-
 def _gather_int8(model, matrix: WeightMatrix, group_size: int) -> None:
     """Replace the embedding Gather by GatherBlockQuantized over a uint8 table (in place)."""
     from onnx import helper, numpy_helper
@@ -226,51 +221,6 @@ def _gather_int8(model, matrix: WeightMatrix, group_size: int) -> None:
         graph.initializer.remove(init)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-
-
-def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> np.ndarray:
-    """The float weight the quantised node computes with: the same quantiser calls as `_apply`, undone."""
-    from onnxruntime.quantization.matmul_nbits_quantizer import (
-        DefaultWeightOnlyQuantConfig,
-        DefaultWeightOnlyQuantizer,
-    )
-
-    if matrix.op == "Gather":
-        if precision == "int8":
-            codes, scales, zero_points = quantize_rows_uint8(weight, group_size)
-        else:
-            packed, scales, zero_points = DefaultWeightOnlyQuantizer.quantize_ndarray(weight, 1, group_size, False)
-            # packed over the flattened table, so pairs can straddle rows: unpack flat, then reshape
-            codes = _unpack4(packed[None], weight.size).reshape(weight.shape)
-            zero_points = _unpack4(zero_points[None], scales.size).reshape(scales.shape)
-        return _undo(codes, scales, zero_points, group_size).astype(np.float32)
-    bits = int(precision[3:])
-    b = weight.reshape(weight.shape[-2:]).astype(np.float32)
-    config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=False, bits=bits)
-    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(b)
-    columns, blocks = scales.shape  # one row of blocks per output column: B transposed
-    if bits == 4:
-        codes = _unpack4(packed.reshape(columns, -1), blocks * group_size)
-        zero_points = _unpack4(zero_points, blocks)
-    else:
-        codes, zero_points = packed.reshape(columns, -1), zero_points[:, :blocks]
-    return _undo(codes, scales, zero_points, group_size)[:, :b.shape[0]].T.reshape(weight.shape)
-
-
-def _unpack4(packed: np.ndarray, count: int) -> np.ndarray:
-    """Two 4-bit codes per byte, low nibble first, `count` per row."""
-    rows = packed.shape[0]
-    pairs = np.stack([packed & 0x0F, packed >> 4], -1).reshape(rows, -1)
-    return pairs[:, :count]
-
-
-def _undo(codes, scales, zero_points, group_size) -> np.ndarray:
-    rows, cols = codes.shape
-    blocks = scales.shape[1]
-    padded = np.zeros((rows, blocks * group_size), np.float32)
-    padded[:, :cols] = codes
-    values = (padded.reshape(rows, blocks, group_size) - zero_points[..., None].astype(np.float32)) * scales[..., None]
-    return values.reshape(rows, -1)[:, :cols]
 
 
 def _to_opset(model, version: int):

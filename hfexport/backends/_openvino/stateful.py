@@ -3,10 +3,8 @@
 After this the graph's inputs are input_ids, attention_mask, position_ids and beam_idx; its only output
 is logits. Each request keeps its own cache; `reset_state()` (or a fresh request) starts a new sequence.
 
-NOTE: why a beam_idx input when hfexport only decodes greedily or by sampling: OpenVINO's CPU plugin fuses
-ReadValue -> Gather(beam_idx) -> Concat -> ScaledDotProductAttention -> Assign into one attention node
-that appends to the cache in place, and the pattern (openvino 2026.4) requires the Gather. Without it
-the Concat copies the whole cache every token. The runtime feeds beam_idx = arange(batch) (no reordering).
+A beam_idx input although hfexport never reorders beams: the runtime feeds arange(batch).
+NOTE: the CPU plugin's in-place cache append needs that Gather (docs/decisions/0043-openvino-stateful-kv-cache.md).
 """
 
 from __future__ import annotations

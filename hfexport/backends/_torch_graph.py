@@ -1,12 +1,12 @@
-"""What every exporter shares: the task's graph around a PyTorch model, a sample batch, and the typed
-check of an exported graph against PyTorch on that batch."""
+"""What every encoder exporter shares: the task's graph around a PyTorch model, a sample batch, the
+output axes the task names, and the typed check of an exported graph against PyTorch on that batch."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from hfexport.errors import ExportError
-from hfexport.tasks import TASKS
+from hfexport.tasks import get_task
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 SAMPLE_LENGTH = 19
@@ -23,6 +23,7 @@ class TaskGraph:
     input_names: list[str]
     output_names: list[str]
     expected: list  # PyTorch's outputs on the sample, as numpy arrays
+    task_outputs: tuple = ()  # the task's Output(name, axes) values, in output order
 
     def sample_inputs(self) -> tuple:
         return tuple(self.sample[n] for n in self.input_names)
@@ -30,8 +31,12 @@ class TaskGraph:
     def sample_feeds(self) -> dict:
         return {n: self.sample[n].numpy() for n in self.input_names}
 
-    def has_sequence_axis(self, index: int) -> bool:
-        return self.expected[index].shape[1:2] == (SAMPLE_LENGTH,)
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """Exporter `dynamic_axes`: batch and sequence on every input, and on each output the axes its task
+        names batch or sequence (a classifier's logits are [batch, labels])."""
+        axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
+        axes.update({output.name: output.dynamic_axes for output in self.task_outputs})
+        return axes
 
 
 def task_graph(model, tokenizer, task: str) -> TaskGraph:
@@ -42,11 +47,12 @@ def task_graph(model, tokenizer, task: str) -> TaskGraph:
                        return_tensors="pt")
     accepted = set(forward_parameters(model))
     input_names = [n for n in TOKEN_INPUTS if n in sample and n in accepted]
-    output_names = list(TASKS[task].output_names)
+    outputs = get_task(task).outputs
+    output_names = [output.name for output in outputs]
     wrapper = wrap(model, input_names, output_names)
     with torch.inference_mode():
         expected = [t.numpy() for t in wrapper(*[sample[n] for n in input_names])]
-    return TaskGraph(model, wrapper, sample, input_names, output_names, expected)
+    return TaskGraph(model, wrapper, sample, input_names, output_names, expected, outputs)
 
 
 def check_against_torch(graph: TaskGraph, got: list, tolerance: float, what: str = "exported graph") -> float:

@@ -1,0 +1,82 @@
+"""The arithmetic of weight-only blocks, shared by the quantiser and the int4 search: which weights there are
+(`WeightMatrix`), uint8 rows for embedding tables, and the float weight a quantised node computes with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class WeightMatrix:
+    """One quantisable weight: a MatMul's constant B [K, N] or the embedding Gather's table [vocab, hidden]."""
+
+    node: str
+    weight: str  # initializer name
+    op: str  # "MatMul" or "Gather"
+    role: str  # "block", "lm_head" or "embedding"
+    params: int
+
+
+
+def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Asymmetric uint8 blocks of `group_size` along each row, MLAS's rule (the range always holds 0):
+    (codes [rows, cols] uint8, scales [rows, blocks] float32, zero points [rows, blocks] uint8)."""
+    rows, cols = table.shape
+    blocks = -(-cols // group_size)
+    padded = np.zeros((rows, blocks * group_size), np.float32)
+    padded[:, :cols] = table
+    grouped = padded.reshape(rows, blocks, group_size)
+    low = np.minimum(grouped.min(-1), 0.0)
+    high = np.maximum(grouped.max(-1), 0.0)
+    scales = ((high - low) / 255.0).astype(np.float32)
+    scales[scales == 0] = 1.0
+    zero_points = np.clip(np.round(-low / scales), 0, 255).astype(np.uint8)
+    codes = np.clip(np.round(grouped / scales[..., None]) + zero_points[..., None], 0, 255).astype(np.uint8)
+    return codes.reshape(rows, -1)[:, :cols], scales, zero_points
+
+
+def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> np.ndarray:
+    """The float weight the quantised node computes with: the same quantiser calls as `_apply`, undone."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        DefaultWeightOnlyQuantizer,
+    )
+
+    if matrix.op == "Gather":
+        if precision == "int8":
+            codes, scales, zero_points = quantize_rows_uint8(weight, group_size)
+        else:
+            packed, scales, zero_points = DefaultWeightOnlyQuantizer.quantize_ndarray(weight, 1, group_size, False)
+            # packed over the flattened table, so pairs can straddle rows: unpack flat, then reshape
+            codes = _unpack4(packed[None], weight.size).reshape(weight.shape)
+            zero_points = _unpack4(zero_points[None], scales.size).reshape(scales.shape)
+        return _undo(codes, scales, zero_points, group_size).astype(np.float32)
+    bits = int(precision[3:])
+    b = weight.reshape(weight.shape[-2:]).astype(np.float32)
+    config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=False, bits=bits)
+    packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(b)
+    columns, blocks = scales.shape  # one row of blocks per output column: B transposed
+    if bits == 4:
+        codes = _unpack4(packed.reshape(columns, -1), blocks * group_size)
+        zero_points = _unpack4(zero_points, blocks)
+    else:
+        codes, zero_points = packed.reshape(columns, -1), zero_points[:, :blocks]
+    return _undo(codes, scales, zero_points, group_size)[:, :b.shape[0]].T.reshape(weight.shape)
+
+
+def _unpack4(packed: np.ndarray, count: int) -> np.ndarray:
+    """Two 4-bit codes per byte, low nibble first, `count` per row."""
+    rows = packed.shape[0]
+    pairs = np.stack([packed & 0x0F, packed >> 4], -1).reshape(rows, -1)
+    return pairs[:, :count]
+
+
+def _undo(codes, scales, zero_points, group_size) -> np.ndarray:
+    rows, cols = codes.shape
+    blocks = scales.shape[1]
+    padded = np.zeros((rows, blocks * group_size), np.float32)
+    padded[:, :cols] = codes
+    values = (padded.reshape(rows, blocks, group_size) - zero_points[..., None].astype(np.float32)) * scales[..., None]
+    return values.reshape(rows, -1)[:, :cols]

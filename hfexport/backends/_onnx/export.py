@@ -1,0 +1,151 @@
+"""PyTorch -> ONNX: encoder graphs with dynamic batch and sequence axes, and decoder LLM graphs with an
+explicit KV cache; each checked against PyTorch before it is passed on.
+
+The generation graph (one file, so the bundle, checksums and quantisers treat it like any ONNX model) has
+the layout in `_generation_graph.py`, shared with the OpenVINO generation export. Prefill feeds a past of
+length 0 (a 4-D empty tensor); each decode step feeds one token and the previous step's `present` as `past`.
+
+NOTE: encoders go through the TorchScript exporter by default (docs/decisions/0041-torchscript-encoder-export.md);
+LLMs through a tensor-only wrapper traced by TorchScript, one graph for prefill and decode
+(docs/decisions/0042-one-generation-graph.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from hfexport.artifacts import OnnxModel, TorchModel
+from hfexport.backends._generation_graph import (
+    FIXED_INPUTS,
+    cache_layout,
+    generation_wrapper,
+    greedy_check,
+    past_names,
+    present_names,
+    raise_on_mismatch,
+    sample_inputs,
+)
+from hfexport.backends._torch_graph import check_against_torch, task_graph
+from hfexport.context import BuildContext
+from hfexport.errors import ExportError
+from hfexport.passes.base import PassConfig
+
+
+class ExportOnnxConfig(PassConfig):
+    """Options of an ONNX encoder export."""
+
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    opset: int | None = Field(None, ge=13, le=23, description="defaults to the target's opset")
+    tolerance: float = Field(1e-3, gt=0, description="max abs difference to PyTorch on the sample batch")
+
+    def describe_parts(self) -> list[str]:
+        return [self.exporter]
+
+
+class ExportOnnxGenerationConfig(PassConfig):
+    """Options of an ONNX KV-cache (text generation) export."""
+
+    opset: int | None = Field(None, ge=14, le=23, description="defaults to the target's opset")
+    check_tokens: int = Field(8, ge=1, le=256, description="greedy tokens that must equal PyTorch's generate")
+
+    def describe_parts(self) -> list[str]:
+        return []
+
+
+def export_encoder(config: ExportOnnxConfig, artifact: TorchModel, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+    import onnx
+    import onnxruntime as ort
+
+    model = ctx.torch_module(artifact.path)
+    graph = task_graph(model, ctx.hf_tokenizer(), ctx.source.task)
+    sample, input_names, output_names = graph.sample, graph.input_names, graph.output_names
+    path = out_dir / "model.onnx"
+    opset = config.opset or ctx.target.opset
+    try:
+        if config.exporter == "torchscript":
+            _export_torchscript(graph.wrapper, sample, input_names, output_names, graph.dynamic_axes(), path, opset)
+        else:
+            _export_dynamo(model, sample, input_names, output_names, path, opset)
+    except ExportError:
+        raise
+    except Exception as exc:  # exporters raise anything; the first line is what the user needs
+        raise ExportError(f"ONNX export ({config.exporter}) failed: {str(exc).splitlines()[0]}") from exc
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(output_names, graph.sample_feeds())
+    worst = check_against_torch(graph, got, config.tolerance)
+    onnx_graph = onnx.load(str(path), load_external_data=False).graph
+    return OnnxModel(path, tuple(input_names), tuple(output_names),
+                     stats={"nodes": len(onnx_graph.node), "max_abs_diff_vs_torch": worst, "opset": opset,
+                            "exporter": config.exporter})
+
+
+def _export_torchscript(wrapper, sample, input_names, output_names, axes, path, opset) -> None:
+    import torch
+
+    with torch.inference_mode():
+        torch.onnx.export(wrapper, tuple(sample[n] for n in input_names), str(path), input_names=input_names,
+                          output_names=output_names, dynamic_axes=axes, opset_version=opset, dynamo=False)
+
+
+def _export_dynamo(model, sample, input_names, output_names, path, opset) -> None:
+    from transformers.exporters import OnnxConfig, OnnxExporter
+
+    inputs = {n: sample[n] for n in input_names}
+    exported = OnnxExporter().export(model, inputs, config=OnnxConfig(dynamic=True, opset_version=opset))
+    program = exported["model"].program if hasattr(exported, "__getitem__") else exported.program
+    graph = program.graph
+    # Keep only the task's outputs, under the names the runtime expects.
+    by_name = {v.name: v for v in graph.outputs}
+    missing = [n for n in output_names if n not in by_name]
+    if missing:
+        raise ExportError(f"dynamo export has no output {missing[0]!r} (has: {', '.join(by_name)})")
+    graph.outputs.clear()
+    graph.outputs.extend(by_name[n] for n in output_names)
+    import onnx_ir
+
+    onnx_ir.save(program, str(path))
+
+
+def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, ctx: BuildContext,
+                      out_dir: Path) -> OnnxModel:
+    import onnx
+    import torch
+
+    model = ctx.torch_module(artifact.path)
+    layers, kv_heads, head_dim = cache_layout(model)
+    wrapper = generation_wrapper(model, layers)
+    sample = sample_inputs(model, layers, kv_heads, head_dim)
+    inputs = [*FIXED_INPUTS, *past_names(layers)]
+    outputs = ["logits", *present_names(layers)]
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})
+    axes.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
+    path = out_dir / "model.onnx"
+    opset = config.opset or ctx.target.opset
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(wrapper, sample, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+    except Exception as exc:  # exporters raise anything; the first line is what the user needs
+        raise ExportError(f"ONNX export of {ctx.source.model_type} for generation failed: "
+                          f"{str(exc).splitlines()[0]}") from exc
+    want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
+    raise_on_mismatch(want, got, diff, "ONNX")
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return OnnxModel(path, tuple(inputs), tuple(outputs),
+                     stats={"nodes": len(graph.node), "opset": opset, "exporter": "torchscript",
+                            "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
+                            "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
+
+
+def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[int], float]:
+    """PyTorch `generate` vs the runtime's ONNX Runtime decoder over the graph."""
+    from hfexport.runtime.backends.onnxruntime import open_session
+
+    decoder = open_session(path, {"execution_providers": ["CPUExecutionProvider"]}).decoder()
+    return greedy_check(model, tokenizer, decoder, tokens)

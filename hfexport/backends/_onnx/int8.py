@@ -1,0 +1,96 @@
+"""int8 weights and activations with ONNX Runtime's quantisation tools: dynamic (activations quantised on the
+fly) or static QDQ calibrated on text.
+
+NOTE: dynamic, MatMul only and minmax calibration by default (docs/decisions/0044-onnxruntime-int8-defaults.md);
+the build's fidelity gates stop any configuration that loses the model's behaviour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hfexport.errors import ExportError
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    """Everything ONNX Runtime's int8 quantiser is told, defaults and the ISA preset already applied."""
+
+    mode: Literal["dynamic", "static"]
+    op_types: tuple[str, ...]
+    per_channel: bool
+    reduce_range: bool
+    weight_type: Literal["int8", "uint8"]
+    activation_type: Literal["int8", "uint8"]  # static mode
+    isa: str
+    exclude_nodes: tuple[str, ...] = ()
+    calibration_method: Literal["minmax"] = "minmax"  # static mode
+    calibration_samples: int = 100  # static mode: at most this many calibration texts
+    symmetric_activations: bool = False  # static mode
+    precision: Literal["int8"] = "int8"
+
+    def describe(self) -> str:
+        return f"quantize(int8, {self.mode})"
+
+
+def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[str] = (),
+                  encode: Callable[[str], dict] | None = None) -> dict:
+    """Quantise `source` into `out`; static mode calibrates on `texts`, each turned into feeds by `encode`."""
+    import onnx
+    from onnxruntime.quantization import QuantType
+
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    # The fused graph's contrib ops lack type information; without a default the quantizer fails
+    # with "Unable to find data type for weight_name".
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    stats = {"isa": settings.isa, "per_channel": settings.per_channel, "reduce_range": settings.reduce_range,
+             "weight_type": settings.weight_type, "mode": settings.mode}
+    try:
+        if settings.mode == "dynamic":
+            from onnxruntime.quantization import quantize_dynamic
+
+            quantize_dynamic(str(source), str(out), op_types_to_quantize=list(settings.op_types),
+                             per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                             weight_type=types[settings.weight_type],
+                             nodes_to_exclude=list(settings.exclude_nodes), extra_options=extra)
+        else:
+            used = list(texts)[: settings.calibration_samples]
+            _static(settings, source, out, _Reader(used, encode), types, extra)
+            stats.update(calibration_method=settings.calibration_method, calibration_samples=len(used))
+    except (ExportError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise ExportError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from exc
+    graph = onnx.load(str(out), load_external_data=False).graph
+    quantized_ops = sum(1 for n in graph.node if n.op_type in _INT8_OPS)
+    return {"nodes": len(graph.node), "quantized_nodes": quantized_ops, **stats}
+
+
+class _Reader:
+    """ONNX Runtime's CalibrationDataReader: one text's feeds per call, tokenised as it is read."""
+
+    def __init__(self, texts: Iterable[str], encode: Callable[[str], dict] | None):
+        self._items, self._encode = iter(texts), encode
+
+    def get_next(self):
+        text = next(self._items, None)
+        return None if text is None else self._encode(text)
+
+
+def _static(settings: Int8Settings, source: Path, out: Path, reader: _Reader, types, extra) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+
+    extra = dict(extra, ActivationSymmetric=settings.symmetric_activations)
+    quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
+                    reduce_range=settings.reduce_range, activation_type=types[settings.activation_type],
+                    weight_type=types[settings.weight_type], nodes_to_exclude=list(settings.exclude_nodes),
+                    calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+
+
+_INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear",
+             "QAttention", "DynamicQuantizeMatMul", "QEmbedLayerNormalization", "MatMulIntegerToFloat",
+             "QGemm", "DynamicQuantizeLSTM"}  # fmt: skip

@@ -1,0 +1,107 @@
+"""The onnxruntime backend (targets cpu and cuda): ONNX graphs, ONNX Runtime's fusions and quantisers.
+
+- export: TorchScript-traced ONNX (`_onnx/export.py`); an encoder graph, or for text generation one graph
+  with the KV cache as inputs and outputs. Options: `ExportOnnxConfig` / `ExportOnnxGenerationConfig`.
+- optimize: ONNX Runtime's transformer fusions (`_onnx/fusions.py`), for the GPU kernels on a cuda target.
+- quantize, by what the recipe asks (the profile's `quantize:` section fills what it leaves open):
+  - int8: dynamic or static QDQ, flavoured by the target's ISA preset (`_onnx/int8.py`);
+  - weights_only int8/int4: MatMulNBits blocks, float activations, the LLM path (`_onnx/weight_only.py`),
+    with `int4_top1_target` a measured int4/int8 split (`_onnx/int4_search.py`);
+  - fp16: every float weight and operator in half precision, fp32 at the graph's edges (`_onnx/float16.py`),
+    run after the fusions as ONNX Runtime's GPU recipe does.
+- profile section: `OnnxRuntimeQuantize` in hfexport/profiles.py.
+
+cuda is this backend with the CUDA execution provider first and fp16 among its precisions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hfexport import host
+from hfexport.artifacts import Artifact, OnnxModel, TorchModel
+from hfexport.backends._onnx import export as onnx_export
+from hfexport.backends._onnx.float16 import Float16Settings, convert_float16
+from hfexport.backends._onnx.fusions import fuse
+from hfexport.backends._onnx.int4_search import SearchSettings
+from hfexport.backends._onnx.int8 import Int8Settings, quantize_int8
+from hfexport.backends._onnx.weight_only import WeightOnlySettings, quantize_weights_only
+from hfexport.backends.base import Backend, text_encoder
+from hfexport.backends.options import OptimizeConfig, QuantizeConfig
+from hfexport.context import BuildContext, PlanContext
+from hfexport.data import token_windows
+from hfexport.passes.base import PassConfig
+
+# The int4_top1_target search: calibration windows of this many tokens (fewer if the model's context is shorter).
+_SEARCH_WINDOWS, _SEARCH_TOKENS = 16, 64
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    title = "ONNX Runtime"
+    quantizer = "ONNX Runtime quantiser"
+    artifact = OnnxModel
+    quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
+                                  "int4_top1_target"})
+
+    def export_config_class(self, generative: bool) -> type[PassConfig]:
+        return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
+
+    def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        if generative:
+            return onnx_export.export_generation(config, artifact, ctx, out_dir)
+        return onnx_export.export_encoder(config, artifact, ctx, out_dir)
+
+    def optimize(self, config: OptimizeConfig, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        return fuse(artifact, out_dir / "model.onnx", hf_model_type=ctx.source.model_type, hf_config=ctx.source.config,
+                    fusions=config.fusions, model_type=config.model_type, level=config.level,
+                    attention=config.attention, use_gpu=ctx.target.device != "cpu")
+
+    def check_quantize(self, config: QuantizeConfig, plan: PlanContext) -> None:
+        """Everything ONNX Runtime's quantisers cannot do is refused by the generic checks already."""
+
+    def quantize_settings(self, config: QuantizeConfig, plan: PlanContext | BuildContext):
+        excluded = tuple(config.exclude_nodes)
+        if config.precision == "fp16":
+            return Float16Settings(exclude_nodes=excluded)
+        if config.weights_only:
+            return WeightOnlySettings(
+                precision=config.precision, group_size=config.group_size or 128,
+                lm_head_precision=config.lm_head_precision or "fp32",
+                embedding_precision=config.embedding_precision or "fp32",
+                accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
+                exclude_nodes=excluded, int4_top1_target=config.int4_top1_target)
+        preset = plan.target.quant_preset()
+        return Int8Settings(
+            mode=config.mode, op_types=tuple(config.op_types),
+            per_channel=preset.per_channel if config.per_channel is None else config.per_channel,
+            reduce_range=preset.reduce_range if config.reduce_range is None else config.reduce_range,
+            weight_type=preset.weight_type, activation_type=preset.activation_type, isa=preset.isa,
+            exclude_nodes=excluded, calibration_method=config.calibration_method,
+            calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations)
+
+    def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        out = out_dir / "model.onnx"
+        if isinstance(settings, Float16Settings):
+            stats = convert_float16(artifact.path, out, keep_nodes=list(settings.exclude_nodes))
+        elif isinstance(settings, WeightOnlySettings):
+            stats = quantize_weights_only(
+                artifact.path, out, bits=settings.bits, group_size=settings.group_size,
+                lm_head_precision=settings.lm_head_precision, embedding_precision=settings.embedding_precision,
+                accuracy_level=settings.accuracy_level, exclude_nodes=list(settings.exclude_nodes),
+                search=_search_settings(settings, ctx))
+        else:
+            stats = quantize_int8(settings, artifact.path, out, ctx.calibration_texts,
+                                  text_encoder(ctx, artifact.inputs))
+        return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
+
+
+def _search_settings(settings: WeightOnlySettings, ctx: BuildContext) -> SearchSettings | None:
+    if settings.int4_top1_target is None:
+        return None
+    length = min(_SEARCH_TOKENS, ctx.source.max_length)
+    windows = token_windows(ctx.hf_tokenizer(), ctx.calibration_texts, _SEARCH_WINDOWS, length)
+    ctx.progress.info(f"int4/int8 split: sensitivity of each int4 matrix on {len(windows)} calibration windows "
+                      f"of {length} tokens, target top-1 {settings.int4_top1_target:g}")
+    return SearchSettings(windows, settings.int4_top1_target,
+                          ctx.target.session.intra_op_threads or host.physical_cores())

@@ -1,0 +1,76 @@
+"""The openvino backend: OpenVINO IR, quantised by NNCF.
+
+- export: `openvino.convert_model` (`_openvino/export.py`); an encoder IR, or for text generation a
+  stateful IR that keeps the KV cache inside the request (`_openvino/stateful.py`). Options:
+  `ExportOpenVINOConfig` / `ExportOpenVINOGenerationConfig`.
+- optimize: nothing at build time. OpenVINO fuses the graph when it compiles it for the device, at load;
+  the plan leaves the step out and says so (docs/decisions/0040-optimize-on-openvino-is-left-out.md).
+- quantize (`_openvino/nncf.py`), by what the recipe asks (the profile's `quantize:` section fills what it
+  leaves open): int8 `mode: static` is NNCF post-training quantisation calibrated on text; `mode: dynamic`
+  or `weights_only: true` is NNCF weight compression (int8 per channel, int4 in groups with `ratio`).
+  fp16 is not a quantiser step here: OpenVINO picks f16 when it compiles (`openvino.inference_precision`).
+- profile section: `OpenVINOQuantize` in hfexport/profiles.py (its runtime options: `OpenVINOOptions`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hfexport.artifacts import Artifact, OpenVINOModel, TorchModel
+from hfexport.backends._openvino import export as ov_export
+from hfexport.backends._openvino.nncf import (
+    DEFAULT_INT4_GROUP_SIZE,
+    PostTrainingSettings,
+    WeightCompressionSettings,
+    quantize_openvino,
+)
+from hfexport.backends.base import Backend, text_encoder
+from hfexport.backends.options import QuantizeConfig
+from hfexport.context import BuildContext, PlanContext
+from hfexport.errors import PlanError
+from hfexport.passes.base import PassConfig
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    title = "OpenVINO"
+    quantizer = "NNCF"
+    artifact = OpenVINOModel
+    quantize_options = frozenset({"smooth_quant_alpha", "ratio"})
+    optimize_skipped = "OpenVINO fuses the graph when it compiles it for the device, so there is nothing to do at build time"
+
+    def export_config_class(self, generative: bool) -> type[PassConfig]:
+        return ov_export.ExportOpenVINOGenerationConfig if generative else ov_export.ExportOpenVINOConfig
+
+    def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext,
+               out_dir: Path) -> OpenVINOModel:
+        if generative:
+            return ov_export.export_generation(config, artifact, ctx, out_dir)
+        return ov_export.export_encoder(config, artifact, ctx, out_dir)
+
+    def check_quantize(self, config: QuantizeConfig, plan: PlanContext) -> None:
+        if config.precision == "fp16":
+            raise PlanError(f"precision fp16 converts ONNX graphs; OpenVINO chooses f16 when it compiles "
+                            f"(set openvino.inference_precision: f16 in target {plan.target.name!r})")
+        int4_parts = "int4" in (config.precision, config.lm_head_precision, config.embedding_precision)
+        if config.group_size is not None and not int4_parts:
+            raise PlanError("group_size: NNCF compresses int8 weights per channel; groups are for int4")
+
+    def quantize_settings(self, config: QuantizeConfig, plan: PlanContext | BuildContext):
+        excluded = tuple(config.exclude_nodes)
+        if config.weights_only or config.mode == "dynamic":
+            # OpenVINO's CPU plugin quantises activations at run time where it pays: "dynamic" is weights only.
+            return WeightCompressionSettings(
+                precision=config.precision, group_size=config.group_size or DEFAULT_INT4_GROUP_SIZE,
+                ratio=config.ratio, lm_head_precision=config.lm_head_precision,
+                embedding_precision=config.embedding_precision, exclude_nodes=excluded,
+                weights_only=config.weights_only)
+        return PostTrainingSettings(calibration_samples=config.calibration_samples,
+                                    smooth_quant_alpha=config.smooth_quant_alpha,
+                                    symmetric_activations=config.symmetric_activations, exclude_nodes=excluded)
+
+    def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OpenVINOModel:
+        if isinstance(settings, PostTrainingSettings):
+            return quantize_openvino(settings, artifact, out_dir, ctx.calibration_texts,
+                                     text_encoder(ctx, artifact.inputs))
+        return quantize_openvino(settings, artifact, out_dir)

@@ -1,0 +1,17 @@
+"""The graph facts export, optimize and quantize report on their progress line (after the size)."""
+
+from __future__ import annotations
+
+
+def graph_stats_parts(stats: dict) -> list[str]:
+    """Node counts, fused operators and quantised nodes, in the words of the build's progress lines."""
+    parts = []
+    if "nodes" in stats:
+        before = stats.get("nodes_before")
+        parts.append(f"{before} -> {stats['nodes']} nodes" if before else f"{stats['nodes']} nodes")
+    if stats.get("fused_operators"):
+        parts.append("fused " + ", ".join(f"{k} x{v}" for k, v in stats["fused_operators"].items()))
+    if "quantized_nodes" in stats:
+        parts.append(f"{stats['quantized_nodes']} {stats.get('precision', 'int8')} nodes "
+                     f"({stats.get('isa') or stats.get('algorithm')})")
+    return parts
