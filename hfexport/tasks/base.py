@@ -26,11 +26,6 @@ class Output:
         return {i: axis for i, axis in enumerate(self.axes) if axis in DYNAMIC_AXES}
 
 
-def meta_field(meta, name: str):
-    """A field of a manifest's `model` section, typed (runtime Manifest) or a plain dict."""
-    return meta.get(name) if isinstance(meta, dict) else getattr(meta, name, None)
-
-
 class TaskSpec:
     name: ClassVar[str]
     auto_class: ClassVar[str]  # the transformers Auto class that loads a model for this task

@@ -9,7 +9,7 @@ import numpy as np
 
 from hfexport.runtime.tasks.feature_extraction import pool
 from hfexport.tasks._labelled import batched, similarity_spearman, spearman
-from hfexport.tasks.base import Output, TaskSpec, meta_field
+from hfexport.tasks.base import Output, TaskSpec
 
 DEFAULT_POOLING = {"mode": "mean", "normalize": False}
 # sentence-transformers' Pooling config flags -> the runtime's pooling modes
@@ -54,8 +54,8 @@ class FeatureExtraction(TaskSpec):
         return texts if inputs and isinstance(inputs[0], tuple) else inputs
 
     def comparable(self, outputs, attention_mask, input_ids, sequence_ids, meta):
-        pooling = _pooling_of(meta)
-        return pool(outputs["last_hidden_state"], attention_mask, pooling["mode"], pooling["normalize"])
+        mode, normalize = (meta.pooling.mode, meta.pooling.normalize) if meta.pooling else ("mean", False)
+        return pool(outputs["last_hidden_state"], attention_mask, mode, normalize)
 
     def fidelity(self, reference, candidate) -> dict[str, float]:
         ref, cand = np.asarray(reference, np.float64), np.asarray(candidate, np.float64)
@@ -78,10 +78,6 @@ class FeatureExtraction(TaskSpec):
     def distill_compared(self, outputs, attention_mask, pooling):
         mode = (pooling or DEFAULT_POOLING)["mode"]
         return pool_torch(outputs.last_hidden_state, attention_mask, {"mode": mode, "normalize": False})
-
-
-def _pooling_of(meta) -> dict:
-    return meta_field(meta, "pooling") or DEFAULT_POOLING
 
 
 def pool_torch(hidden, attention_mask, pooling: dict):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hfexport.tasks.base import Output, TaskSpec, meta_field
+from hfexport.tasks.base import Output, TaskSpec
 
 
 class FillMask(TaskSpec):
@@ -35,7 +35,7 @@ class FillMask(TaskSpec):
         return inputs if any(mask_token and mask_token in t for t in texts) else self.eval_inputs(texts, mask_token)
 
     def comparable(self, outputs, attention_mask, input_ids, sequence_ids, meta):
-        mask_id = meta_field(meta, "mask_token_id")
+        mask_id = meta.mask_token_id
         return [np.argsort(-outputs["logits"][row, pos])[:5]
                 for row in range(input_ids.shape[0]) for pos in np.flatnonzero(input_ids[row] == mask_id)]
 

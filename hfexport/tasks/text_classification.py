@@ -6,7 +6,7 @@ import numpy as np
 
 from hfexport.runtime.tasks import softmax
 from hfexport.tasks._labelled import batched, classification
-from hfexport.tasks.base import Output, TaskSpec, meta_field
+from hfexport.tasks.base import Output, TaskSpec
 
 
 class TextClassification(TaskSpec):
@@ -33,7 +33,7 @@ class TextClassification(TaskSpec):
         if isinstance(inputs[0], tuple):
             return {}
         probs = np.asarray(batched(runner.comparable, inputs, batch))
-        return classification(probs.argmax(1).tolist(), labels, meta_field(meta, "id2label") or {})
+        return classification(probs.argmax(1).tolist(), labels, meta.id2label or {})
 
 
 def labels_of(config: dict) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from hfexport.tasks._labelled import batched, token_classification
-from hfexport.tasks.base import Output, TaskSpec, meta_field
+from hfexport.tasks.base import Output, TaskSpec
 from hfexport.tasks.text_classification import labels_of
 
 
@@ -41,7 +41,7 @@ class TokenClassification(TaskSpec):
         if not (labels and isinstance(labels[0], dict)):
             return {}
         return token_classification(batched(runner.token_predictions, inputs, batch), labels,
-                                    meta_field(meta, "id2label") or {})
+                                    meta.id2label or {})
 
 
 SPEC = TokenClassification()

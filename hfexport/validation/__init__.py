@@ -107,29 +107,29 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
     bundle_path = Path(path).expanduser().resolve()
     predictor = load(bundle_path, threads=threads)
     manifest = predictor.manifest
-    meta = manifest["model"]
-    spec = get_task(meta["task"])
-    settings = Evaluation(**manifest["recipe"]["evaluation"])
+    meta = manifest.model
+    spec = get_task(meta.task)
+    settings = Evaluation(**manifest.recipe.evaluation)
     # The packaged default model is found again through its package; anything else by id and revision.
-    packaged = meta["id"] == DEFAULT_MODEL_ID and str(meta.get("revision", "")).startswith("gt-")
-    model_ref = None if packaged else meta["id"]
-    revision = None if packaged or Path(str(model_ref)).exists() else meta.get("revision")
+    packaged = meta.id == DEFAULT_MODEL_ID and str(meta.revision or "").startswith("gt-")
+    model_ref = None if packaged else meta.id
+    revision = None if packaged or Path(str(model_ref)).exists() else meta.revision
     with quiet_libraries():
         source = resolve_model(model_ref, task=spec.name, revision=revision, log=progress.info)
-        n_threads = _set_threads(threads or manifest["target"]["session"].get("intra_op_threads"))
+        n_threads = _set_threads(threads or manifest.target.session.get("intra_op_threads"))
         tokenizer = AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer"))
         eval_set = make_eval_set(spec.name, records, samples=settings.samples, mask_token=tokenizer.mask_token,
                                  text_column=text_column, label_column=label_column,
                                  source=f"file {eval_data}" if eval_data else "hfexport held-out corpus")
         target_info = _target_info(predictor)
-        size = sum(manifest["files"][name]["bytes"] for name in manifest["model_files"])
+        size = sum(manifest.files[name].bytes for name in manifest.model_files)
         bundle = Candidate("bundle", "bundle", _runner(spec, predictor), size,
                            notes=[f"re-validated on this host from {bundle_path}", *_runtime_notes(target_info)])
-        judging = Judging(settings, n_threads, Gates(**manifest["recipe"]["gates"]).model_dump(),
+        judging = Judging(settings, n_threads, Gates(**manifest.recipe.gates).model_dump(),
                           TorchModel(source.local_dir).size_bytes(),
-                          _model_info(meta["id"], meta.get("revision"), spec.name), target_info, _versions(),
+                          _model_info(meta.id, meta.revision, spec.name), target_info, _versions(),
                           progress)
-        model = load_torch_model(source).to(_reference_device(manifest["target"].get("device", "cpu")))
+        model = load_torch_model(source).to(_reference_device(manifest.target.device))
         report = _evaluate(spec, model, tokenizer, predictor, [bundle], eval_set, judging,
                            memory_paths={"pytorch": source.local_dir, "bundle": bundle_path})
     write_report(report, Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation"))
@@ -158,7 +158,7 @@ def _evaluate(spec: TaskSpec, model, tokenizer, bundle, candidates: list[Candida
     from hfexport.validation.encoder import evaluate
 
     reference = _reference_runner(spec, model, tokenizer, bundle)
-    return evaluate(reference, candidates, eval_set, judging, bundle.manifest["model"])
+    return evaluate(reference, candidates, eval_set, judging, bundle.manifest.model)
 
 
 def _fidelity_on(spec: TaskSpec, model, tokenizer, bundle, candidate: Candidate, eval_set: EvalSet,
@@ -181,8 +181,8 @@ def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
     from hfexport.validation.encoder import TorchRunner
 
     manifest = bundle.manifest
-    return TorchRunner(model, tokenizer, spec.name, manifest["model"], manifest["model"]["max_length"],
-                       [i["name"] for i in manifest["signature"]["inputs"]])
+    return TorchRunner(model, tokenizer, spec.name, manifest.model, manifest.model.max_length,
+                       [i.name for i in manifest.signature.inputs])
 
 
 def _runner(spec: TaskSpec, predictor):
@@ -193,7 +193,7 @@ def _runner(spec: TaskSpec, predictor):
         return BundleGeneration(predictor)
     from hfexport.validation.encoder import PredictorRunner
 
-    return PredictorRunner(predictor, predictor.manifest["model"])
+    return PredictorRunner(predictor, predictor.manifest.model)
 
 
 def _stage_candidate(ctx, spec: TaskSpec, staging: Path, bundle, name: str, artifact: Artifact, seconds: float,
@@ -208,15 +208,15 @@ def _stage_candidate(ctx, spec: TaskSpec, staging: Path, bundle, name: str, arti
         from hfexport.validation.encoder import TorchRunner
 
         module = ctx.torch_module(artifact.path).to(_reference_device(ctx.target.device))
-        runner = TorchRunner(module, ctx.hf_tokenizer(), spec.name, manifest["model"], ctx.source.max_length,
-                             [i["name"] for i in manifest["signature"]["inputs"]])
+        runner = TorchRunner(module, ctx.hf_tokenizer(), spec.name, manifest.model, ctx.source.max_length,
+                             [i.name for i in manifest.signature.inputs])
     else:
         model = open_model(artifact.path, manifest, threads=threads, backend=_stage_backend(ctx, artifact),
                            session_overrides=_NO_SPIN)
         if spec.generative:
             from hfexport.runtime.generation import TextGenerator
 
-            stage = TextGenerator(manifest, staging, model, staging / manifest["tokenizer"]["file"])
+            stage = TextGenerator(manifest, staging, model, staging / manifest.tokenizer.file)
         else:
             stage = Predictor(manifest, open_encoder(staging, manifest), model)
         runner = _runner(spec, stage)
@@ -260,8 +260,8 @@ def _versions() -> dict:
 def _target_info(predictor) -> dict:
     """The manifest's target, plus what the backend actually chose (OpenVINO: device, inference
     precision, streams), which can differ from what the profile asked for."""
-    info = {k: predictor.manifest["target"][k] for k in ("name", "backend", "isa", "precision",
-                                                         "execution_providers")}
+    target = predictor.manifest.target
+    info = {k: getattr(target, k) for k in ("name", "backend", "isa", "precision", "execution_providers")}
     runtime = dict(getattr(predictor.backend, "effective", None) or {})
     if runtime:
         info["runtime"] = runtime

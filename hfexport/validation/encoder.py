@@ -10,7 +10,6 @@ from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.runtime.loader import Predictor
 from hfexport.tasks import get_task
 from hfexport.tasks._labelled import batched
-from hfexport.tasks.base import meta_field
 from hfexport.validation.evalset import EvalSet
 from hfexport.validation.metrics import judged_report
 from hfexport.validation.timing import latency_of, text_of_length, time_alternating
@@ -19,7 +18,7 @@ from hfexport.validation.timing import latency_of, text_of_length, time_alternat
 class TorchRunner:
     """The original model: transformers tokenizer + PyTorch fp32 eager, the baseline users compare to."""
 
-    def __init__(self, model, tokenizer, task: str, meta: dict, max_length: int, input_names: list[str]):
+    def __init__(self, model, tokenizer, task: str, meta, max_length: int, input_names: list[str]):
         self.model, self.tokenizer, self.task, self.meta = model, tokenizer, task, meta
         self.max_length, self.input_names = max_length, input_names
 
@@ -85,7 +84,7 @@ def _token_labels(logits, attention_mask, special_tokens_mask, offsets) -> list[
 class PredictorRunner:
     """A candidate seen through the runtime: the bundle itself, or an intermediate stage's file."""
 
-    def __init__(self, predictor: Predictor, meta: dict):
+    def __init__(self, predictor: Predictor, meta):
         self.predictor, self.meta, self.task = predictor, meta, predictor.task
 
     def raw(self, inputs: list):
@@ -122,7 +121,7 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
 
     progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
     long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
-    one = spec.eval_inputs([long_text], meta_field(meta, "mask_token"))
+    one = spec.eval_inputs([long_text], meta.mask_token)
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
                                settle=3)
