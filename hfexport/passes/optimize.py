@@ -7,7 +7,7 @@ leaves the step out and notes why: OpenVINO fuses when it compiles the model for
 
 from __future__ import annotations
 
-from hfexport.artifacts import Artifact, OnnxModel, OpenVINOModel
+from hfexport.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
 from hfexport.backends import get_backend
 from hfexport.backends.options import OptimizeConfig
 from hfexport.context import BuildContext, PlanContext
@@ -20,7 +20,8 @@ __all__ = ["OptimizeConfig", "OptimizePass"]
 class OptimizePass(Pass[OptimizeConfig]):
     name = "optimize"
     summary = "the backend's graph optimisation: ONNX Runtime transformer fusions (OpenVINO fuses at load)"
-    consumes = (OnnxModel, OpenVINOModel)
+    # Any backend's exported model: the backend decides what the step does to it.
+    consumes = tuple(kind for kind in ARTIFACT_KINDS.values() if kind is not TorchModel)
     produces = None
     config_class = OptimizeConfig
     data_inputs = frozenset()

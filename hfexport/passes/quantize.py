@@ -17,7 +17,7 @@ from typing import Any
 import pydantic
 
 from hfexport._yaml import format_validation_error
-from hfexport.artifacts import Artifact, OnnxModel, OpenVINOModel
+from hfexport.artifacts import ARTIFACT_KINDS, Artifact, TorchModel
 from hfexport.backends import all_backends, get_backend
 from hfexport.backends.options import QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
@@ -37,7 +37,8 @@ _WEIGHT_ONLY = ("lm_head_precision", "embedding_precision", "accuracy_level")
 class QuantizePass(Pass[QuantizeConfig]):
     name = "quantize"
     summary = "int8, int4 or fp16, done the target's way: ONNX Runtime (int8, MatMulNBits, fp16) or NNCF"
-    consumes = (OnnxModel, OpenVINOModel)
+    # Any backend's exported model: the backend decides what the step does to it.
+    consumes = tuple(kind for kind in ARTIFACT_KINDS.values() if kind is not TorchModel)
     produces = None
     config_class = QuantizeConfig
     data_inputs = frozenset({"calibration_texts"})
