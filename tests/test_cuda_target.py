@@ -102,10 +102,10 @@ def test_cuda_bundle_holds_an_fp16_graph_with_fp32_inputs_and_outputs(cuda_bundl
     kinds = {init.data_type for init in graph.initializer}
     assert TensorProto.FLOAT16 in kinds and TensorProto.FLOAT not in kinds
     assert {o.type.tensor_type.elem_type for o in graph.output} == {TensorProto.FLOAT}
-    stats = result.manifest["passes"][-1]["stats"]
+    stats = result.manifest.passes[-1].stats
     assert stats["precision"] == "fp16" and stats["fp16_initializers"] > 0 and stats["casts_added"] > 0
-    target = result.manifest["target"]
-    assert (target["name"], target["precision"], target["runtime_packages"]) == ("cuda", "fp16", ["onnxruntime-gpu"])
+    target = result.manifest.target
+    assert (target.name, target.precision, target.runtime_packages) == ("cuda", "fp16", ["onnxruntime-gpu"])
 
 
 def test_cuda_bundle_is_validated_and_says_where_it_ran(cuda_bundle):

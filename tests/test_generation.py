@@ -67,8 +67,8 @@ def test_generation_bundle_greedy_tokens_equal_pytorch_generate(llm_bundle, tiny
     assert bundle_stage.generation["decode_tokens_per_s"] > 0 and bundle_stage.latency.p50_ms > 0
     # Peak memory of a fresh process per side; the torch-free bundle needs less than PyTorch.
     assert 0 < bundle_stage.peak_rss_mb < result.report.stage("pytorch").peak_rss_mb
-    assert result.manifest["model"]["task"] == "text-generation"
-    assert {"generation_config.json", "tokenizer/chat_template.jinja"} <= set(result.manifest["files"])
+    assert result.manifest.model.task == "text-generation"
+    assert {"generation_config.json", "tokenizer/chat_template.jinja"} <= set(result.manifest.files)
 
 
 def test_generation_eos_ids_come_from_generation_config(llm_bundle):
@@ -237,8 +237,8 @@ def test_generation_int4_bundle_is_smaller_and_agrees_on_next_tokens(llm_bundle)
     assert result.report.summary["top1_agreement"] >= 0.6
     ops = {n.op_type for n in onnx.load(str(int4 / "model.onnx")).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= ops
-    assert result.manifest["target"]["precision"] == "int4"
-    quantize = result.manifest["passes"][-1]["stats"]
+    assert result.manifest.target.precision == "int4"
+    quantize = result.manifest.passes[-1].stats
     assert quantize["bits"] == 4 and quantize["lm_head_precision"] == "int8"
 
 
@@ -247,9 +247,9 @@ def test_generation_int4_top1_target_moves_sensitive_matrices_to_int8(llm_bundle
 
     _, plain = llm_bundle("llama", INT4_PASSES, gates={"top1_agreement": 0.6})
     bundle, result = llm_bundle("llama", INT4_SPLIT_PASSES, gates={"top1_agreement": 0.6})
-    stats = result.manifest["passes"][-1]["stats"]
+    stats = result.manifest.passes[-1].stats
     assert stats["int4_top1_target"] == 0.95 and stats["calibration_top1"] >= 0.95
-    assert stats["int4_matrices"] + stats["int8_matrices"] == plain.manifest["passes"][-1]["stats"]["quantized_nodes"]
+    assert stats["int4_matrices"] + stats["int8_matrices"] == plain.manifest.passes[-1].stats["quantized_nodes"]
     graph = onnx.load(str(bundle / "model.onnx")).graph
     bits = {onnx.helper.get_attribute_value(a) for n in graph.node if n.op_type in ("MatMulNBits", "GatherBlockQuantized")
             for a in n.attribute if a.name == "bits"}

@@ -15,6 +15,7 @@ from hfexport.errors import ConfigError, HfExportError, PlanError
 from hfexport.progress import Progress
 from hfexport.runtime import load
 from hfexport.runtime.loader import open_model
+from hfexport.runtime.manifest import Manifest, TensorSpec, read_manifest
 from tests.conftest import TORCH_BLOCKER, assert_thread_safe
 from tests.test_build import TEXTS, _torch_outputs
 
@@ -82,17 +83,17 @@ def test_openvino_task_results_through_the_predictor(ov_bundle):
 
 def test_openvino_bundle_manifest_and_report_record_what_ran(ov_bundle):
     bundle = ov_bundle("bert", "feature-extraction")
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    assert manifest["model_files"] == ["model.xml", "model.bin"]
-    assert {"model.xml", "model.bin", "tokenizer/tokenizer.json"} <= set(manifest["files"])
-    target = manifest["target"]
-    assert target["backend"] == "openvino" and target["precision"] == "fp32"
-    assert target["session"]["openvino"] == {"device": "CPU", "performance_hint": "LATENCY",
+    manifest = read_manifest(bundle)
+    assert manifest.model_files == ["model.xml", "model.bin"]
+    assert {"model.xml", "model.bin", "tokenizer/tokenizer.json"} <= set(manifest.files)
+    target = manifest.target
+    assert target.backend == "openvino" and target.precision == "fp32"
+    assert target.session["openvino"] == {"device": "CPU", "performance_hint": "LATENCY",
                                              "inference_precision": "f32", "kv_cache_precision": "f32",
                                              "streams": None, "cache_dir": None}
-    inputs = {i["name"]: i for i in manifest["signature"]["inputs"]}
-    assert inputs["input_ids"] == {"name": "input_ids", "dtype": "int64", "shape": ["batch", "sequence"]}
-    assert manifest["passes"][0]["stats"]["max_abs_diff_vs_torch"] < 1e-3
+    inputs = {i.name: i for i in manifest.signature.inputs}
+    assert inputs["input_ids"] == TensorSpec(name="input_ids", dtype="int64", shape=["batch", "sequence"])
+    assert manifest.passes[0].stats["max_abs_diff_vs_torch"] < 1e-3
     report = json.loads((bundle / "report" / "report.json").read_text())
     # The precision OpenVINO actually used, not just what was asked for.
     assert report["target"]["runtime"]["inference_precision"] == "f32"
@@ -104,28 +105,28 @@ def test_openvino_bundle_manifest_and_report_record_what_ran(ov_bundle):
 
 def test_openvino_nncf_int8_post_training_quantisation(ov_bundle):
     bundle = ov_bundle("bert", "feature-extraction", INT8_STATIC, gates={"cosine_mean": 0.9, "cosine_min": 0.8})
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    stats = manifest["passes"][1]["stats"]
+    manifest = read_manifest(bundle)
+    stats = manifest.passes[1].stats
     assert stats["algorithm"] == "nncf.quantize" and stats["model_type"] == "transformer"
     assert stats["quantized_nodes"] > 0 and stats["calibration_samples"] > 0 and stats["smooth_quant_alpha"] == 0.8
-    assert manifest["target"]["precision"] == "int8" and manifest["validation"]["passed"]
+    assert manifest.target.precision == "int8" and manifest.validation.passed
     assert load(bundle)(TEXTS).shape == (3, 32)
 
 
 def test_openvino_nncf_int8_weight_compression(ov_bundle):
     bundle = ov_bundle("bert", "feature-extraction", INT8_WEIGHTS, gates={"cosine_mean": 0.9, "cosine_min": 0.8})
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    stats = manifest["passes"][1]["stats"]
+    manifest = read_manifest(bundle)
+    stats = manifest.passes[1].stats
     assert stats["algorithm"] == "nncf.compress_weights" and stats["quantized_nodes"] > 0
-    assert manifest["passes"][1]["size_bytes"] < manifest["passes"][0]["size_bytes"]
+    assert manifest.passes[1].size_bytes < manifest.passes[0].size_bytes
 
 
 def test_openvino_nncf_int4_weight_compression_with_groups(ov_bundle):
     bundle = ov_bundle("bert", "feature-extraction", INT4_WEIGHTS, gates={"cosine_mean": 0.5, "cosine_min": 0.0})
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    stats = manifest["passes"][1]["stats"]
+    manifest = read_manifest(bundle)
+    stats = manifest.passes[1].stats
     assert stats["weights"] == "int4_sym" and stats["group_size"] == 32
-    assert manifest["target"]["precision"] == "int4"
+    assert manifest.target.precision == "int4"
     assert np.isfinite(load(bundle)(TEXTS)).all()
 
 
@@ -152,9 +153,9 @@ def test_openvino_runtime_thread_safe_concurrent_calls(ov_bundle):
     assert_thread_safe(load(ov_bundle("bert", "feature-extraction")))
 
 
-def _with_openvino_options(bundle: Path, **options) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["target"]["session"]["openvino"].update(options)
+def _with_openvino_options(bundle: Path, **options) -> Manifest:
+    manifest = read_manifest(bundle)
+    manifest.target.session["openvino"].update(options)
     return manifest
 
 
@@ -296,8 +297,8 @@ def test_minilm_openvino_default_build_is_faithful_and_faster(tmp_path):
     seconds = time.perf_counter() - started
     report = result.report
     assert report.passed
-    assert [p["name"] for p in result.manifest["passes"]] == ["export", "quantize"]
-    assert result.manifest["passes"][1]["stats"]["algorithm"] == "nncf.quantize"
+    assert [p.name for p in result.manifest.passes] == ["export", "quantize"]
+    assert result.manifest.passes[1].stats["algorithm"] == "nncf.quantize"
     fidelity = report.stage("bundle").fidelity
     assert fidelity["cosine_mean"] >= 0.995 and fidelity["cosine_min"] >= 0.985, fidelity
     assert report.target["runtime"]["inference_precision"] == "f32"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hfexport.runtime import load
+from hfexport.runtime.manifest import read_manifest
 from tests.conftest import TORCH_BLOCKER
 from tests.test_generation import PROMPTS, _torch_greedy
 
@@ -45,14 +46,14 @@ def test_openvino_generation_greedy_tokens_equal_pytorch_generate(ov_llm_bundle,
     assert report.passed and report.summary["greedy_agreement"] == 1.0 and report.summary["top1_agreement"] == 1.0
     assert report.stage("bundle").generation["decode_tokens_per_s"] > 0
     assert report.target["runtime"]["inference_precision"] == "f32"
-    stats = result.manifest["passes"][0]["stats"]
+    stats = result.manifest.passes[0].stats
     assert stats["stateful"] and stats["max_abs_logit_diff_vs_torch"] < 1e-4
     # The cache lives in the request: no past/present ports, only the beam order the CPU plugin's fused
     # attention needs.
-    signature = result.manifest["signature"]
-    assert [i["name"] for i in signature["inputs"]] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
-    assert [o["name"] for o in signature["outputs"]] == ["logits"]
-    assert result.manifest["model_files"] == ["model.xml", "model.bin"]
+    signature = result.manifest.signature
+    assert [i.name for i in signature.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+    assert [o.name for o in signature.outputs] == ["logits"]
+    assert result.manifest.model_files == ["model.xml", "model.bin"]
 
 
 def test_openvino_generation_explicit_kv_equals_pytorch(ov_llm_bundle, tiny_llm):
@@ -139,9 +140,9 @@ def test_openvino_generation_int8_weights_build_and_generate(ov_llm_bundle):
     # arithmetic, not quality (the recipes' default gate is 0.9).
     bundle, result = ov_llm_bundle("llama", INT8, gates={"top1_agreement": 0.7})
     assert (bundle / "model.bin").stat().st_size < 0.5 * (fp32 / "model.bin").stat().st_size
-    stats = result.manifest["passes"][-1]["stats"]
+    stats = result.manifest.passes[-1].stats
     assert stats["algorithm"] == "nncf.compress_weights" and stats["weights"] == "int8_asym per channel"
-    assert result.manifest["target"]["precision"] == "int8"
+    assert result.manifest.target.precision == "int8"
     assert "u8" in _constant_types(bundle / "model.xml")
     assert result.report.summary["top1_agreement"] >= 0.7
     generator = load(bundle)
@@ -150,7 +151,7 @@ def test_openvino_generation_int8_weights_build_and_generate(ov_llm_bundle):
 
 def test_openvino_generation_int4_keeps_lm_head_and_embedding_at_their_precision(ov_llm_bundle):
     bundle, result = ov_llm_bundle("llama", INT4_MIXED, gates={"top1_agreement": 0.6})
-    stats = result.manifest["passes"][-1]["stats"]
+    stats = result.manifest.passes[-1].stats
     assert stats["weights"] == "int4_sym" and stats["group_size"] == 32
     assert stats["lm_head"].startswith("__module.model.lm_head") and stats["lm_head_precision"] == "int8"
     assert stats["embedding_precision"] == "int4" and not stats["tied_embeddings"]
@@ -204,10 +205,10 @@ def test_cli_build_target_openvino_on_a_tiny_llm_folder(tiny_llm, tmp_path):
     result = CliRunner().invoke(main, ["build", "-m", str(tiny_llm("qwen2")), "--target", "openvino", "-o", str(out),
                                        "--no-gates", "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["recipe"]["name"] == "llm-int4"
-    assert [p["name"] for p in manifest["passes"]] == ["export", "quantize"]
-    assert manifest["target"]["backend"] == "openvino" and manifest["target"]["precision"] == "int4"
+    manifest = read_manifest(out)
+    assert manifest.recipe.name == "llm-int4"
+    assert [p.name for p in manifest.passes] == ["export", "quantize"]
+    assert manifest.target.backend == "openvino" and manifest.target.precision == "int4"
     assert (out / "report" / "report.html").is_file()
     run = CliRunner().invoke(main, ["run", str(out), "Once upon", "--max-new-tokens", "5"], catch_exceptions=False)
     assert run.exit_code == 0 and run.output.strip()
