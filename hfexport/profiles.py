@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -13,7 +15,6 @@ from hfexport._yaml import load_model_file
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
 Isa = Literal["amx", "avx512_vnni", "avx512", "avx2", "arm64", "generic"]
-ArtifactKind = Literal["onnx", "openvino", "stablehlo"]
 
 
 class _Strict(BaseModel):
@@ -134,11 +135,21 @@ class OpenVINOQuantize(_QuantizeSection):
     llm: dict[Literal["int8", "int4"], NNCFWeightDefaults] = Field(default_factory=dict)
 
 
-QUANTIZE_SECTIONS: dict[str, type[_QuantizeSection]] = {"onnxruntime": OnnxRuntimeQuantize,
-                                                         "openvino": OpenVINOQuantize}
-QuantizeSection = Annotated[OnnxRuntimeQuantize | OpenVINOQuantize, Field(discriminator="backend")]
-# The artifact each backend deploys.
-BACKEND_ARTIFACTS = {"onnxruntime": "onnx", "openvino": "openvino", "xla": "stablehlo"}
+class BackendProfile(NamedTuple):
+    artifact: str  # the artifact kind its targets deploy
+    quantize: type[_QuantizeSection] | None  # the type of its targets' `quantize:` section
+
+
+# Every backend a target may name. Adding one: an entry here (and its build and runtime modules).
+BACKEND_PROFILES: dict[str, BackendProfile] = {
+    "onnxruntime": BackendProfile("onnx", OnnxRuntimeQuantize),
+    "openvino": BackendProfile("openvino", OpenVINOQuantize),
+    "xla": BackendProfile("stablehlo", None),
+}
+QUANTIZE_SECTIONS = {name: entry.quantize for name, entry in BACKEND_PROFILES.items() if entry.quantize}
+BackendName = Literal[tuple(BACKEND_PROFILES)]
+ArtifactKind = Literal[tuple(dict.fromkeys(entry.artifact for entry in BACKEND_PROFILES.values()))]
+QuantizeSection = Annotated[reduce(operator.or_, QUANTIZE_SECTIONS.values()), Field(discriminator="backend")]
 
 
 class HostRequirements(_Strict):
@@ -150,7 +161,7 @@ class TargetProfile(_Strict):
     schema_version: Literal[1] = 1
     name: str
     description: str = ""
-    backend: Literal["onnxruntime", "openvino", "xla"]
+    backend: BackendName
     device: str = "cpu"
     execution_providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
     artifact: ArtifactKind = "onnx"
@@ -198,9 +209,9 @@ class TargetProfile(_Strict):
             raise ValueError("quant_presets lists an ISA twice")
         if self.quantize is not None and self.quantize.backend != self.backend:
             raise ValueError(f"quantize: options are for backend {self.quantize.backend}, not {self.backend}")
-        if self.artifact != BACKEND_ARTIFACTS[self.backend]:
-            raise ValueError(f"artifact {self.artifact!r}: backend {self.backend} deploys "
-                             f"{BACKEND_ARTIFACTS[self.backend]!r}")
+        deploys = BACKEND_PROFILES[self.backend].artifact
+        if self.artifact != deploys:
+            raise ValueError(f"artifact {self.artifact!r}: backend {self.backend} deploys {deploys!r}")
         return self
 
     def session_options(self) -> dict:
