@@ -13,6 +13,7 @@ from hfexport.build.runner import PassRunner
 from hfexport.errors import ModelLoadError
 from hfexport.progress import Progress
 from hfexport.report.schema import Report
+from hfexport.runtime.manifest import Manifest
 from hfexport.tasks import get_task
 from hfexport.validation.evalset import make_eval_set
 
@@ -20,7 +21,7 @@ from hfexport.validation.evalset import make_eval_set
 @dataclass(frozen=True)
 class BuildResult:
     bundle: Path
-    manifest: dict
+    manifest: Manifest  # typed, as an app reads it back (hfexport.runtime.manifest)
     report: Report
 
 
@@ -55,15 +56,29 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     chosen = chosen or load_recipe(profile.recipe_for(source.task))
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
     progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
+    # A recipe that trains on --train-data, with no --eval-data, is judged on the user's domain: a split of
+    # that text it never trains on, with the shipped everyday-English set reported beside it.
+    domain: list[str] = []
+    if train_texts and records is None and any(step.trains for step in plan.steps):
+        domain, train_texts = data.split_held_out(train_texts, chosen.evaluation.samples)
+        if domain:
+            progress.info(f"gates judged on {len(domain)} texts held out of --train-data (never trained on)")
 
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
         tokenizer_dir = _prepare_tokenizer(source, workdir / "tokenizer")
         ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress, train_texts)
-        eval_set = make_eval_set(source.task, records, samples=chosen.evaluation.samples,
-                                 mask_token=ctx.hf_tokenizer().mask_token, text_column=text_column,
-                                 label_column=label_column, source=f"file {eval_data}" if eval_data else
-                                 "hfexport held-out corpus")
+        mask_token, samples = ctx.hf_tokenizer().mask_token, chosen.evaluation.samples
+        shipped = make_eval_set(source.task, None, samples=samples, mask_token=mask_token)
+        if domain:
+            eval_set = make_eval_set(source.task, [{"text": t} for t in domain], samples=samples,
+                                     mask_token=mask_token, source=f"held-out split of --train-data {train_data} "
+                                     f"({len(domain)} texts, never trained on)")
+        elif records is not None:
+            eval_set = make_eval_set(source.task, records, samples=samples, mask_token=mask_token,
+                                     text_column=text_column, label_column=label_column, source=f"file {eval_data}")
+        else:
+            eval_set = shipped
         source_model = TorchModel(source.local_dir)
         reference_size = source_model.size_bytes()
         ran = PassRunner(plan.steps, ctx, stage_cache).run(source_model)
@@ -82,7 +97,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         bundles.write_manifest(staging, body)
 
         progress.start("validate", "validate against PyTorch fp32")
-        report = validate_build(ctx, staging, stages, reference_size, eval_set, threads)
+        report = validate_build(ctx, staging, stages, reference_size, eval_set, threads,
+                                also_on=shipped if domain else None)
         progress.done("validate", _summary_line(report))
         write_report(report, staging / "report")
         body["validation"] = {"passed": report.passed, "summary": report.summary,
