@@ -107,7 +107,7 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     if log_format == "json":
         click.echo(json.dumps({"event": "bundle", "path": str(result.bundle), "summary": summary}))
     else:
-        runtime = result.report.target.get("runtime") or {}  # asked_for: the bundle's provider was missing
+        runtime = result.report.target.runtime or {}  # asked_for: the bundle's provider was missing
         where = f" on this host's {runtime['execution_providers']}" if "asked_for" in runtime else ""
         click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch{where}, "
                    f"{summary['size_ratio']:.2f}x the size; report: {result.bundle / 'report' / 'report.html'})")
@@ -133,13 +133,16 @@ def targets() -> None:
 @main.command()
 @_handle_errors
 def recipes() -> None:
-    """List the shipped recipes."""
-    from hfexport.recipes import list_recipes
+    """List the shipped recipes, the targets each is written for, and the old names that still resolve."""
+    from hfexport.recipes import RECIPE_ALIASES, list_recipes
 
-    rows = [(r.name, " -> ".join(spec.type for spec in r.passes), r.description) for r in list_recipes()]
-    name_width, chain_width = (max(len(row[i]) for row in rows) for i in (0, 1))
-    for name, chain, description in rows:
-        click.echo(f"{name:<{name_width}}  {chain:<{chain_width}}  {description}")
+    rows = [(r.name, ",".join(r.targets) or "any", " -> ".join(spec.type for spec in r.passes), r.description)
+            for r in list_recipes()]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for *columns, description in rows:
+        click.echo("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)) + f"  {description}")
+    click.echo("old names (kept for one release): "
+               + ", ".join(f"{old} -> {new}" for old, new in RECIPE_ALIASES.items()))
 
 
 @main.command()
@@ -288,6 +291,75 @@ def validate(bundle, eval_data, text_column, label_column, report_dir, threads, 
                + ", ".join(f"{g.metric} {g.value:.4f} (>= {g.threshold})" for g in report.gates))
     if not report.passed:
         sys.exit(EXIT_GATES)
+
+
+@main.command()
+@click.argument("bundles", nargs=-1, required=True, type=click.Path())
+@click.option("--name", "names", multiple=True, help="Model name for each bundle, in order [default: folder name].")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told).")
+@click.option("--port", type=int, default=8000, show_default=True, help="Port (0: any free one).")
+@click.option("--api-key", envvar="HFEXPORT_API_KEY", default=None,
+              help="Require 'Authorization: Bearer KEY' [env: HFEXPORT_API_KEY].")
+@click.option("--max-batch-size", "max_batch", multiple=True, metavar="[MODEL=]N",
+              help="Texts per model call, for all models or one [default: the bundle's evaluation batch size].")
+@click.option("--max-wait-ms", "max_wait", multiple=True, metavar="[MODEL=]MS",
+              help="How long a request waits for others to batch with [default: 5].")
+@click.option("--no-batching", is_flag=True, help="One request per model call (--max-batch-size 1).")
+@click.option("--max-queue", type=int, default=256, show_default=True, help="Requests waiting per model; more: 429.")
+@click.option("--max-inputs", type=int, default=2048, show_default=True, help="Texts per request.")
+@click.option("--max-body-bytes", type=int, default=4 * 1024 * 1024, show_default=True)
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds per request (then 504).")
+@click.option("--truncate", is_flag=True, help="Cut inputs over a model's max length instead of a 400.")
+@click.option("--generation-concurrency", type=int, default=1, show_default=True,
+              help="Generations run at once per text-generation model.")
+@click.option("--threads", type=int, default=None, help="Backend threads per model [default: the profile's].")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
+              show_default=True)
+@_handle_errors
+def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching, max_queue, max_inputs,
+          max_body_bytes, timeout, truncate, generation_concurrency, threads, log_level) -> None:
+    """Serve bundles over HTTP: OpenAI-compatible routes, dynamic batching (needs hfexport[serve]).
+
+    Routes: /v1/embeddings, /v1/chat/completions, /v1/completions, /v1/models, /v1/classify,
+    /v1/token-classify, /v1/question-answering, /v1/fill-mask, /health, /metrics. SIGTERM or Ctrl-C
+    stops it: new requests are refused, requests in flight finish.
+    """
+    import signal
+
+    from hfexport.errors import ConfigError
+
+    try:
+        from hfexport.serve.config import LOOPBACK, ModelSettings, ServeConfig, parse_per_model
+        from hfexport.serve.metrics import Metrics
+        from hfexport.serve.models import load_models
+        from hfexport.serve.server import make_server
+    except ImportError as exc:
+        raise ConfigError(f'serving needs the serve extra: pip install "hfexport[serve]" ({exc})') from None
+    batch, batch_per_model = parse_per_model(max_batch, int, "--max-batch-size")
+    wait, wait_per_model = parse_per_model(max_wait, float, "--max-wait-ms")
+    if no_batching:
+        batch, batch_per_model = 1, {}
+    per_model = {name: ModelSettings(batch_per_model.get(name), wait_per_model.get(name))
+                 for name in {*batch_per_model, *wait_per_model}}
+    config = ServeConfig(host=host, port=port, api_key=api_key, max_batch_size=batch,
+                         max_wait_ms=5.0 if wait is None else wait, models=per_model, max_body_bytes=max_body_bytes,
+                         max_inputs=max_inputs, max_queue=max_queue, timeout_s=timeout, truncate=truncate,
+                         generation_concurrency=generation_concurrency, threads=threads)
+    if host not in LOOPBACK and not api_key:
+        click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
+    metrics = Metrics()
+    models = load_models(list(bundles), list(names), config, metrics)
+    served = ", ".join(f"{m.name} ({m.task})" for m in models)
+    # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once it has drained;
+    # by then the shutdown was clean, so the command exits 0 instead of reporting an interruption.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    try:
+        make_server(models, config, metrics=metrics, log_level=log_level,
+                    on_ready=lambda url: click.echo(f"serving {served} on {url}", err=True)).run()
+    finally:
+        models.close()
+    click.echo("stopped", err=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from pathlib import Path
 from hfexport.loading import ModelSource
 from hfexport.profiles import TargetProfile
 from hfexport.progress import Progress
-from hfexport.recipes import Recipe
+from hfexport.recipe_schema import Recipe
 
 
 @dataclass(frozen=True)

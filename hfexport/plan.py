@@ -14,6 +14,7 @@ from hfexport.artifacts import ARTIFACT_KINDS, TorchModel
 from hfexport.context import PlanContext
 from hfexport.errors import PlanError
 from hfexport.passes import Pass, get_pass
+from hfexport.recipes import pass_configs
 from hfexport.tasks import get_task
 
 
@@ -44,7 +45,7 @@ def make_plan(ctx: PlanContext) -> Plan:
     notes = [recipe.deprecation] if recipe.deprecation else []
     produced: type = TorchModel
     previous = "the loaded model"
-    for index, (pass_type, config) in enumerate(recipe.pass_configs()):
+    for index, (pass_type, config) in enumerate(pass_configs(recipe)):
         cls = get_pass(pass_type)
         where = f"recipe {recipe.name!r}, passes.{index} ({pass_type})"
         accepted = cls.accepted_kinds()

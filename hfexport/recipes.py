@@ -9,60 +9,17 @@ the tests plan each shipped recipe on each of them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from hfexport._shipped import list_shipped, resolve_named_yaml
 from hfexport._yaml import format_validation_error, load_model_file
 from hfexport.errors import ConfigError
 from hfexport.passes import PassConfig, get_pass
+from hfexport.recipe_schema import Evaluation, Gates, PassSpec, Recipe
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PassSpec(BaseModel):
-    """`type` picks the pass; every other key is that pass's parameter."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    type: str
-
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    def build_config(self, where: str = "") -> PassConfig:
-        cls = get_pass(self.type)
-        try:
-            return cls.config_class.model_validate(self.params())
-        except pydantic.ValidationError as exc:
-            raise ConfigError(format_validation_error(where or f"pass {self.type}", exc)) from exc
-
-
-class Gates(_Strict):
-    """Fidelity thresholds; a final artifact below any of them produces no bundle.
-
-    Unset values take the task's defaults (each task's `default_gates`, hfexport/tasks/).
-    """
-
-    cosine_mean: float | None = Field(None, ge=-1, le=1)
-    cosine_min: float | None = Field(None, ge=-1, le=1)
-    top1_agreement: float | None = Field(None, ge=0, le=1)
-    token_agreement: float | None = Field(None, ge=0, le=1)
-    span_agreement: float | None = Field(None, ge=0, le=1)
-    top5_overlap: float | None = Field(None, ge=0, le=1)
-    greedy_agreement: float | None = Field(None, ge=0, le=1)
-
-
-class Evaluation(_Strict):
-    samples: int = Field(256, ge=8, description="held-out evaluation texts for fidelity")
-    batch_size: int = Field(32, ge=1, description="batch for the throughput figure")
-    latency_runs: int = Field(50, ge=5, description="timed batch-1 runs per side (median and p90 reported)")
-    sequence_length: int = Field(128, ge=8, description="tokens per text for latency and throughput")
-    memory: bool = Field(True, description="peak RSS per stage, each in a fresh process (a few seconds each)")
-    generation_tokens: int = Field(32, ge=2, description="text generation: new tokens per greedy check and timing")
+__all__ = ["RECIPE_ALIASES", "Evaluation", "Gates", "PassSpec", "Recipe", "list_recipes", "load_recipe",
+           "pass_config", "pass_configs"]
 
 
 # Recipe names of the last release that name a target: old name -> the recipe that now means the same on it.
@@ -81,29 +38,18 @@ RECIPE_ALIASES: dict[str, str] = {
 }
 
 
-class Recipe(_Strict):
-    schema_version: Literal[1] = 1
-    name: str
-    description: str = ""
-    targets: list[str] = Field(default_factory=list, description="the shipped targets it is written for")
-    passes: list[PassSpec] = Field(min_length=1)
-    gates: Gates = Field(default_factory=Gates)
-    evaluation: Evaluation = Field(default_factory=Evaluation)
-    _deprecation: str | None = PrivateAttr(None)
 
-    @property
-    def deprecation(self) -> str | None:
-        """The note for a recipe asked for by its old name, or None."""
-        return self._deprecation
+def pass_config(spec: PassSpec, where: str = "") -> PassConfig:
+    """The pass's typed config from a recipe's pass spec; ConfigError naming the field on a bad value."""
+    cls = get_pass(spec.type)
+    try:
+        return cls.config_class.model_validate(spec.params())
+    except pydantic.ValidationError as exc:
+        raise ConfigError(format_validation_error(where or f"pass {spec.type}", exc)) from exc
 
-    @model_validator(mode="after")
-    def _validate_pass_params(self) -> Recipe:
-        for index, spec in enumerate(self.passes):
-            spec.build_config(where=f"passes.{index}({spec.type})")
-        return self
 
-    def pass_configs(self) -> list[tuple[str, PassConfig]]:
-        return [(spec.type, spec.build_config(f"passes.{i}({spec.type})")) for i, spec in enumerate(self.passes)]
+def pass_configs(recipe: Recipe) -> list[tuple[str, PassConfig]]:
+    return [(spec.type, pass_config(spec, f"passes.{i}({spec.type})")) for i, spec in enumerate(recipe.passes)]
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
@@ -111,6 +57,7 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     path = resolve_named_yaml("recipes", RECIPE_ALIASES.get(name, name))
     try:
         recipe = load_model_file(path, Recipe)
+        pass_configs(recipe)  # every pass's parameters checked on load, not first at planning
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if str(path) in message else f"{path}: {message}") from exc
@@ -121,4 +68,4 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def list_recipes() -> list[Recipe]:
-    return [load_model_file(path, Recipe) for path in list_shipped("recipes")]
+    return [load_recipe(path) for path in list_shipped("recipes")]

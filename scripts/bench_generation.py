@@ -3,12 +3,12 @@
 
     python scripts/bench_generation.py                 # the issue's model: random Llama, 4 x 512, vocab 32000
     python scripts/bench_generation.py --recipes llm-fp32 llm-int4 --new-tokens 64 --runs 5 --markdown
-    python scripts/bench_generation.py --recipes openvino-llm-fp32 openvino-llm-int4 --markdown   # openvino
+    python scripts/bench_generation.py --recipes openvino:llm-fp32 openvino:llm-int4 --markdown   # openvino
     python scripts/bench_generation.py --train-data train.txt --train-steps 1500   # the same model, trained first
 
 A recipe whose export pass is export_openvino_generation builds for the openvino target, any other for
 cpu (ONNX Runtime); both kinds can share one run. Each bundle's size is also given against the fp32
-bundle of its own target (llm-fp32 or openvino-llm-fp32) when that is in the run.
+bundle of its own target (llm-fp32 or openvino:llm-fp32) when that is in the run.
 
 Builds each recipe's bundle from a random-init model (nothing is downloaded), then times every side
 in alternating blocks: time to first token on a `--prompt-tokens` prompt, and a full greedy run of
@@ -119,12 +119,13 @@ def train_model(folder: Path, data: Path, steps: int, sequence: int = 64, batch:
          "loss_first": losses[0], "loss_last_100": sum(losses[-100:]) / len(losses[-100:])}))
 
 
-def target_of(recipe: str) -> str:
-    """openvino for a recipe that exports OpenVINO IR, cpu otherwise."""
-    from hfexport.recipes import load_recipe
-
-    exports = [kind for kind, _ in load_recipe(recipe).pass_configs() if kind.startswith("export_")]
-    return "openvino" if any(kind.startswith("export_openvino") for kind in exports) else "cpu"
+def target_of(spec: str) -> tuple[str, str]:
+    """(target, recipe) of a `--recipes` entry: `TARGET:RECIPE`, or a recipe alone for cpu (the deprecated
+    openvino-* names still mean the openvino target)."""
+    target, _, recipe = spec.rpartition(":")
+    if not target:
+        target = "openvino" if recipe.startswith("openvino-") else "cpu"
+    return target, recipe
 
 
 def main() -> int:
@@ -156,19 +157,21 @@ def main() -> int:
             train_model(model_dir, args.train_data, args.train_steps)
     training = model_dir / "training.json"
     bundles, build_seconds, targets = {}, {}, {}
-    for recipe in args.recipes:
-        name = Path(recipe).stem  # a shipped recipe's name, or a recipe file's
-        targets[name] = target_of(recipe)
-        if (scratch / name / "manifest.json").is_file():
-            bundles[name] = scratch / name
+    for entry in args.recipes:
+        target, recipe = target_of(entry)
+        # a shipped recipe's name, or a recipe file's, with its target unless cpu
+        name = Path(recipe).stem if target == "cpu" else f"{target}:{Path(recipe).stem}"
+        targets[name] = target
+        if (scratch / name.replace(":", "-") / "manifest.json").is_file():
+            bundles[name] = scratch / name.replace(":", "-")
             continue
         print(f"building {name} ...", file=sys.stderr)
         started = time.perf_counter()
         # Gates off: the point is to measure; a random model's int4 top-1 is reported, not enforced.
-        build(str(model_dir), target=targets[name], recipe=recipe, output=scratch / name, threads=args.threads,
+        build(str(model_dir), target=targets[name], recipe=recipe, output=scratch / name.replace(":", "-"), threads=args.threads,
               gates=False, progress=Progress("quiet"))
         build_seconds[name] = time.perf_counter() - started
-        bundles[name] = scratch / name
+        bundles[name] = scratch / name.replace(":", "-")
 
     model = load_torch_model(resolve_model(str(model_dir)))
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
@@ -208,7 +211,7 @@ def main() -> int:
             side = "pytorch" if row["path"] == "pytorch" else "bundle"
             row["peak_rss_mb"] = peak_rss_mb(side, paths[row["path"]], args.threads, args.new_tokens)
     base = rows[0]
-    fp32_names = {"cpu": "llm-fp32", "openvino": "openvino-llm-fp32"}
+    fp32_names = {"cpu": "llm-fp32", "openvino": "openvino:llm-fp32"}
     for row in rows:
         row["decode_vs_pytorch"] = row["decode_tok_s"] / base["decode_tok_s"]
         fp32_size = sizes.get(fp32_names.get(targets.get(row["path"]), ""))

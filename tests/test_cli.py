@@ -50,7 +50,9 @@ def test_cli_targets_lists_cpu_and_host_fit(cli):
 
 def test_cli_recipes_lists_default_chain(cli):
     result = cli("recipes")
-    assert "default" in result.output and "export_onnx -> optimize -> quantize" in result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("default "))
+    assert "cpu,openvino" in line and "export -> optimize -> quantize" in line
+    assert "openvino-default -> default" in result.output
 
 
 def test_cli_inspect_summarises_and_verifies(cli, built_bundle):

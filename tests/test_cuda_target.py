@@ -76,10 +76,10 @@ def test_plan_rejects_precisions_the_target_lacks(tiny_model, specs, target, mes
 
 @pytest.mark.parametrize("extra", [{"mode": "static"}, {"weights_only": True}, {"per_channel": True}])
 def test_fp16_takes_no_quantiser_options(extra):
-    from hfexport.recipes import PassSpec
+    from hfexport.recipes import PassSpec, pass_config
 
     with pytest.raises(ConfigError, match=f"precision fp16 .* takes no quantiser options .*{next(iter(extra))}"):
-        PassSpec(type="quantize", precision="fp16", **extra).build_config()
+        pass_config(PassSpec(type="quantize", precision="fp16", **extra))
 
 
 @pytest.fixture(scope="module")

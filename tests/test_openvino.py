@@ -258,10 +258,10 @@ def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, messa
     ({"smooth_quant_alpha": 0.8}, "smooth_quant_alpha applies to mode: static"),
 ])
 def test_quantize_config_rejects_impossible_combinations(params, message):
-    from hfexport.recipes import PassSpec
+    from hfexport.recipes import PassSpec, pass_config
 
     with pytest.raises(ConfigError, match=message):
-        PassSpec(type="quantize", **params).build_config()
+        pass_config(PassSpec(type="quantize", **params))
 
 
 def test_target_openvino_section_is_typed_and_backend_specific(tmp_path):
@@ -301,7 +301,7 @@ def test_minilm_openvino_default_build_is_faithful_and_faster(tmp_path):
     assert result.manifest.passes[1].stats["algorithm"] == "nncf.quantize"
     fidelity = report.stage("bundle").fidelity
     assert fidelity["cosine_mean"] >= 0.995 and fidelity["cosine_min"] >= 0.985, fidelity
-    assert report.target["runtime"]["inference_precision"] == "f32"
+    assert report.target.runtime["inference_precision"] == "f32"
     # Ratios and times on a shared machine: generous bounds; scripts/bench.py measures properly.
     assert report.summary["speedup"] > 1.5
     assert seconds < 240, f"build took {seconds:.0f} s"

@@ -11,7 +11,7 @@ from hfexport._shipped import list_shipped
 from hfexport._yaml import dump_model, validate_mapping
 from hfexport.errors import ConfigError
 from hfexport.profiles import TargetProfile, load_target
-from hfexport.recipes import Recipe, load_recipe
+from hfexport.recipes import Recipe, load_recipe, pass_configs
 
 
 @pytest.mark.parametrize("path", list_shipped("targets"), ids=lambda p: p.name)
@@ -26,7 +26,7 @@ def test_shipped_recipe_loads_and_round_trips(path):
     recipe = load_recipe(str(path))
     again = validate_mapping("round-trip", yaml.safe_load(dump_model(recipe)), Recipe)
     assert again == recipe
-    assert [c for _, c in again.pass_configs()] == [c for _, c in recipe.pass_configs()]
+    assert [c for _, c in pass_configs(again)] == [c for _, c in pass_configs(recipe)]
 
 
 def test_load_target_by_name_and_unknown_name():
@@ -90,7 +90,7 @@ def test_recipe_built_in_python_equals_yaml():
     recipe = Recipe(name="default", description=load_recipe("default").description, targets=["cpu", "openvino"],
                     passes=[PassSpec(type="export"), PassSpec(type="optimize"),
                             PassSpec(type="quantize", precision="int8")])
-    assert recipe.pass_configs() == load_recipe("default").pass_configs()
+    assert pass_configs(recipe) == pass_configs(load_recipe("default"))
 
 
 # -- target-agnostic recipes: what each plans on each target it claims, and the names of the last release ------

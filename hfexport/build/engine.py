@@ -56,6 +56,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     chosen = chosen or load_recipe(profile.recipe_for(source.task))
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
     progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
+    for note in plan.notes:  # deprecated names, steps this target leaves out
+        progress.info(note)
     # A recipe that trains on --train-data, with no --eval-data, is judged on the user's domain: a split of
     # that text it never trains on, with the shipped everyday-English set reported beside it.
     domain: list[str] = []

@@ -51,7 +51,7 @@ class OpenVINOSession:
         if "beam_idx" in self.input_names:
             return OpenVINOStatefulDecoder(self)
         raise HfExportError("this OpenVINO model has no KV cache (neither past_key_values.* nor beam_idx inputs); "
-                            "build it with export_openvino_generation")
+                            "build it for text generation (hfexport build --task text-generation --target openvino)")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         inputs = {k: feeds[k] for k in self.input_names}
