@@ -45,7 +45,7 @@ def test_openvino_generation_greedy_tokens_equal_pytorch_generate(ov_llm_bundle,
     report = result.report
     assert report.passed and report.summary["greedy_agreement"] == 1.0 and report.summary["top1_agreement"] == 1.0
     assert report.stage("bundle").generation["decode_tokens_per_s"] > 0
-    assert report.target["runtime"]["inference_precision"] == "f32"
+    assert report.target.runtime["inference_precision"] == "f32"
     stats = result.manifest.passes[0].stats
     assert stats["stateful"] and stats["max_abs_logit_diff_vs_torch"] < 1e-4
     # The cache lives in the request: no past/present ports, only the beam order the CPU plugin's fused

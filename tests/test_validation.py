@@ -130,7 +130,7 @@ def test_report_json_round_trips_through_schema(built_bundle):
     for stage in report.stages:
         assert stage.latency and stage.latency.runs == 5 and stage.throughput_per_s > 0
         assert stage.peak_rss_mb and stage.peak_rss_mb > 10
-    assert report.host["isas"] and report.host["versions"]["onnxruntime"]
+    assert report.host.isas and report.host.versions["onnxruntime"]
 
 
 def test_validate_moved_bundle_writes_fresh_report(built_bundle, tmp_path):

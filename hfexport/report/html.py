@@ -64,8 +64,8 @@ class _Point:
 
 def render_html(report: Report) -> str:
     """The whole report page as one string; it opens offline in any browser."""
-    model_id, target = str(report.model.get("id", "model")), report.target
-    facts = (report.model.get("task"), target.get("name"), target.get("isa"), target.get("precision"))
+    model_id, target = report.model.id, report.target
+    facts = (report.model.task, target.name, target.isa, target.precision)
     badge = _badge(report.passed, "PASSED" if report.passed else "FAILED")
     return "".join(
         [
@@ -207,14 +207,14 @@ def _facts(report: Report) -> str:
     items += [("logical CPUs", host.pop("logical_cpus", None)), ("threads", ev.threads)]
     # Whatever else the host carries (runtime versions, platform) is shown as it came.
     items += [(key.replace("_", " "), value) for key, value in host.items()]
-    target_text = " · ".join(str(target[k]) for k in ("name", "backend", "isa", "precision") if target.get(k))
-    items += [("target", target_text), ("execution providers", target.get("execution_providers"))]
+    target_text = " · ".join(str(v) for v in (target.name, target.backend, target.isa, target.precision) if v)
+    items += [("target", target_text), ("execution providers", target.execution_providers)]
     # What the backend chose at load time (OpenVINO: device, inference precision, streams).
-    items += [("runtime", target.get("runtime"))]
+    items += [("runtime", target.runtime)]
     items += [("samples", ev.samples), ("sequence length", ev.sequence_length), ("batch size", ev.batch_size)]
     items += [("timed runs", ev.latency_runs), ("text source", ev.text_source)]
     items += [(f"bundle on {source}", metrics) for source, metrics in report.other_fidelity.items()]
-    items += [("model revision", report.model.get("revision")), ("created", report.created)]
+    items += [("model revision", report.model.revision), ("created", report.created)]
     shown = [(k, v) for k, v in items if v not in (None, "", [])]
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(_plain(v))}</dd>" for k, v in shown) + "</dl>"
 

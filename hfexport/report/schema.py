@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -54,12 +55,63 @@ class Evaluation(_Model):
     labelled_examples: int = 0
 
 
+class _Section(_Model):
+    """Dict-style reads (`report.target["name"]`, `.get(...)`) as the free dicts of before allowed; kept for
+    one release with a DeprecationWarning."""
+
+    def __getitem__(self, key: str):
+        if key not in type(self).model_fields and key not in (self.model_extra or {}):
+            raise KeyError(key)
+        warnings.warn(f"report section[{key!r}] is deprecated: the report is typed, read it as .{key}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, key)
+
+    def get(self, key: str, default=None):
+        if key not in type(self).model_fields and key not in (self.model_extra or {}):
+            return default
+        warnings.warn(f"report section.get({key!r}) is deprecated: the report is typed, read it as .{key}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(self, key)
+
+
+class ReportModel(_Section):
+    id: str
+    revision: str | None = None
+    task: str
+
+
+class ReportTarget(_Section):
+    name: str
+    backend: str
+    isa: str | None = None
+    precision: str
+    execution_providers: list[str] = Field(default_factory=list)
+    # What the backend chose at load time (OpenVINO: device, inference precision, streams; ONNX Runtime on a
+    # host without the bundle's provider: the providers it ran on and the one asked for), when it says.
+    runtime: dict[str, Any] | None = None
+
+
+class ReportHost(_Section):
+    """The host that ran the validation (hfexport.host.host_summary() and the tool versions); other facts a
+    caller adds are kept as they came."""
+
+    model_config = ConfigDict(extra="allow")
+
+    cpu: str | None = None
+    machine: str | None = None
+    isas: list[str] = Field(default_factory=list)
+    logical_cpus: int | None = None
+    python: str | None = None
+    platform: str | None = None
+    versions: dict[str, str] | None = None
+
+
 class Report(_Model):
     report_version: Literal[1] = REPORT_VERSION
     created: str
-    model: dict  # id, revision, task
-    target: dict  # name, backend, isa, precision, execution_providers
-    host: dict  # cpu, isas, logical_cpus, runtime versions
+    model: ReportModel
+    target: ReportTarget
+    host: ReportHost
     evaluation: Evaluation
     stages: list[StageMetrics]
     gates: list[GateResult]
