@@ -42,6 +42,9 @@ class ModelInfo(_Section):
     problem_type: str | None = None
     mask_token: str | None = None
     mask_token_id: int | None = None
+    # NOTE: a new task's own fields go here (JSON values its runtime module reads), so adding a task needs
+    # no schema change; a field every task shares is promoted to a typed one in a format bump.
+    task_fields: dict[str, Any] = Field(default_factory=dict, description="a task's fields beyond the typed ones")
 
 
 class TargetInfo(_Section):
@@ -142,10 +145,12 @@ class Manifest(_Section):
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
     """Every section but the header and the file table, typed (write_manifest adds those and validates
     the whole); `validation` is added once the bundle has been validated."""
-    task_fields = get_task(source.task).manifest_fields(source.config, tokenizer, source.pooling)
+    fields = get_task(source.task).manifest_fields(source.config, tokenizer, source.pooling)
+    typed = {k: v for k, v in fields.items() if k in ModelInfo.model_fields}
     return {
         "model": ModelInfo(id=source.model_id, revision=source.revision, task=source.task,
-                           model_type=source.model_type, max_length=source.max_length, **task_fields),
+                           model_type=source.model_type, max_length=source.max_length, **typed,
+                           task_fields={k: v for k, v in fields.items() if k not in typed}),
         "target": TargetInfo(name=profile.name, backend=profile.backend, device=profile.device,
                              execution_providers=profile.execution_providers, isa=profile.effective_isa(),
                              precision=precision, session=profile.session_options(),

@@ -17,7 +17,7 @@ import json
 import types
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,7 @@ class ModelInfo(_Section):
     problem_type: str | None = None
     mask_token: str | None = None
     mask_token_id: int | None = None
+    task_fields: dict[str, Any] = field(default_factory=dict)  # a task's fields beyond the typed ones
 
 
 @_section
@@ -264,7 +265,7 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
             at = f"{where}.{item.name}" if where else item.name
             if item.name in value:
                 values[item.name] = _typed(hints[item.name], value[item.name], at)
-            elif item.default is dataclasses.MISSING:
+            elif item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
                 raise _Invalid(f"{at} is missing")
         return hint(**values)  # keys this reader does not know are ignored
     if origin is list:
