@@ -304,7 +304,7 @@ def validate(bundle, eval_data, text_column, label_column, report_dir, threads, 
               help="Texts per model call, for all models or one [default: the bundle's evaluation batch size].")
 @click.option("--max-wait-ms", "max_wait", multiple=True, metavar="[MODEL=]MS",
               help="How long a request waits for others to batch with [default: 5].")
-@click.option("--no-batching", is_flag=True, help="One request per model call (--max-batch-size 1).")
+@click.option("--no-batching", is_flag=True, help="Each request alone: no dynamic batching across requests.")
 @click.option("--max-queue", type=int, default=256, show_default=True, help="Requests waiting per model; more: 429.")
 @click.option("--max-inputs", type=int, default=2048, show_default=True, help="Texts per request.")
 @click.option("--max-body-bytes", type=int, default=4 * 1024 * 1024, show_default=True)
@@ -313,11 +313,12 @@ def validate(bundle, eval_data, text_column, label_column, report_dir, threads, 
 @click.option("--generation-concurrency", type=int, default=1, show_default=True,
               help="Generations run at once per text-generation model.")
 @click.option("--threads", type=int, default=None, help="Backend threads per model [default: the profile's].")
+@click.option("--spin", is_flag=True, help="Let idle backend threads spin (faster calls, fewer cycles for HTTP).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="warning",
               show_default=True)
 @_handle_errors
 def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching, max_queue, max_inputs,
-          max_body_bytes, timeout, truncate, generation_concurrency, threads, log_level) -> None:
+          max_body_bytes, timeout, truncate, generation_concurrency, threads, spin, log_level) -> None:
     """Serve bundles over HTTP: OpenAI-compatible routes, dynamic batching (needs hfexport[serve]).
 
     Routes: /v1/embeddings, /v1/chat/completions, /v1/completions, /v1/models, /v1/classify,
@@ -337,14 +338,12 @@ def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching,
         raise ConfigError(f'serving needs the serve extra: pip install "hfexport[serve]" ({exc})') from None
     batch, batch_per_model = parse_per_model(max_batch, int, "--max-batch-size")
     wait, wait_per_model = parse_per_model(max_wait, float, "--max-wait-ms")
-    if no_batching:
-        batch, batch_per_model = 1, {}
     per_model = {name: ModelSettings(batch_per_model.get(name), wait_per_model.get(name))
                  for name in {*batch_per_model, *wait_per_model}}
-    config = ServeConfig(host=host, port=port, api_key=api_key, max_batch_size=batch,
+    config = ServeConfig(host=host, port=port, api_key=api_key, batching=not no_batching, max_batch_size=batch,
                          max_wait_ms=5.0 if wait is None else wait, models=per_model, max_body_bytes=max_body_bytes,
                          max_inputs=max_inputs, max_queue=max_queue, timeout_s=timeout, truncate=truncate,
-                         generation_concurrency=generation_concurrency, threads=threads)
+                         generation_concurrency=generation_concurrency, threads=threads, spin=spin)
     if host not in LOOPBACK and not api_key:
         click.echo(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", err=True)
     metrics = Metrics()

@@ -20,6 +20,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import statistics
 import subprocess
@@ -40,6 +41,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed bodies (0-1)")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="passed to the server")
+    parser.add_argument("--server-args", default="", help="more `hfexport serve` options, e.g. '--spin'")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per mode, at most")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args()
@@ -193,6 +195,7 @@ def run_mode(args, mode: str, texts: list[str], reference: dict) -> dict:
     import numpy as np
 
     extra = list(MODES[mode]) + (["--max-wait-ms", str(args.max_wait_ms)] if args.max_wait_ms is not None else [])
+    extra += shlex.split(args.server_args)
     proc, url = start_server(args.bundle, extra)
     try:
         warm = [json.dumps({"model": "bench", "input": t}).encode() for t in texts[:args.warmup]]

@@ -137,6 +137,19 @@ def test_serve_embeddings_batch_concurrent_requests_with_results_unchanged(clien
     assert calls < len(texts)  # requests that arrived together shared model calls
 
 
+def test_serve_no_batching_runs_each_request_alone(bundles, runtime):
+    texts = [f"sentence number {i}" for i in range(8)]
+    with running({"fe": bundles["fe"]}, batching=False, max_wait_ms=200.0, max_batch_size=16) as base:
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda t: post(base, "/v1/embeddings", {"model": "fe", "input": t}), texts))
+        whole = post(base, "/v1/embeddings", {"model": "fe", "input": texts})  # one request: one call
+        assert _metric(base, "hfexport_batch_size_count", 'model="fe"') == len(texts) + 1
+    expected = runtime("fe")(texts)
+    for answer, want in zip(got, expected):
+        np.testing.assert_allclose(answer.json()["data"][0]["embedding"], want, atol=1e-5)
+    np.testing.assert_allclose([d["embedding"] for d in whole.json()["data"]], expected, atol=1e-5)
+
+
 def test_serve_chat_stream_joins_to_generate_for_the_same_seed(client, runtime):
     options = {"max_new_tokens": 12, "seed": 7, "do_sample": True, "temperature": 0.8, "top_p": 0.9}
     expected = runtime("llm").generate(MESSAGES, **options)
@@ -274,6 +287,7 @@ def test_serve_malformed_embedding_requests_get_openai_shaped_4xx(url, body, sta
     ("/v1/token-classify", {"model": "ner", "input": "x", "aggregation": "max"}, "aggregation"),
     ("/v1/question-answering", {"model": "qa", "question": "Who?"}, "question"),
     ("/v1/question-answering", {"model": "qa", "input": [{"question": "Who?"}]}, "input"),
+    ("/v1/question-answering", {"model": "qa", "question": "why " * 300, "context": "Because."}, None),
     ("/v1/fill-mask", {"model": "mlm", "input": "a [MASK]", "top_k": 1000}, "top_k"),
 ])
 def test_serve_malformed_requests_on_every_route_get_400(url, path, body, param):
@@ -402,8 +416,8 @@ def test_serve_config_checks_and_per_model_flags():
     with pytest.raises(ConfigError, match="NAME=NUMBER"):
         parse_per_model(["fe=x"], int, "--max-batch-size")
     config = ServeConfig(max_batch_size=16, models={"fe": ModelSettings(max_batch_size=4, max_wait_ms=0)})
-    assert config.batching("fe", 32) == (4, 0.0) and config.batching("other", 32) == (16, 0.005)
-    assert ServeConfig().batching("any", 8) == (8, 0.005)  # the bundle's evaluation batch size
+    assert config.batching_for("fe", 32) == (4, 0.0) and config.batching_for("other", 32) == (16, 0.005)
+    assert ServeConfig().batching_for("any", 8) == (8, 0.005)  # the bundle's evaluation batch size
     for bad in ({"max_queue": 0}, {"timeout_s": 0}, {"api_key": " "}, {"max_wait_ms": -1}):
         with pytest.raises(ConfigError):
             ServeConfig(**bad)

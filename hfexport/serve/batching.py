@@ -51,11 +51,12 @@ class EncoderBatcher:
     """submit(texts, options) -> Future[EncodeResult]; close() finishes what is queued, then stops."""
 
     def __init__(self, predictor, name: str, *, max_batch_size: int, max_wait_s: float, max_queue: int,
-                 metrics: Metrics):
+                 metrics: Metrics, combine: bool = True):
         from tokenizers import Tokenizer
 
         self.predictor, self.name = predictor, name
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self.combine = combine  # False: one request per batch (dynamic batching off)
         self.max_length = predictor.manifest.model.max_length
         self.metrics = metrics
         # Counts tokens before truncation, to refuse (or knowingly cut) inputs over the model's max length.
@@ -115,6 +116,10 @@ class EncoderBatcher:
                 self._cond.wait()
             if not self._jobs:
                 return None
+            if not self.combine:
+                job = self._jobs.popleft()
+                self._queued_texts -= len(job.texts)
+                return [job]
             deadline = self._jobs[0].enqueued + self.max_wait_s
             while self._queued_texts < self.max_batch_size and not self._closing:
                 remaining = deadline - time.monotonic()
@@ -131,55 +136,46 @@ class EncoderBatcher:
 
     def _run(self, jobs: list[_Job]) -> None:
         groups: dict[tuple, list[_Job]] = {}
-        for job in self._check_lengths(jobs):
+        for job in jobs:
             groups.setdefault(job.key, []).append(job)
         for group in groups.values():
             try:
                 results = self._encode_all(group)
             except Exception as exc:
-                if len(group) == 1:
-                    _fail(group[0], exc)
-                else:  # one bad request must not fail its neighbours: rerun each alone
-                    for job in group:
-                        try:
-                            job.future.set_result(self._encode_all([job])[0])
-                        except Exception as alone:
-                            _fail(job, alone)
-                continue
+                # One bad request must not fail its neighbours: rerun each alone.
+                results = [exc] if len(group) == 1 else [self._encode_alone(job) for job in group]
             for job, result in zip(group, results):
-                job.future.set_result(result)
+                if isinstance(result, Exception):
+                    _fail(job, result)
+                else:
+                    job.future.set_result(result)
 
-    def _check_lengths(self, jobs: list[_Job]) -> list[_Job]:
-        """Jobs whose every input fits the model (or that asked for truncation); the others get a 400."""
-        strict = [job for job in jobs if not job.truncate]
-        if not strict:
-            return jobs
-        texts = [text for job in strict for text in job.texts]
-        counts = iter(len(e.ids) for e in self._counter.encode_batch([_tokenizer_input(t) for t in texts]))
-        refused = set()
-        for job in strict:
-            lengths = [next(counts) for _ in job.texts]
-            over = [(i, n) for i, n in enumerate(lengths) if n > self.max_length]
-            if over:
-                i, n = over[0]
-                job.future.set_exception(bad_request(
-                    f"input {i} has {n} tokens; this model reads at most {self.max_length} "
-                    f"({len(over)} input(s) too long; send \"truncate\": true to cut them)",
-                    param="input", code="context_length_exceeded"))
-                refused.add(id(job))
-        return [job for job in jobs if id(job) not in refused]
+    def _encode_alone(self, job: _Job) -> EncodeResult | Exception:
+        try:
+            return self._encode_all([job])[0]
+        except Exception as exc:
+            return exc
 
-    def _encode_all(self, jobs: list[_Job]) -> list[EncodeResult]:
+    def _encode_all(self, jobs: list[_Job]) -> list[EncodeResult | Exception]:
         """Every text of `jobs` through the model in length-bucketed calls of at most max_batch_size."""
         texts = [text for job in jobs for text in job.texts]
-        options = jobs[0].options
-        batch = self.predictor.encode(texts)
+        sizes = [len(job.texts) for job in jobs]
+        owner = np.repeat(np.arange(len(jobs)), sizes)
+        first = np.cumsum([0, *sizes])
+        try:
+            batch = self.predictor.encode(texts)
+        except Exception as exc:  # the tokenizer fails on its input only (a question longer than the model's max)
+            raise ValueError(f"the input cannot be tokenised: {exc}") from exc
         lengths = batch.attention_mask.sum(axis=1)
-        buckets = np.searchsorted(BUCKETS, lengths)
-        order = np.lexsort((lengths, buckets))
+        refused = self._too_long(jobs, texts, owner, first, lengths)
+        keep = np.flatnonzero(~np.isin(owner, list(refused)))
+        buckets = np.searchsorted(BUCKETS, lengths[keep])
+        by_length = np.lexsort((lengths[keep], buckets))
+        order, order_buckets = keep[by_length], buckets[by_length]
         out: list[Any] = [None] * len(texts)
-        for bucket in np.unique(buckets):
-            rows = order[buckets[order] == bucket]
+        options = jobs[0].options
+        for bucket in np.unique(order_buckets):
+            rows = order[order_buckets == bucket]
             for start in range(0, len(rows), self.max_batch_size):
                 chunk = rows[start:start + self.max_batch_size]
                 part = _take_rows(batch, chunk, int(lengths[chunk].max()))
@@ -188,13 +184,34 @@ class EncoderBatcher:
                                                     [texts[r] for r in chunk], **options)
                 for row, value in zip(chunk, values):
                     out[row] = value
-        results, start = [], 0
-        for job in jobs:
-            values = out[start:start + len(job.texts)]
-            tokens = int(lengths[start:start + len(job.texts)].sum())
+        results: list[EncodeResult | Exception] = []
+        for j in range(len(jobs)):
+            if j in refused:
+                results.append(refused[j])
+                continue
+            values = out[first[j]:first[j + 1]]
+            tokens = int(lengths[first[j]:first[j + 1]].sum())
             results.append(EncodeResult(np.stack(values) if isinstance(values[0], np.ndarray) else values, tokens))
-            start += len(job.texts)
         return results
+
+    def _too_long(self, jobs: list[_Job], texts: list, owner: np.ndarray, first: np.ndarray,
+                  lengths: np.ndarray) -> dict[int, Exception]:
+        """Jobs with an input over the model's max length that did not ask for truncation -> their 400.
+
+        Only rows the tokenizer filled to the max can have been cut, so only those are counted again,
+        without truncation: the common short request is tokenised once."""
+        full = [int(r) for r in np.flatnonzero(lengths >= self.max_length) if not jobs[owner[r]].truncate]
+        if not full:
+            return {}
+        counts = [len(e.ids) for e in self._counter.encode_batch([_tokenizer_input(texts[r]) for r in full])]
+        refused: dict[int, Exception] = {}
+        for row, count in zip(full, counts):
+            job = int(owner[row])
+            if count > self.max_length and job not in refused:
+                refused[job] = bad_request(
+                    f"input {row - first[job]} has {count} tokens; this model reads at most {self.max_length} "
+                    "(send \"truncate\": true to cut such inputs)", param="input", code="context_length_exceeded")
+        return refused
 
 
 def _fail(job: _Job, exc: Exception) -> None:

@@ -29,8 +29,10 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     api_key: str | None = None
-    # Dynamic batching (encoder tasks). max_batch_size 1 turns batching off.
-    max_batch_size: int | None = None  # None: each bundle's evaluation batch size, else 32
+    # Dynamic batching (encoder tasks). batching=False: each request alone (its own texts still go
+    # through max_batch_size at a time, as the runtime batches them).
+    batching: bool = True
+    max_batch_size: int | None = None  # texts per model call; None: each bundle's evaluation batch size, else 32
     max_wait_ms: float = 5.0
     models: dict[str, ModelSettings] = field(default_factory=dict)  # per model name, over the two above
     # Limits. Beyond them a request gets a 4xx in OpenAI's error shape.
@@ -41,6 +43,7 @@ class ServeConfig:
     truncate: bool = False  # cut inputs over the model's max length instead of refusing them (400)
     generation_concurrency: int = 1  # generations run at once per text-generation model
     threads: int | None = None  # backend threads per model [default: the bundle's profile]
+    spin: bool = False  # let idle backend threads spin (see load_models)
     shutdown_grace_s: float = 30.0  # SIGTERM: how long in-flight requests may take to finish
 
     def __post_init__(self):
@@ -55,7 +58,7 @@ class ServeConfig:
             raise ConfigError("the API key is empty")
         ModelSettings(self.max_batch_size, self.max_wait_ms)  # the same checks
 
-    def batching(self, name: str, bundle_batch_size: int | None) -> tuple[int, float]:
+    def batching_for(self, name: str, bundle_batch_size: int | None) -> tuple[int, float]:
         """(max batch size, max wait in seconds) for one model: its own flag, the global flag, the bundle's."""
         own = self.models.get(name, ModelSettings())
         size = own.max_batch_size or self.max_batch_size or bundle_batch_size or 32

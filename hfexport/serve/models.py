@@ -14,6 +14,9 @@ from hfexport.serve.generation import GenerationQueue
 from hfexport.serve.metrics import Metrics
 
 GENERATIVE = "text-generation"
+# NOTE: ONNX Runtime's idle threads spin for the next call by default; in a server they would take
+# the cores the event loop needs between batches (docs/decisions/0090-serve-dynamic-batching.md).
+NO_SPIN = {"allow_spinning": False}
 
 
 @dataclass
@@ -36,7 +39,7 @@ class ServedModel:
                  "task": self.task, "source": manifest.model.id, "max_length": self.max_length,
                  "backend": manifest.target.backend, "precision": manifest.target.precision}
         if self.batcher is not None:
-            entry["batching"] = {"max_batch_size": self.batcher.max_batch_size,
+            entry["batching"] = {"enabled": self.batcher.combine, "max_batch_size": self.batcher.max_batch_size,
                                  "max_wait_ms": self.batcher.max_wait_s * 1000}
         return entry
 
@@ -89,8 +92,8 @@ def wrap(runtime, name: str, config: ServeConfig, metrics: Metrics) -> ServedMod
                                            max_queue=config.max_queue, metrics=metrics)
     else:
         bundle_batch = runtime.manifest.recipe.evaluation.get("batch_size")
-        size, wait = config.batching(name, bundle_batch)
-        model.batcher = EncoderBatcher(runtime, name, max_batch_size=size, max_wait_s=wait,
+        size, wait = config.batching_for(name, bundle_batch)
+        model.batcher = EncoderBatcher(runtime, name, max_batch_size=size, max_wait_s=wait, combine=config.batching,
                                        max_queue=config.max_queue, metrics=metrics)
     return model
 
@@ -114,7 +117,8 @@ def load_models(bundles: list[str | Path], names: list[str] | None, config: Serv
     served: list[ServedModel] = []
     try:
         for path, name in zip(paths, names):
-            served.append(wrap(load(path, threads=config.threads), name, config, metrics))
+            runtime = load(path, threads=config.threads, session_overrides=None if config.spin else NO_SPIN)
+            served.append(wrap(runtime, name, config, metrics))
     except BaseException:
         for model in served:
             model.close()
