@@ -184,6 +184,7 @@ def inspect(bundle, as_json) -> None:
 @click.argument("bundle", type=click.Path())
 @click.argument("texts", nargs=-1)
 @click.option("--question", default=None, help="Question answering: the question (TEXTS is the context).")
+@click.option("--label", "labels", multiple=True, help="Zero-shot classification: a candidate label (repeat it).")
 @click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text; "
               "text generation: sample from the k most likely tokens.")
 @click.option("--max-new-tokens", type=int, default=None, help="Text generation: tokens to generate at most.")
@@ -196,7 +197,7 @@ def inspect(bundle, as_json) -> None:
 @click.option("--stop", multiple=True, help="Text generation: stop at this string (repeatable).")
 @click.option("--device", default=None, help="OpenVINO bundles: run on this device (CPU, GPU, NPU, AUTO).")
 @_handle_errors
-def run(bundle, texts, question, top_k, max_new_tokens, chat, do_sample, temperature, top_p, repetition_penalty,
+def run(bundle, texts, question, labels, top_k, max_new_tokens, chat, do_sample, temperature, top_p, repetition_penalty,
         seed, stop, device) -> None:
     """Run text through a bundle with the torch-free runtime and print the results.
 
@@ -219,6 +220,8 @@ def run(bundle, texts, question, top_k, max_new_tokens, chat, do_sample, tempera
     if not texts:
         raise click.UsageError("give at least one text")
     options = {"top_k": top_k} if top_k else {}
+    if labels:
+        options["candidate_labels"] = list(labels)
     if predictor.task == "question-answering":
         if not question:
             raise click.UsageError("question answering needs --question")

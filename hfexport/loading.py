@@ -105,6 +105,7 @@ def resolve_model(
             f"{model_id} needs custom code from its repository; rerun with --trust-remote-code if you trust it"
         )
     task = normalize_task(task) if task else infer_task_from_folder(local_dir)
+    TASKS[task].check_model(config)
     return ModelSource(
         model_id=model_id,
         revision=revision,

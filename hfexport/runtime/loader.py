@@ -23,6 +23,8 @@ class Predictor:
         module = task_module(self.task)
         self._post = module.postprocess
         self._inputs = getattr(module, "normalise_inputs", normalise_inputs)
+        # A task whose graph sees more rows than the user gave (zero-shot: one text x each label) expands them.
+        self._expand = getattr(module, "expand_inputs", None)
         self.encoder = encoder
         self.backend = backend
 
@@ -47,7 +49,7 @@ class Predictor:
         results: list[Any] = []
         for start in range(0, len(texts), batch_size):
             chunk = texts[start:start + batch_size]
-            batch = self.encode(chunk)
+            batch = self.encode(self._expand(chunk, **options) if self._expand else chunk)
             results.append(self.postprocess(self.forward(batch), batch, chunk, **options))
         if isinstance(results[0], np.ndarray):
             return np.concatenate(results)

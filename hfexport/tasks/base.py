@@ -51,6 +51,9 @@ class TaskSpec:
 
     # -- loading ----------------------------------------------------------------------------------
 
+    def check_model(self, config: dict) -> None:
+        """Refuse a model this task cannot use (ModelLoadError naming the fix), before any work starts."""
+
     def pooling(self, folder) -> dict | None:
         """How a model folder pools token states into one vector (embedding tasks only)."""
         return None
@@ -86,6 +89,10 @@ class TaskSpec:
     def labelled_metrics(self, runner, inputs: list, labels: list, meta, batch: int) -> dict[str, float]:
         """Accuracy, F1, Spearman or exact match of one runner on labelled data; {} where not defined."""
         return {}
+
+    def call(self, predictor, inputs: list):
+        """How a user's app calls a loaded bundle with evaluation inputs (what latency measures)."""
+        return predictor(inputs)
 
     def thresholds(self, overrides: dict[str, float | None]) -> dict[str, float]:
         """The gates a build is judged by: the task's defaults, with the recipe's values for its metrics."""

@@ -97,7 +97,7 @@ class PredictorRunner:
         return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
 
     def __call__(self, inputs: list) -> Any:
-        return self.predictor(inputs)  # exactly what a user's app calls
+        return get_task(self.task).call(self.predictor, inputs)  # exactly what a user's app calls
 
     def answers(self, inputs: list) -> list[str]:
         return [result["answer"] for result in self.predictor(inputs)]

@@ -1,7 +1,8 @@
 """The runtime side of each task: inputs checked, raw graph outputs -> what a user wants (numpy only).
 
 `hfexport/runtime/tasks/<task>.py` (the task name with underscores) defines `postprocess(outputs, batch,
-meta, texts, encoder, **options)` and, where its inputs are not plain strings, `normalise_inputs`.
+meta, texts, encoder, **options)` and, where its inputs are not plain strings, `normalise_inputs`; a task whose
+graph sees more rows than the user gave defines `expand_inputs(texts, **options)` (zero-shot: text x label).
 A generative task defines `open_predictor(manifest, bundle, backend)` instead.
 """
 
