@@ -4,66 +4,16 @@ from __future__ import annotations
 
 import json
 import sys
-import traceback
-from functools import wraps
 
 import click
 
-EXIT_ERROR = 1
-EXIT_GATES = 3
-EXIT_INTERRUPTED = 130
+from hfexport._cli_errors import EXIT_ERROR, EXIT_GATES, VerboseAnywhereGroup
+from hfexport._cli_errors import handle_errors as _handle_errors
+from hfexport.cli_trust import sign, verify
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _handle_errors(command):
-    """Known errors become one line and a non-zero exit; --verbose shows the traceback."""
-
-    @wraps(command)
-    def wrapper(*args, **kwargs):
-        import signal
-
-        from hfexport.errors import FidelityError, HfExportError
-
-        # A `kill` (SIGTERM) cleans up like Ctrl-C does: Python would otherwise skip every `finally`
-        # and leave the build's temporary folder behind.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        verbose = click.get_current_context().find_root().params.get("verbose", False)
-        try:
-            return command(*args, **kwargs)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except BrokenPipeError:
-            # The reader went away (`hfexport recipes | head`): nothing to report. Point stdout at
-            # devnull so Python's own flush at exit does not raise again.
-            import os
-
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            sys.exit(EXIT_ERROR)
-        except FidelityError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_GATES)
-        except HfExportError as exc:
-            if verbose:
-                traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(EXIT_ERROR)
-        except Exception as exc:
-            if verbose:
-                traceback.print_exc()
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            click.echo(f"error: unexpected {type(exc).__name__}: {first} (rerun with --verbose for details)",
-                       err=True)
-            sys.exit(EXIT_ERROR)
-
-    return wrapper
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--verbose", is_flag=True, help="Show full tracebacks on errors.")
+@click.group(cls=VerboseAnywhereGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--verbose", is_flag=True, help="Show full tracebacks on errors (before or after the command).")
 @click.version_option(package_name="hfexport")
 def main(verbose: bool) -> None:
     """Export Hugging Face models into verified, torch-free deployment bundles."""
@@ -88,9 +38,12 @@ def main(verbose: bool) -> None:
 @click.option("--no-cache", is_flag=True, help="Rerun every pass; neither reuse nor store cached stages.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--sign-with", type=click.Path(), default=None,
+              help="Sign the bundle with this PEM private key at the end of the build (hfexport[sign]).")
 @_handle_errors
 def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
-          train_data, text_column, label_column, threads, no_gates, force, no_cache, quiet, log_format) -> None:
+          train_data, text_column, label_column, threads, no_gates, force, no_cache, quiet, log_format,
+          sign_with) -> None:
     """Build a deployable bundle for a target."""
     from hfexport.api import build as run_build
     from hfexport.progress import Progress
@@ -101,7 +54,7 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
                        eval_data=eval_data, train_data=train_data, text_column=text_column,
                        label_column=label_column,
                        gates=not no_gates, force=force, cache=not no_cache,
-                       threads=threads, progress=progress,
+                       threads=threads, progress=progress, sign_with=sign_with,
                        verbose=click.get_current_context().find_root().params.get("verbose", False))
     summary = result.report.summary
     if log_format == "json":
@@ -122,12 +75,27 @@ def targets() -> None:
     from hfexport.profiles import TargetProfile
 
     profiles = [load_model_file(path, TargetProfile) for path in list_shipped("targets")]
-    rows = [(profile, *profile.host_fit()) for profile in profiles]
-    width = max(len(why) for _, _, why in rows)
-    for profile, fits, why in rows:
-        mark = "yes" if fits else "no "
-        click.echo(f"{profile.name:<10} {mark} {why:<{width}} {profile.backend}/{profile.device}  "
-                   f"{','.join(profile.precisions)}  {profile.description}")
+    rows = [("TARGET", "BUILD HERE", "RUN HERE", "BACKEND/DEVICE", "PRECISIONS", "DESCRIPTION")]
+    for profile in profiles:
+        runs, why = profile.host_fit()
+        rows.append((profile.name, _build_fit(profile), "yes" if runs else f"no: {why}",
+                     f"{profile.backend}/{profile.device}", ",".join(profile.precisions), profile.description))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    for *columns, description in rows:
+        click.echo("  ".join(f"{c:<{w}}" for c, w in zip(columns, widths)) + f"  {description}")
+
+
+def _build_fit(profile) -> str:
+    """Whether this host can build for the target: a build needs the backend's build packages, not its device
+    (a cuda bundle is built and validated here on ONNX Runtime's CPU provider; the report says so)."""
+    import importlib.util
+
+    needs = {"onnxruntime": ["torch", "onnxruntime"], "openvino": ["torch", "openvino", "nncf"],
+             "xla": ["torch", "jax"]}.get(profile.backend, ["torch"])
+    missing = [name for name in needs if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"no: needs {', '.join(missing)}"
+    return "yes" if profile.host_fit()[0] else "yes (validated on CPU)"
 
 
 @main.command()
@@ -156,7 +124,10 @@ def inspect(bundle, as_json) -> None:
     info = inspect_bundle(bundle)
     m = info["manifest"]
     if as_json:
-        click.echo(json.dumps({**m.to_dict(), "checksums": info["checksums"]}, indent=2))
+        signed = info.get("signature")
+        click.echo(json.dumps({**m.to_dict(), "checksums": info["checksums"],
+                               "signature": {"signer": signed.signer, "method": signed.method} if signed else None},
+                              indent=2))
         return
     model, target = m.model, m.target
     click.echo(f"bundle     {info['path']}")
@@ -176,6 +147,8 @@ def inspect(bundle, as_json) -> None:
         click.echo(f"validation {'passed' if v.passed else 'FAILED'}: {s['speedup']:.2f}x faster, "
                    f"{s['size_ratio']:.2f}x size, {fid}")
     click.echo(f"checksums  {info['checksums']}")
+    signed = info.get("signature")
+    click.echo(f"signature  {signed.describe() if signed else 'unsigned (sign it: hfexport sign BUNDLE --private-key KEY)'}")
     if info["checksums"] != "ok":
         sys.exit(EXIT_ERROR)
 
@@ -196,9 +169,11 @@ def inspect(bundle, as_json) -> None:
 @click.option("--seed", type=int, default=None, help="Text generation: repeatable sampling.")
 @click.option("--stop", multiple=True, help="Text generation: stop at this string (repeatable).")
 @click.option("--device", default=None, help="OpenVINO bundles: run on this device (CPU, GPU, NPU, AUTO).")
+@click.option("--public-key", type=click.Path(), default=None,
+              help="Refuse the bundle unless it is signed by this PEM public key (hfexport[sign]).")
 @_handle_errors
 def run(bundle, texts, question, labels, top_k, max_new_tokens, chat, do_sample, temperature, top_p, repetition_penalty,
-        seed, stop, device) -> None:
+        seed, stop, device, public_key) -> None:
     """Run text through a bundle with the torch-free runtime and print the results.
 
     Text-generation bundles stream the generated text of each prompt as it comes; --chat reads user
@@ -208,7 +183,7 @@ def run(bundle, texts, question, labels, top_k, max_new_tokens, chat, do_sample,
 
     from hfexport.runtime import load
 
-    predictor = load(bundle, device=device)
+    predictor = load(bundle, device=device, public_key=public_key)
     if predictor.task == "text-generation":
         options = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                    "top_k": top_k, "top_p": top_p, "repetition_penalty": repetition_penalty, "seed": seed,
@@ -290,8 +265,12 @@ def validate(bundle, eval_data, text_column, label_column, report_dir, threads, 
                              report_dir=report_dir,
                              threads=threads, progress=Progress("quiet" if quiet else "text"))
     s = report.summary
+    from pathlib import Path
+
+    where = Path(report_dir) if report_dir else Path(bundle).expanduser().with_name(Path(bundle).name + ".validation")
     click.echo(f"{'passed' if report.passed else 'FAILED'}: {s['speedup']:.2f}x faster than PyTorch; "
-               + ", ".join(f"{g.metric} {g.value:.4f} (>= {g.threshold})" for g in report.gates))
+               + ", ".join(f"{g.metric} {g.value:.4f} (>= {g.threshold})" for g in report.gates)
+               + f"; report: {where / 'report.html'}")
     if not report.passed:
         sys.exit(EXIT_GATES)
 
@@ -352,6 +331,11 @@ def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching,
     metrics = Metrics()
     models = load_models(list(bundles), list(names), config, metrics)
     served = ", ".join(f"{m.name} ({m.task})" for m in models)
+    for model in models:
+        if model.batcher is not None and model.batcher.combine and model.batch_dependent:
+            click.echo(f"note: {model.name} is dynamic int8 (one activation range per model call), so a text's "
+                       "result varies slightly with the texts batched beside it; --no-batching makes it "
+                       "repeatable (docs/decisions/0092-dynamic-int8-and-batching.md)", err=True)
     # uvicorn handles SIGTERM/SIGINT while it serves and raises the signal again once it has drained;
     # by then the shutdown was clean, so the command exits 0 instead of reporting an interruption.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -363,6 +347,9 @@ def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching,
         models.close()
     click.echo("stopped", err=True)
 
+
+main.add_command(sign)
+main.add_command(verify)
 
 if __name__ == "__main__":
     main()

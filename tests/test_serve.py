@@ -194,7 +194,8 @@ def test_serve_models_lists_every_bundle_with_its_task(client):
     listed = {m.id: m for m in client.models.list().data}
     assert set(listed) == {"fe", "cls", "ner", "qa", "mlm", "llm"}
     assert listed["llm"].model_extra["task"] == "text-generation"
-    assert client.models.retrieve("fe").model_extra["batching"]["max_wait_ms"] == 20.0
+    batching = client.models.retrieve("fe").model_extra["batching"]
+    assert batching["max_wait_ms"] == 20.0 and batching["results_depend_on_batch"] is False  # fp32
 
 
 def test_serve_openai_client_errors_are_typed(client):

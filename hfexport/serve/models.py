@@ -40,8 +40,16 @@ class ServedModel:
                  "backend": manifest.target.backend, "precision": manifest.target.precision}
         if self.batcher is not None:
             entry["batching"] = {"enabled": self.batcher.combine, "max_batch_size": self.batcher.max_batch_size,
-                                 "max_wait_ms": self.batcher.max_wait_s * 1000}
+                                 "max_wait_ms": self.batcher.max_wait_s * 1000,
+                                 "results_depend_on_batch": self.batch_dependent}
         return entry
+
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a text's result depends on the texts batched with it: dynamic int8 quantises activations
+        with one range per call (docs/decisions/0092-dynamic-int8-and-batching.md)."""
+        return any(p.name == "quantize" and p.params.get("mode") == "dynamic" and not p.params.get("weights_only")
+                   for p in self.runtime.manifest.passes)
 
     def depth(self) -> int:
         queue = self.batcher or self.generation

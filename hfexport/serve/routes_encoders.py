@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 
 import numpy as np
 from starlette.requests import Request
 from starlette.responses import Response
 
 from hfexport.serve.batching import EncodeResult
-from hfexport.serve.errors import bad_request, timed_out
+from hfexport.serve.errors import ApiError, bad_request, timed_out
 from hfexport.serve.http import ServerState, json_response, read_json
 from hfexport.serve.models import ServedModel
 from hfexport.serve.schemas import (
@@ -56,13 +57,23 @@ async def embeddings(request: Request) -> Response:
                           param="dimensions")
     result = await run_batched(state, model, texts, {}, body.truncate)
     vectors = np.asarray(result.values, dtype=np.float32)
+    if not np.isfinite(vectors).all():
+        raise ApiError(500, f"model {model.name!r} produced non-finite values", type="server_error")
     if body.encoding_format == "base64":  # little-endian float32 bytes, as OpenAI sends them
-        encoded = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
+        encoded = [json.dumps(base64.b64encode(v.astype("<f4").tobytes()).decode("ascii")) for v in vectors]
     else:
-        encoded = vectors.tolist()
-    data = [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)]
-    return json_response({"object": "list", "data": data, "model": model.name,
-                          "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens}})
+        encoded = float_arrays(vectors)
+    data = ",".join(f'{{"object":"embedding","index":{i},"embedding":{e}}}' for i, e in enumerate(encoded))
+    tail = json.dumps({"model": model.name, "usage": {"prompt_tokens": result.tokens, "total_tokens": result.tokens}})
+    return Response(f'{{"object":"list","data":[{data}],{tail[1:]}'.encode(), media_type="application/json")
+
+
+def float_arrays(vectors: np.ndarray) -> list[str]:
+    """Rows as JSON arrays. NOTE: "%.9g" gives back the exact float32 (9 significant digits always round-trip)
+    at under half the time and 60% of the bytes of json.dumps on the float64 values; with 32 requests
+    in a batch, number formatting was the event loop's largest cost (docs/decisions/0090)."""
+    template = "[" + ",".join(["%.9g"] * vectors.shape[1]) + "]"
+    return [template % tuple(row) for row in vectors.tolist()]
 
 
 async def _task_route(request: Request, body_type, tasks: tuple[str, ...], route: str, options) -> Response:
