@@ -28,9 +28,18 @@ def resolve_named_yaml(kind: str, name_or_path: str) -> Path:
     folder = shipped_dir(kind)
     path = folder / f"{name_or_path}.yaml"
     if not path.is_file():
-        known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml")))
-        raise ConfigError(f"unknown {kind[:-1]} {name_or_path!r} (known: {known}; or pass a path to a YAML file)")
+        names = sorted(p.stem for p in folder.glob("*.yaml"))
+        raise ConfigError(f"unknown {kind[:-1]} {name_or_path!r}{did_you_mean(name_or_path, names)} "
+                          f"(known: {', '.join(names)}; or pass a path to a YAML file)")
     return path
+
+
+def did_you_mean(name: str, known) -> str:
+    """"; did you mean 'cpu'?" for a near miss of one of `known`, else ""."""
+    import difflib
+
+    close = difflib.get_close_matches(name.lower(), list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def list_shipped(kind: str) -> list[Path]:

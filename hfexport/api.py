@@ -33,11 +33,13 @@ def build(
     progress: Progress | None = None,
     verbose: bool = False,
     cache: bool = True,
+    sign_with: str | Path | None = None,
 ) -> BuildResult:
     """Build a bundle for `target` from a hub id or local folder (default: all-MiniLM-L6-v2).
 
     `cache=False` neither reuses nor stores finished stages (the stage cache: $HFEXPORT_CACHE_DIR, else
-    ~/.cache/hfexport; bounded by $HFEXPORT_CACHE_SIZE, default 20GB)."""
+    ~/.cache/hfexport; bounded by $HFEXPORT_CACHE_SIZE, default 20GB). `sign_with` (a PEM private key)
+    signs the bundle with model-signing before it is installed (hfexport[sign])."""
     from hfexport.build.engine import run_build
 
     with quiet_libraries(not verbose):
@@ -45,7 +47,7 @@ def build(
                          trust_remote_code=trust_remote_code, calibration_data=calibration_data,
                          eval_data=eval_data, train_data=train_data, text_column=text_column,
                          label_column=label_column, gates=gates, force=force, threads=threads,
-                         progress=progress or Progress(), cache=cache)
+                         progress=progress or Progress(), cache=cache, sign_with=sign_with)
 
 
 def inspect_bundle(path: str | Path) -> dict:
@@ -59,7 +61,9 @@ def inspect_bundle(path: str | Path) -> dict:
         integrity = "ok"
     except BundleIntegrityError as exc:
         integrity = str(exc)
-    return {"path": str(bundle), "manifest": manifest, "checksums": integrity}
+    from hfexport.runtime.signing import signature_info
+
+    return {"path": str(bundle), "manifest": manifest, "checksums": integrity, "signature": signature_info(bundle)}
 
 
 

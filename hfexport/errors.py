@@ -43,5 +43,9 @@ class BundleIntegrityError(HfExportError):
     """A bundle's manifest is missing or a file does not match its recorded checksum."""
 
 
+class SignatureError(BundleIntegrityError):
+    """A bundle's signature is missing, made with another key, altered, or its files changed after signing."""
+
+
 class OutputExistsError(HfExportError):
     """The output folder exists and --force was not given."""

@@ -99,13 +99,14 @@ def resolve_model(
             log(f"hub unreachable: using the packaged copy of {model} ({revision})")
     if not (local_dir / "config.json").is_file():
         raise ModelLoadError(f"{local_dir} has no config.json: not a Hugging Face model folder")
-    config = json.loads((local_dir / "config.json").read_text())
+    config = read_json_file(local_dir / "config.json", "the model config")
     if config.get("auto_map") and not trust_remote_code:
         raise ModelLoadError(
             f"{model_id} needs custom code from its repository; rerun with --trust-remote-code if you trust it"
         )
     task = normalize_task(task) if task else infer_task_from_folder(local_dir)
     TASKS[task].check_model(config)
+    check_weight_files(local_dir)
     return ModelSource(
         model_id=model_id,
         revision=revision,
@@ -118,16 +119,50 @@ def resolve_model(
     )
 
 
+def read_json_file(path: Path, what: str) -> dict:
+    """A model folder's JSON file as a dict; ModelLoadError naming the file and the fix when it is not one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read {what} ({exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ModelLoadError(f"{path}: {what} is not valid JSON ({exc}); fix or re-download the file") from None
+    if not isinstance(value, dict):
+        raise ModelLoadError(f"{path}: {what} should be a JSON object; fix or re-download the file")
+    return value
+
+
+def check_weight_files(folder: Path) -> None:
+    """Every *.safetensors file is whole: its header parses and the file holds every tensor it lists.
+
+    A truncated download otherwise fails deep inside the export; this reads only the headers."""
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with open(path, "rb") as handle:
+                size = path.stat().st_size
+                length = int.from_bytes(handle.read(8), "little") if size >= 8 else -1
+                if not 0 < length <= size - 8:
+                    raise ValueError(f"header length {length} in a {size}-byte file")
+                header = json.loads(handle.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+                      default=0)
+            if 8 + length + end > size:
+                raise ValueError(f"the tensors need {8 + length + end} bytes, the file has {size}")
+        except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            raise ModelLoadError(f"{path}: truncated or corrupt weights file ({exc}); re-download or re-save "
+                                 "the model") from None
+
+
 def read_max_length(folder: Path, config: dict) -> int:
     candidates = []
     st_config = folder / "sentence_bert_config.json"
     if st_config.is_file():
-        value = json.loads(st_config.read_text()).get("max_seq_length")
+        value = read_json_file(st_config, "the sentence-transformers config").get("max_seq_length")
         if value:
             candidates.append(int(value))
     tok_config = folder / "tokenizer_config.json"
     if tok_config.is_file():
-        value = json.loads(tok_config.read_text()).get("model_max_length")
+        value = read_json_file(tok_config, "the tokenizer config").get("model_max_length")
         if isinstance(value, int) and 0 < value < 1_000_000:
             candidates.append(value)
     positions = config.get("max_position_embeddings") or config.get("n_positions")  # n_positions: GPT-2

@@ -28,7 +28,7 @@ class BuildResult:
 def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None, revision=None,
               trust_remote_code=False, calibration_data=None, eval_data=None, train_data=None, text_column=None,
               label_column=None, gates=True, force=False, threads=None, progress: Progress | None = None,
-              cache: bool = True) -> BuildResult:
+              cache: bool = True, sign_with=None) -> BuildResult:
     from hfexport import data
     from hfexport.build import bundle as bundles
     from hfexport.build.manifest import manifest_body
@@ -46,6 +46,10 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     chosen = load_recipe(recipe) if recipe else None
     stage_cache = StageCache.from_env() if cache else None
     bundles.check_output(output, force)
+    if sign_with is not None:
+        from hfexport.runtime.signing import check_private_key
+
+        check_private_key(sign_with)
     calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
                    else data.default_calibration_texts())
     records = data.read_records(eval_data) if eval_data else None
@@ -114,6 +118,10 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
             shutil.rmtree(kept, ignore_errors=True)
             shutil.move(str(staging / "report"), kept)
             raise gate_failure(report.gates, kept)
+        if sign_with is not None:
+            from hfexport.runtime.signing import sign_bundle
+
+            progress.info(f"signed by {sign_bundle(staging, sign_with).signer} ({staging.name}/model.sig)")
         bundles.install(staging, output, force)
         return BuildResult(output, manifest, report)
     finally:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hfexport.errors import BundleIntegrityError, HfExportError
 from hfexport.runtime.backends import open_backend
 from hfexport.runtime.manifest import Manifest, read_manifest, verify_files
+from hfexport.runtime.paths import check_bundle_paths
 from hfexport.runtime.tasks import normalise_inputs, task_module
 from hfexport.runtime.tokenizer import Batch, TextEncoder
 
@@ -76,19 +79,44 @@ def open_model(model_path: Path, manifest: Manifest, *, providers=None, threads=
 
 
 def load(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-         device: str | None = None, verify: bool = True, session_overrides: dict | None = None):
+         device: str | None = None, verify: bool = True, session_overrides: dict | None = None,
+         public_key: str | Path | None = None):
     """Load a bundle folder. Checksums of every file are verified first unless verify=False.
 
     Returns a Predictor (encoder tasks) or a TextGenerator (text-generation bundles). `device` runs an
-    OpenVINO bundle on another device than its profile names (e.g. "GPU", "NPU", "AUTO").
+    OpenVINO bundle on another device than its profile names (e.g. "GPU", "NPU", "AUTO"). With
+    `public_key` (a PEM file), the bundle must carry a valid signature by that key over every file
+    (`hfexport sign`), else SignatureError; the check needs `pip install 'hfexport[sign]'`.
+    Every path the manifest names must stay inside the bundle, which may hold no symbolic links.
     """
     bundle = Path(path).expanduser()
+    if public_key is not None:
+        from hfexport.runtime.signing import verify_bundle
+
+        verify_bundle(bundle, public_key)
     manifest = read_manifest(bundle)
-    if verify:
+    check_bundle_paths(bundle, manifest)
+    if verify or public_key is not None:
         verify_files(bundle, manifest)
-    backend = open_model(bundle / manifest.model_file, manifest, providers=providers, threads=threads,
-                         device=device, session_overrides=session_overrides)
-    opener = getattr(task_module(manifest.model.task), "open_predictor", None)
-    if opener is not None:  # a generative task: its own loop over the model
-        return opener(manifest, bundle, backend)
-    return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
+    with _bundle_errors(bundle):
+        backend = open_model(bundle / manifest.model_file, manifest, providers=providers, threads=threads,
+                             device=device, session_overrides=session_overrides)
+        opener = getattr(task_module(manifest.model.task), "open_predictor", None)
+        if opener is not None:  # a generative task: its own loop over the model
+            return opener(manifest, bundle, backend)
+        return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
+
+
+@contextmanager
+def _bundle_errors(bundle: Path):
+    """Whatever a damaged bundle makes a library raise while it opens (a session setting of the wrong type,
+    a tokenizer.json the tokenizers library panics on) becomes one BundleIntegrityError naming the bundle.
+    NOTE: BaseException, because a Rust panic in tokenizers surfaces as pyo3's PanicException."""
+    try:
+        yield
+    except (HfExportError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise BundleIntegrityError(f"{bundle}: the bundle cannot be opened ({type(exc).__name__}: {first}); "
+                                   "it is damaged or was written by another tool: rebuild it") from exc

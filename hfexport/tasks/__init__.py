@@ -40,7 +40,10 @@ def normalize_task(task: str) -> str:
     for spec in TASKS.values():
         if task in spec.aliases:
             return spec.name
-    raise ModelLoadError(f"unsupported task {task!r} (supported: {', '.join(sorted(TASKS))})")
+    from hfexport._shipped import did_you_mean
+
+    names = sorted({*TASKS, *(alias for spec in TASKS.values() for alias in spec.aliases)})
+    raise ModelLoadError(f"unsupported task {task!r}{did_you_mean(task, names)} (supported: {', '.join(sorted(TASKS))})")
 
 
 def get_task(task: str) -> TaskSpec:

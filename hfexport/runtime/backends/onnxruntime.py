@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.errors import HfExportError
+from hfexport.errors import BundleIntegrityError, HfExportError
 from hfexport.host import physical_cores
+from hfexport.runtime.paths import check_external_data
 
 _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
            "all": "ORT_ENABLE_ALL"}  # fmt: skip
@@ -68,7 +69,15 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
             f"none of the bundle's execution providers ({', '.join(wanted)}) is available in this "
             f"onnxruntime (has: {', '.join(sorted(available))})"
         )
-    return OnnxRuntimeSession(ort.InferenceSession(str(model_path), options, providers=usable), wanted)
+    # NOTE: external-data locations are checked here, before ONNX Runtime opens any file they name.
+    check_external_data(Path(model_path))
+    try:
+        opened = ort.InferenceSession(str(model_path), options, providers=usable)
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/RuntimeException types
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise BundleIntegrityError(f"{model_path}: ONNX Runtime cannot open the model ({first}); the file is "
+                                   "corrupt or not built for this runtime: rebuild the bundle") from None
+    return OnnxRuntimeSession(opened, wanted)
 
 
 class OnnxRuntimeDecoder:
