@@ -63,7 +63,18 @@ def inspect_bundle(path: str | Path) -> dict:
         integrity = str(exc)
     from hfexport.runtime.signing import signature_info
 
-    return {"path": str(bundle), "manifest": manifest, "checksums": integrity, "signature": signature_info(bundle)}
+    return {"path": str(bundle), "manifest": manifest, "checksums": integrity, "signature": signature_info(bundle),
+            "notes": _bundle_notes(manifest)}
+
+
+def _bundle_notes(manifest) -> list[str]:
+    """What the bundle's backend wants its owner to know (an XLA module nearing jax's compatibility window)."""
+    if manifest.target.backend != "xla":
+        return []
+    from hfexport.runtime.backends.xla import reexport_note
+
+    note = reexport_note(manifest)
+    return [note] if note else []
 
 
 

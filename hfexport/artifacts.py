@@ -117,4 +117,41 @@ class OpenVINOModel(Artifact):
 
 _DIM_NAMES = ("batch", "sequence")
 
-ARTIFACT_KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (TorchModel, OnnxModel, OpenVINOModel)}
+
+@dataclass(frozen=True)
+class StableHLOModel(Artifact):
+    """A serialized jax.export module (`path`, StableHLO inside) and its weights, `weights.safetensors` beside
+    it, passed as arguments on each call; the weights file's metadata names their order and the inputs."""
+
+    kind: ClassVar[str] = "stablehlo"
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    stats: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def weights(self) -> Path:
+        return self.path.with_name("weights.safetensors")
+
+    def files(self) -> list[Path]:
+        return [self.path, self.weights]
+
+    def bundle_files(self) -> dict[str, Path]:
+        return {"model.jax": self.path, "weights.safetensors": self.weights}
+
+    def signature(self) -> dict:
+        import jax
+
+        exported = jax.export.deserialize(bytearray(self.path.read_bytes()))
+        names = {"b": "batch", "s": "sequence"}
+
+        def describe(names_, avals):
+            return [{"name": name, "dtype": str(aval.dtype),
+                     "shape": [names.get(str(d), str(d)) if not isinstance(d, int) else d for d in aval.shape]}
+                    for name, aval in zip(names_, avals)]
+
+        tokens = exported.in_avals[-len(self.inputs):] if self.inputs else ()
+        return {"inputs": describe(self.inputs, tokens), "outputs": describe(self.outputs, exported.out_avals)}
+
+
+ARTIFACT_KINDS: dict[str, type[Artifact]] = {cls.kind: cls for cls in (TorchModel, OnnxModel, OpenVINOModel,
+                                                                        StableHLOModel)}

@@ -134,6 +134,8 @@ def inspect(bundle, as_json) -> None:
     click.echo(f"format     {m.format_version} (hfexport {m.hfexport_version})")
     click.echo(f"model      {model.id} @ {model.revision or '-'}  ({model.task}, {model.model_type})")
     click.echo(f"target     {target.name} ({target.backend}, {target.isa}, {target.precision})")
+    for note in info.get("notes", []):
+        click.echo(f"warning    {note}")
     for p in m.passes:
         click.echo(f"pass       {p.name:<16} {p.seconds:>6.1f}s  {p.size_bytes / 1e6:>7.1f} MB"
                    + ("  (cached)" if p.cached else ""))

@@ -62,6 +62,30 @@ class OpenVINOOptions(_Strict):
         return self
 
 
+class XlaOptions(_Strict):
+    """How the xla backend exports and the runtime runs a bundle (jax.export; static shapes on a TPU)."""
+
+    platforms: list[Literal["tpu", "cuda", "rocm", "cpu"]] = Field(
+        default_factory=lambda: ["tpu", "cuda", "cpu"], min_length=1, description="jax.export lowers for each")
+    device: Literal["tpu", "gpu", "cpu"] = Field("cpu", description="where the runtime runs it by default; "
+                                                                     "hfexport.runtime.load(path, device=...) overrides")
+    # NOTE: recorded, not applied to fp32 exports: jax's default matmul precision is one bf16 pass on a TPU.
+    matmul_precision: Literal["default", "high", "highest"] = "default"
+    # TPUs want static shapes: the runtime pads each batch up to the next bucket (and compiles each shape once).
+    sequence_buckets: list[int] = Field(default_factory=lambda: [128, 256, 512])
+    batch_buckets: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    # Compile-only TPU check at build time, when libtpu is installed (no TPU needed): topology names.
+    compile_check: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> XlaOptions:
+        for name in ("sequence_buckets", "batch_buckets"):
+            values = getattr(self, name)
+            if values != sorted(set(values)) or any(v < 1 for v in values):
+                raise ValueError(f"{name} must be positive and increasing")
+        return self
+
+
 # -- `quantize:`: how the target runs a recipe's quantize step, one section type per backend -----------------
 # A recipe's quantize step says the intent (precision, weights_only, group_size); each field below is the
 # target's default for an option the recipe leaves unset, named as in the quantize pass's config.
@@ -176,6 +200,8 @@ class TargetProfile(_Strict):
     session: SessionOptions = Field(default_factory=SessionOptions)
     # Backend-specific compile options; only for `backend: openvino`, where it defaults to OpenVINOOptions().
     openvino: OpenVINOOptions | None = None
+    # Only for `backend: xla`, where it defaults to XlaOptions().
+    xla: XlaOptions | None = None
     # How `quantize` runs here: the section type follows `backend` (unset: that backend's defaults).
     quantize: QuantizeSection | None = None
     requires: HostRequirements = Field(default_factory=HostRequirements)
@@ -193,6 +219,8 @@ class TargetProfile(_Strict):
         backend = data.get("backend")
         if data.get("openvino") is not None and backend != "openvino":
             raise ValueError(f"openvino: options are for backend openvino, not {backend}")
+        if data.get("xla") is not None and backend != "xla":
+            raise ValueError(f"xla: options are for backend xla, not {backend}")
         section = data.get("quantize")
         if isinstance(section, dict) or (section is None and backend in QUANTIZE_SECTIONS):
             if backend not in QUANTIZE_SECTIONS:
@@ -219,7 +247,12 @@ class TargetProfile(_Strict):
         options = self.session.model_dump(mode="json")
         if self.backend == "openvino":
             options["openvino"] = (self.openvino or OpenVINOOptions()).model_dump(mode="json")
+        if self.backend == "xla":
+            options["xla"] = self.xla_options().model_dump(mode="json")
         return options
+
+    def xla_options(self) -> XlaOptions:
+        return self.xla or XlaOptions()
 
     # -- derived facts -------------------------------------------------------------------------
 
@@ -265,6 +298,16 @@ class TargetProfile(_Strict):
             available = openvino.Core().available_devices
             if device != "AUTO" and not any(d.split(".")[0] == device for d in available):
                 return False, f"OpenVINO has no {device} device here (has: {', '.join(available)})"
+        if self.backend == "xla":
+            try:
+                import jax
+            except ImportError:
+                return False, "jax is not installed"
+            device = self.xla_options().device
+            try:
+                jax.devices(device)
+            except RuntimeError:
+                return False, f"jax has no {device} device here"
         return True, f"ok ({self.effective_isa()})"
 
 

@@ -1,7 +1,7 @@
 """Build-side backends: the target profile's `backend` -> the class that exports, optimises and quantises.
 
-One module per backend (`onnxruntime.py`, `openvino.py`), imported only when a plan needs it; their
-internals live in `_onnx/` and `_openvino/`, the PyTorch side both exporters share in `_torch_graph.py` and
+One module per backend (`onnxruntime.py`, `openvino.py`, `xla.py`), imported only when a plan needs it; their
+internals live in `_onnx/`, `_openvino/` and `_xla/`, the PyTorch side both exporters share in `_torch_graph.py` and
 `_generation_graph.py`. The runtime side of each backend is `hfexport/runtime/backends/<name>.py`.
 """
 
@@ -18,6 +18,7 @@ __all__ = ["BACKENDS", "Backend", "all_backends", "get_backend"]
 BACKENDS: dict[str, str] = {
     "onnxruntime": "hfexport.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "hfexport.backends.openvino:OpenVINOBackend",
+    "xla": "hfexport.backends.xla:XlaBackend",
 }
 
 

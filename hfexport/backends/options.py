@@ -27,6 +27,7 @@ class ExportConfig(PassConfig):
     stateful: bool = Field(True, description="openvino, text generation: the KV cache inside the InferRequest "
                                              "(false: explicit past/present ports)")
     compress_to_fp16: bool = Field(False, description="openvino: store float weights as fp16")
+    precision: Literal["fp32", "bf16"] | None = Field(None, description="xla: compute precision (null = fp32)")
 
 
 class OptimizeConfig(PassConfig):

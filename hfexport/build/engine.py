@@ -7,6 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from hfexport._quiet import disable_telemetry
 from hfexport.artifacts import Artifact, TorchModel
 from hfexport.build.cache import StageCache
 from hfexport.build.runner import PassRunner
@@ -39,6 +40,7 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     from hfexport.recipes import load_recipe
     from hfexport.validation import validate_build, write_report
 
+    disable_telemetry()  # OpenVINO's and NNCF's usage telemetry: a build never phones home
     progress = progress or Progress()
     output = Path(output).expanduser().resolve()
     # Every check that needs no heavy work runs before any: a bad argument fails in a second.
@@ -96,8 +98,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         extra = {"generation_config.json": _generation_config(source, workdir)} if get_task(source.task).generative else {}
         model_files = bundles.stage_bundle(staging, artifact, tokenizer_dir, source.local_dir / "config.json",
                                            extra)
-        precision = next((r["params"]["precision"] for r in reversed(pass_records) if r["name"] == "quantize"),
-                         "fp32")
+        precision = next((r["params"]["precision"] for r in reversed(pass_records)
+                          if r["name"] in ("quantize", "export") and r["params"].get("precision")), "fp32")
         body = manifest_body(source, profile, chosen, pass_records, artifact, model_files, ctx.hf_tokenizer(),
                               precision)
         bundles.write_manifest(staging, body)

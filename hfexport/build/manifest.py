@@ -174,7 +174,7 @@ def tool_versions() -> dict[str, str]:
 
     versions = {"hfexport": __version__, "python": platform.python_version()}
     for package in ("torch", "transformers", "optimum", "onnx", "onnxscript", "onnxruntime", "openvino", "nncf",
-                    "tokenizers", "numpy"):
+                    "jax", "jaxlib", "torchax", "tokenizers", "numpy"):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

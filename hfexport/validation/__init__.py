@@ -25,7 +25,7 @@ __all__ = ["Candidate", "Judging", "validate_build", "validate_bundle", "write_r
 # steal the 2 cores from whichever side is being timed; validation switches spinning off.
 _NO_SPIN = {"allow_spinning": False}
 # The runtime backend that reads each intermediate artifact format.
-_READERS = {"onnx": "onnxruntime", "openvino": "openvino"}
+_READERS = {"onnx": "onnxruntime", "openvino": "openvino", "stablehlo": "xla"}
 
 
 @dataclass

@@ -9,6 +9,7 @@ from hfexport.errors import BundleIntegrityError
 _BACKENDS = {
     "onnxruntime": "hfexport.runtime.backends.onnxruntime",
     "openvino": "hfexport.runtime.backends.openvino",
+    "xla": "hfexport.runtime.backends.xla",
 }
 
 

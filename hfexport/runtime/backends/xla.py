@@ -1,0 +1,152 @@
+"""XLA backend: a jax.export module (StableHLO) run by jax on a TPU, an NVIDIA GPU or the CPU. Torch-free.
+
+The weights (`weights.safetensors`, beside the module) are placed on the device once and passed as arguments
+on every call; the module is called under `jax.jit`, which compiles each input shape once. Token inputs are
+padded to the next of the target's batch and sequence buckets (TPUs want static shapes; a bounded set of
+shapes also bounds compile time anywhere) and the outputs cut back. jax's calls are thread-safe; the first
+call for a shape compiles it under a lock so two threads do not compile the same shape twice.
+
+Install: `pip install "hfexport[xla]"` (CPU); `jax[tpu]` or `jax[cuda13]` for the accelerators.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from hfexport.errors import HfExportError
+
+WEIGHTS_FILE = "weights.safetensors"
+_PLATFORMS = {"tpu": "tpu", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
+
+
+def _import_jax(threads: int | None):
+    if threads == 1 and "jax" not in sys.modules:
+        # XLA's CPU client reads its thread settings once, when it starts.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
+                                   "intra_op_parallelism_threads=1").strip()
+    try:
+        import jax
+    except ImportError as exc:
+        raise HfExportError('this bundle needs jax: pip install "hfexport[xla]" (jax[tpu] / jax[cuda13] for '
+                            "accelerators)") from exc
+    return jax
+
+
+def read_weights(path: Path) -> tuple[list[np.ndarray], dict]:
+    """The weights in call order, and the metadata the export wrote (order, inputs, output axes)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = json.loads(handle.metadata()["hfexport"])
+        tensors = {name: handle.get_tensor(name) for name in dict.fromkeys(meta["order"])}
+        return [tensors[name] for name in meta["order"]], meta
+
+
+def bucket(size: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds `size`; `size` itself past the largest."""
+    return next((b for b in buckets if b >= size), size)
+
+
+class XlaSession:
+    backend = "xla"
+
+    def __init__(self, exported, weights: list, meta: dict, device, options: dict):
+        import jax
+
+        self.exported, self.device = exported, device
+        self.input_names = list(meta["inputs"])
+        self.output_axes: dict[str, list[str]] = meta["outputs"]
+        self.output_names = list(self.output_axes)
+        # A tied weight appears twice in the call order; it is placed once.
+        placed = {id(w): jax.device_put(w, device) for w in weights}
+        self.weights = [placed[id(w)] for w in weights]
+        self.sequence_buckets = list(options.get("sequence_buckets") or [])
+        self.batch_buckets = list(options.get("batch_buckets") or [])
+        self.max_sequence = meta.get("max_sequence")  # the export's `s <= N`: padding never passes it
+        self._call = jax.jit(exported.call)
+        self._compiled: set[tuple] = set()
+        self._lock = threading.Lock()
+        self.effective = {"device": str(device.platform), "jax": jax.__version__}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import jax
+
+        first = feeds[self.input_names[0]]
+        batch, length = first.shape
+        rows = bucket(batch, self.batch_buckets)
+        width = min(bucket(length, self.sequence_buckets), max(self.max_sequence or length, length))
+        tokens = [jax.device_put(_pad(np.asarray(feeds[n]), rows, width), self.device) for n in self.input_names]
+        shape = (rows, width)
+        if shape in self._compiled:
+            outputs = self._call(self.weights, *tokens)
+        else:
+            with self._lock:
+                outputs = self._call(self.weights, *tokens)
+                self._compiled.add(shape)
+        return {name: _cut(np.asarray(value), self.output_axes[name], batch, length)
+                for name, value in zip(self.output_names, outputs)}
+
+
+def _pad(values: np.ndarray, rows: int, width: int) -> np.ndarray:
+    """int32 tokens padded with zeros (mask 0) to [rows, width]; extra rows copy the first (a real row)."""
+    values = values.astype(np.int32, copy=False)
+    batch, length = values.shape
+    if width > length:
+        values = np.pad(values, ((0, 0), (0, width - length)))
+    if rows > batch:
+        values = np.concatenate([values, np.repeat(values[:1], rows - batch, axis=0)])
+    return values
+
+
+def _cut(value: np.ndarray, axes: list[str], batch: int, length: int) -> np.ndarray:
+    index = tuple(slice(0, batch) if a == "batch" else slice(0, length) if a == "sequence" else slice(None)
+                  for a in axes)
+    return value[index]
+
+
+# NOTE: jax deserialises exported modules for about 6 months after their export (its compatibility
+# window); past that a newer jax refuses the bundle, so inspect warns a month before
+# (docs/decisions/0102-xla-bundle-lifetime.md).
+COMPATIBILITY_DAYS, WARN_DAYS = 180, 150
+
+
+def reexport_note(manifest, today: datetime.date | None = None) -> str | None:
+    """A line for `hfexport inspect` when the bundle's module nears or passes jax's compatibility window."""
+    stats = next((p.stats for p in manifest.passes if p.name == "export"), {})
+    if not stats.get("exported"):
+        return None
+    exported = datetime.date.fromisoformat(stats["exported"])
+    age = ((today or datetime.date.today()) - exported).days
+    if age < WARN_DAYS:
+        return None
+    state = "past" if age > COMPATIBILITY_DAYS else "near"
+    return (f"exported {exported} with jax {stats.get('jax', '?')} ({age} days ago): {state} the end of jax's "
+            f"~{COMPATIBILITY_DAYS}-day compatibility window for exported modules; re-export it with "
+            f"hfexport build --target {manifest.target.name}")
+
+
+def open_session(model_path: Path, session: dict, *, providers=None, threads=None, device=None) -> XlaSession:
+    if providers is not None:
+        raise HfExportError("XLA bundles choose hardware by device (device='tpu'|'gpu'|'cpu'), not providers=")
+    jax = _import_jax(threads)
+    options = dict(session.get("xla") or {})
+    name = device or options.get("device") or "cpu"
+    platform = _PLATFORMS.get(str(name).lower())
+    if platform is None:
+        raise HfExportError(f"device {name!r}: XLA bundles run on tpu, gpu or cpu")
+    try:
+        chosen = jax.devices(platform)[0]
+    except RuntimeError as exc:
+        raise HfExportError(f"jax has no {name} device here: {str(exc).splitlines()[0]}") from exc
+    exported = jax.export.deserialize(bytearray(Path(model_path).read_bytes()))
+    if platform not in exported.platforms:
+        raise HfExportError(f"this bundle was exported for {', '.join(exported.platforms)}, not {platform}")
+    weights, meta = read_weights(Path(model_path).with_name(WEIGHTS_FILE))
+    return XlaSession(exported, weights, meta, chosen, options)
