@@ -57,7 +57,10 @@ def _fail(message: str, code: int, exc: BaseException | None = None) -> None:
 
 
 def _missing_package(exc: ImportError) -> str | None:
-    name = (exc.name or "").split(".")[0]
+    import re
+
+    named = exc.name or next(iter(re.findall(r"No module named '([^']+)'", str(exc))), "")
+    name = named.split(".")[0]
     extra = _EXTRAS.get(name)
     if extra is None:
         return None

@@ -29,10 +29,14 @@ def read_chat_template(tokenizer_dir: Path) -> str | None:
     return template
 
 
+_MAX_REPEAT = 1_000_000  # characters or items one `*` in a chat template may produce
+
+
 @lru_cache(maxsize=8)
 def _compile(template: str):
     try:
         import jinja2
+        from jinja2.exceptions import SecurityError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as exc:
         raise BundleIntegrityError("chat templates need jinja2: pip install jinja2") from exc
@@ -45,7 +49,24 @@ def _compile(template: str):
 
         return datetime.now().strftime(fmt)
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    class _Bounded(ImmutableSandboxedEnvironment):
+        """The sandbox already refuses private attributes, unsafe calls, changes to lists and dicts, and
+        has no loader (no include/import/extends of files); this also bounds `*` and `**`, so a template
+        cannot ask for a gigabyte string or a huge number."""
+
+        intercepted_binops = frozenset(["*", "**"])
+
+        def call_binop(self, context, operator, left, right):
+            if operator == "**" and isinstance(right, (int, float)) and abs(right) > 1000:
+                raise SecurityError("exponent too large in a chat template")
+            if operator == "*":
+                sizes = [len(v) for v in (left, right) if isinstance(v, (str, list, tuple))]
+                counts = [v for v in (left, right) if isinstance(v, int) and not isinstance(v, bool)]
+                if sizes and counts and sizes[0] * max(counts[0], 0) > _MAX_REPEAT:
+                    raise SecurityError("a repeated string or list too long for a chat template")
+            return super().call_binop(context, operator, left, right)
+
+    env = _Bounded(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
     env.filters["tojson"] = lambda x, indent=None, separators=None, sort_keys=False: json.dumps(
         x, ensure_ascii=False, indent=indent, separators=separators, sort_keys=sort_keys)
     env.globals["raise_exception"] = raise_exception

@@ -61,8 +61,9 @@ class Predictor:
 
 def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
     tok = manifest.tokenizer
-    return TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
-                       pad_token=tok.pad_token)
+    with _bundle_errors(bundle / tok.file, "tokenizer"):
+        return TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
+                           pad_token=tok.pad_token)
 
 
 def open_model(model_path: Path, manifest: Manifest, *, providers=None, threads=None, backend: str | None = None,
@@ -108,7 +109,7 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
 
 
 @contextmanager
-def _bundle_errors(bundle: Path):
+def _bundle_errors(bundle: Path, what: str = "bundle"):
     """Whatever a damaged bundle makes a library raise while it opens (a session setting of the wrong type,
     a tokenizer.json the tokenizers library panics on) becomes one BundleIntegrityError naming the bundle.
     NOTE: BaseException, because a Rust panic in tokenizers surfaces as pyo3's PanicException."""
@@ -118,5 +119,5 @@ def _bundle_errors(bundle: Path):
         raise
     except BaseException as exc:  # noqa: BLE001
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
-        raise BundleIntegrityError(f"{bundle}: the bundle cannot be opened ({type(exc).__name__}: {first}); "
-                                   "it is damaged or was written by another tool: rebuild it") from exc
+        raise BundleIntegrityError(f"{bundle}: the {what} cannot be opened ({type(exc).__name__}: {first}); "
+                                   "it is damaged or was written by another tool: rebuild the bundle") from exc
