@@ -212,3 +212,15 @@ def test_signing_sign_and_verify_minilm_under_two_seconds(tmp_path, keys):
     seconds = time.perf_counter() - start
     print(f"sign + verify {bundle}: {seconds:.2f}s")
     assert seconds < 2.0
+
+
+def test_signing_build_sign_with_signs_the_installed_bundle(tiny_model, fast_recipe, tmp_path, keys):
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    result = build(str(tiny_model("bert", "feature-extraction")), recipe=str(fast_recipe()),
+                   output=tmp_path / "out", sign_with=keys["ours"][0], progress=Progress("quiet"))
+    assert (result.bundle / SIGNATURE_NAME).is_file()
+    assert verify_bundle(result.bundle, keys["ours"][1]).verified
+    assert load(result.bundle, public_key=keys["ours"][1])(["hello"]).shape[0] == 1
+    assert not list(tmp_path.glob(".out*")), "no signing leftovers beside the bundle"
