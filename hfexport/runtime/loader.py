@@ -61,6 +61,12 @@ class Predictor:
 
 def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
     tok = manifest.tokenizer
+    if not 0 < manifest.model.max_length <= 1 << 20:
+        raise BundleIntegrityError(f"{bundle}: manifest model.max_length should be 1-{1 << 20} tokens, got "
+                                   f"{manifest.model.max_length}")
+    if tok.pad_token_id is None or not 0 <= tok.pad_token_id < 1 << 31 or not isinstance(tok.pad_token, str):
+        raise BundleIntegrityError(f"{bundle}: manifest tokenizer.pad_token_id and pad_token should name the "
+                                   f"padding token, got {tok.pad_token_id!r} and {tok.pad_token!r}")
     with _bundle_errors(bundle / tok.file, "tokenizer"):
         return TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
                            pad_token=tok.pad_token)

@@ -275,12 +275,17 @@ def _typed(hint: Any, value: Any, where: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise _Invalid(f"{where} should be an object, got {_short(value)}")
-        return {k: _typed(args[1], v, f"{where}.{k}") for k, v in value.items()}
+        return {k: _typed(args[1], v, f"{where}.{_printable(k)}") for k, v in value.items()}
     ok = (isinstance(value, hint) and not (hint is int and isinstance(value, bool))
           or hint is float and isinstance(value, int) and not isinstance(value, bool))
     if not ok:
         raise _Invalid(f"{where} should be {_JSON_NAMES.get(hint, hint)}, got {_short(value)}")
     return float(value) if hint is float else value
+
+
+def _printable(name: str) -> str:
+    """A name from the manifest as it goes into a one-line error: quoted and escaped unless plainly printable."""
+    return name if name.isprintable() and name.strip() == name and name else repr(name)
 
 
 def _short(value: Any) -> str:
@@ -329,10 +334,10 @@ def verify_files(bundle: Path, manifest: Manifest, *, only: list[str] | None = N
     for rel, entry in manifest.files.items():
         if only is not None and rel not in only:
             continue
-        path = bundle / rel
+        path, name = bundle / rel, _printable(rel)
         if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise BundleIntegrityError(f"{bundle}: manifest lists a file outside the bundle: {rel}")
+            raise BundleIntegrityError(f"{bundle}: manifest lists a file outside the bundle: {name}")
         if not path.is_file():
-            raise BundleIntegrityError(f"{bundle}: {rel} is missing")
+            raise BundleIntegrityError(f"{bundle}: {name} is missing")
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
-            raise BundleIntegrityError(f"{bundle}: {rel} does not match its checksum (modified or corrupt)")
+            raise BundleIntegrityError(f"{bundle}: {name} does not match its checksum (modified or corrupt)")

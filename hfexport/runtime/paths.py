@@ -29,7 +29,7 @@ def confined(root: Path, name: object, what: str) -> Path:
         current = current / part
         if current.is_symlink():
             raise BundleIntegrityError(f"{root}: {what} {name!r} goes through a symbolic link "
-                                       f"({current.relative_to(root)}); a bundle holds plain files only")
+                                       f"({current.relative_to(root).as_posix()!r}); a bundle holds plain files only")
     try:
         inside = (root / name).resolve().is_relative_to(root.resolve())
     except (OSError, RuntimeError, ValueError) as exc:
@@ -39,14 +39,19 @@ def confined(root: Path, name: object, what: str) -> Path:
     return root / name
 
 
+def _printable(name: str) -> str:
+    return name if name.isprintable() else repr(name)
+
+
 def refuse_links(root: Path) -> None:
     """BundleIntegrityError if anything inside the bundle folder is a symbolic link."""
     for folder, dirs, files in os.walk(root, followlinks=False):
         for name in dirs + files:
             path = Path(folder) / name
             if path.is_symlink():
-                raise BundleIntegrityError(f"{root}: {path.relative_to(root)} is a symbolic link; a bundle "
-                                           "holds plain files only (copy the file in instead)")
+                rel = _printable(path.relative_to(root).as_posix())
+                raise BundleIntegrityError(f"{root}: {rel} is a symbolic link; a bundle holds plain files only "
+                                           "(copy the file in instead)")
 
 
 def check_bundle_paths(root: Path, manifest) -> None:

@@ -50,6 +50,7 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
         import onnxruntime as ort
     except ImportError as exc:
         raise HfExportError("this bundle needs onnxruntime: pip install onnxruntime") from exc
+    _check_session(model_path, session)
     options = ort.SessionOptions()
     intra = threads if threads is not None else session.get("intra_op_threads", 0)
     options.intra_op_num_threads = intra or physical_cores()
@@ -78,6 +79,19 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
         raise BundleIntegrityError(f"{model_path}: ONNX Runtime cannot open the model ({first}); the file is "
                                    "corrupt or not built for this runtime: rebuild the bundle") from None
     return OnnxRuntimeSession(opened, wanted)
+
+
+def _check_session(model_path: Path, session: dict) -> None:
+    """The manifest's session settings have the types ONNX Runtime takes (a damaged manifest names the field)."""
+    where = f"{Path(model_path).parent}: manifest target.session"
+    for key in ("intra_op_threads", "inter_op_threads"):
+        value = session.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
+            raise BundleIntegrityError(f"{where}.{key} should be a thread count (0-4096), got {value!r}")
+    level = session.get("graph_optimization_level", "all")
+    if level not in _LEVELS:
+        raise BundleIntegrityError(f"{where}.graph_optimization_level should be one of {', '.join(_LEVELS)}, "
+                                   f"got {level!r}")
 
 
 class OnnxRuntimeDecoder:
