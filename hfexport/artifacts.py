@@ -142,7 +142,7 @@ class StableHLOModel(Artifact):
         import jax
 
         exported = jax.export.deserialize(bytearray(self.path.read_bytes()))
-        names = {"b": "batch", "s": "sequence"}
+        names = {"b": "batch", "s": "sequence", "t": "sequence"}
 
         def describe(names_, avals):
             return [{"name": name, "dtype": str(aval.dtype),

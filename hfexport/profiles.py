@@ -74,6 +74,8 @@ class XlaOptions(_Strict):
     # TPUs want static shapes: the runtime pads each batch up to the next bucket (and compiles each shape once).
     sequence_buckets: list[int] = Field(default_factory=lambda: [128, 256, 512])
     batch_buckets: list[int] = Field(default_factory=lambda: [1, 8, 32])
+    # Text generation: the static KV cache holds this many tokens (at most the model's max length).
+    cache_length: int = Field(1024, ge=8)
     # Compile-only TPU check at build time, when libtpu is installed (no TPU needed): topology names.
     compile_check: list[str] = Field(default_factory=list)
 

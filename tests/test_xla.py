@@ -213,3 +213,35 @@ def test_xla_inspect_says_when_a_bundle_needs_re_export(xla_bundle):
     assert reexport_note(manifest, today=exported) is None
     note = reexport_note(manifest, today=exported + datetime.timedelta(days=200))
     assert "re-export" in note and "200 days" in note
+
+
+# -- text generation: one function over a static KV cache ----------------------------------------------
+
+_GENERATE = TORCH_BLOCKER + """
+from hfexport.runtime import load
+model = load(sys.argv[1])
+text = model("hello there", max_new_tokens=6)
+print(json.dumps({"text": isinstance(text, str), "backend": model.backend.backend, "heavy": sorted(
+      m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "optimum", "nncf", "torchax"))}))
+"""
+
+
+@pytest.mark.parametrize("arch", ["llama", pytest.param("qwen2", marks=pytest.mark.slow)])
+def test_xla_text_generation_greedy_parity_with_a_static_cache(build_llm, arch):
+    bundle, result = build_llm(arch, [{"type": "export"}], target="tpu")
+    manifest = read_manifest(bundle)
+    stats = manifest.passes[0].stats
+    assert stats["greedy_tokens_checked"] == 8 and stats["cache_length"] == 256  # the tiny models' max length
+    assert stats["layers"] == 2 and stats["kv_heads"] == 2
+    assert manifest.validation.passed and manifest.validation.summary["greedy_agreement"] == 1.0
+    out = subprocess.run([sys.executable, "-c", _GENERATE, str(bundle)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"text": True, "backend": "xla", "heavy": []}
+
+
+def test_xla_decoder_refuses_past_its_static_cache(build_llm):
+    bundle, _ = build_llm("llama", [{"type": "export"}], target="tpu")
+    decoder = load(bundle).decoder
+    ids = np.ones((1, 1), np.int64)
+    with pytest.raises(HfExportError, match="static KV cache holds 256"):
+        decoder.step(ids, np.ones((1, 257), np.int64), ids, decoder.empty_cache(1))

@@ -2,7 +2,8 @@
 
 - export: torch.export -> torchax -> jax.export (`_xla/export.py`), weights as arguments saved as safetensors;
   fp32, or bf16 (the TPU's numerics; the tpu target's default recipe) as the export's `precision` says. Options:
-  `ExportXlaConfig`.
+  `ExportXlaConfig`. Text generation: one function over a static KV cache (`_xla/generation.py`), fp32,
+  checked by greedy decoding against PyTorch (`ExportXlaGenerationConfig`).
 - optimize: nothing at build time. XLA fuses when it compiles the module for the device, at load; the plan
   leaves the step out and says so.
 - quantize: none. Lower precision on this backend is the export's bf16; int8 and int4 are refused at plan time.
@@ -18,10 +19,11 @@ from pathlib import Path
 
 from hfexport.artifacts import Artifact, StableHLOModel, TorchModel
 from hfexport.backends._xla import export as xla_export
+from hfexport.backends._xla import generation as xla_generation
 from hfexport.backends.base import Backend
 from hfexport.backends.options import QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
-from hfexport.errors import ExportError, PlanError
+from hfexport.errors import PlanError
 from hfexport.passes.base import PassConfig
 
 
@@ -33,13 +35,12 @@ class XlaBackend(Backend):
     optimize_skipped = "XLA fuses the module when it compiles it for the device, so there is nothing to do at build time"
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
-        return xla_export.ExportXlaConfig
+        return xla_generation.ExportXlaGenerationConfig if generative else xla_export.ExportXlaConfig
 
     def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext,
                out_dir: Path) -> StableHLOModel:
         if generative:
-            raise ExportError("the xla backend exports encoder tasks only yet; text generation on target "
-                              f"{ctx.target.name!r} is not built (use target cpu or openvino)")
+            return xla_generation.export_generation(config, artifact, ctx, out_dir)
         return xla_export.export_encoder(config, artifact, ctx, out_dir)
 
     def check_quantize(self, config: QuantizeConfig, plan: PlanContext) -> None:

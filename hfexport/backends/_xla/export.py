@@ -62,7 +62,9 @@ def export_encoder(config: ExportXlaConfig, artifact: TorchModel, ctx: BuildCont
         batch = torch.export.Dim("batch", min=1, max=4096)
         sequence = torch.export.Dim("sequence", min=2, max=max_length)
         program = torch.export.export(module, sample, dynamic_shapes=(tuple({0: batch, 1: sequence} for _ in sample),))
-        exported, weights, names = _to_jax(program, len(sample), max_length, xla.platforms)
+        specs = lambda b, s: [((b, s), "int32")] * len(sample)  # noqa: E731
+        exported, weights, names = jax_function(program, specs, ("b, s", ("b >= 1", "s >= 2", f"s <= {max_length}")),
+                                                xla.platforms)
     except ExportError:
         raise
     except Exception as exc:  # torch.export, torchax and jax raise anything; the first line is what matters
@@ -103,10 +105,13 @@ def _require_jax() -> None:
         raise ExportError(f"the xla backend needs jax and torchax ({exc}): pip install 'hfexport[xla-build]'") from exc
 
 
-def _to_jax(program, inputs: int, max_length: int, platforms):
-    """(jax Exported, weights as jax arrays, weight names) from a torch ExportedProgram."""
+def jax_function(program, specs, symbols: tuple[str, tuple[str, ...]], platforms):
+    """(jax Exported, weights as jax arrays, weight names) from a torch ExportedProgram.
+
+    `specs(*dims)` gives each token/cache argument's (shape, dtype) from the symbolic dimensions, which are
+    made in one scope from `symbols` ("b, s" and its constraints).
+    """
     import jax
-    import jax.numpy as jnp
     import torchax
     from torchax.export import exported_program_to_jax
 
@@ -119,14 +124,14 @@ def _to_jax(program, inputs: int, max_length: int, platforms):
     names = [first.setdefault((t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
                                tuple(t.stride())), name) for name, t in zip(names, states)]
 
-    def fn(weights, *tokens):
+    def fn(weights, *arguments):
         with env:
-            return tuple(func(weights, tokens))
+            return tuple(func(weights, arguments))
 
-    b, s = jax.export.symbolic_shape("b, s", constraints=("b >= 1", "s >= 2", f"s <= {max_length}"))
-    token = jax.ShapeDtypeStruct((b, s), jnp.int32)
-    specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
-    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(specs, *[token] * inputs)
+    dims = jax.export.symbolic_shape(symbols[0], constraints=symbols[1])
+    arguments = [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs(*dims)]
+    weight_specs = [jax.ShapeDtypeStruct(w.shape, w.dtype) for w in weights]
+    exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(weight_specs, *arguments)
     return exported, weights, names
 
 
@@ -141,7 +146,8 @@ def export_facts(exported) -> dict:
             "calling_convention_version": int(exported.calling_convention_version)}
 
 
-def save_weights(path: Path, names: list[str], weights, inputs, axes: dict, max_sequence: int) -> None:
+def save_weights(path: Path, names: list[str], weights, inputs, axes: dict, max_sequence: int,
+                 generation: dict | None = None) -> None:
     """The weights in call order; the metadata names the order, the inputs and each output's axes."""
     import numpy as np
     from safetensors.numpy import save_file
@@ -150,7 +156,8 @@ def save_weights(path: Path, names: list[str], weights, inputs, axes: dict, max_
     for name, w in zip(names, weights):
         if name not in tensors:
             tensors[name] = np.asarray(w)
-    meta = {"order": names, "inputs": list(inputs), "outputs": axes, "max_sequence": max_sequence}
+    meta = {"order": names, "inputs": list(inputs), "outputs": axes, "max_sequence": max_sequence,
+            **({"generation": generation} if generation else {})}
     save_file(tensors, str(path), metadata={"hfexport": json.dumps(meta)})
 
 

@@ -74,6 +74,17 @@ class XlaSession:
         self._compiled: set[tuple] = set()
         self._lock = threading.Lock()
         self.effective = {"device": str(device.platform), "jax": jax.__version__}
+        self.generation = meta.get("generation")
+
+    def call(self, *arguments):
+        """The module on placed arguments (weights first), compiling a new shape once under the lock."""
+        shape = tuple(arguments[0].shape)  # the token shape decides what is compiled
+        if shape in self._compiled:
+            return self._call(self.weights, *arguments)
+        with self._lock:
+            outputs = self._call(self.weights, *arguments)
+            self._compiled.add(shape)
+        return outputs
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import jax
@@ -83,15 +94,59 @@ class XlaSession:
         rows = bucket(batch, self.batch_buckets)
         width = min(bucket(length, self.sequence_buckets), max(self.max_sequence or length, length))
         tokens = [jax.device_put(_pad(np.asarray(feeds[n]), rows, width), self.device) for n in self.input_names]
-        shape = (rows, width)
-        if shape in self._compiled:
-            outputs = self._call(self.weights, *tokens)
-        else:
-            with self._lock:
-                outputs = self._call(self.weights, *tokens)
-                self._compiled.add(shape)
+        outputs = self.call(*tokens)
         return {name: _cut(np.asarray(value), self.output_axes[name], batch, length)
                 for name, value in zip(self.output_names, outputs)}
+
+
+    def decoder(self) -> XlaDecoder:
+        """A step runner for text-generation bundles (a static KV cache; hfexport/backends/_xla/generation.py)."""
+        if not self.generation:
+            raise HfExportError("this bundle is an encoder; only text-generation bundles have a decoder")
+        return XlaDecoder(self)
+
+
+class XlaDecoder:
+    """Runs the static-cache function step by step: the runtime's `empty_cache(batch)` / `step(...)` interface.
+
+    The cache stays on the device between steps (jax arrays, never copied to numpy); each step writes at slots
+    `total - sequence .. total`, where `total` is the attention mask's length. A prompt is padded up to the next
+    sequence bucket: the padding's cache slots lie past `total` and the next steps overwrite them before any
+    real token can attend to them.
+    """
+
+    def __init__(self, runtime: XlaSession):
+        layout = runtime.generation
+        self.runtime = runtime
+        self.length = int(layout["cache_length"])
+        self.shape = (int(layout["kv_heads"]), self.length, int(layout["head_dim"]))
+        self.layers = int(layout["layers"])
+
+    def empty_cache(self, batch: int) -> list:
+        import jax
+        import jax.numpy as jnp
+
+        zeros = jax.device_put(jnp.zeros((batch, *self.shape), jnp.float32), self.runtime.device)
+        return [zeros] * (2 * self.layers)
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
+        import jax
+
+        runtime = self.runtime
+        batch, sequence = input_ids.shape
+        total = attention_mask.shape[1]
+        start = total - sequence
+        if total > self.length:
+            raise HfExportError(f"the bundle's static KV cache holds {self.length} tokens; this step needs {total}")
+        width = sequence if sequence == 1 else min(bucket(sequence, runtime.sequence_buckets), self.length - start)
+        mask = np.zeros((batch, self.length), np.int32)
+        mask[:, :total] = attention_mask
+        tokens = [_pad(input_ids, batch, width), mask, _pad(position_ids, batch, width), np.int32(start)]
+        placed = [jax.device_put(t, runtime.device) for t in tokens]
+        logits, *present = runtime.call(*placed, *cache)
+        logits = np.asarray(logits[:, :sequence] if all_logits else logits[:, sequence - 1])
+        return logits, present
 
 
 def _pad(values: np.ndarray, rows: int, width: int) -> np.ndarray:
