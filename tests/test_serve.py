@@ -424,6 +424,37 @@ def test_serve_config_checks_and_per_model_flags():
             ServeConfig(**bad)
 
 
+# -- the real model ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_serve_minilm_int8_batched_embeddings_stay_close_and_unbatched_equal(tmp_path):
+    """The packaged all-MiniLM-L6-v2 at the default int8: batched answers within the measured batch effect of
+    dynamic int8 (docs/decisions/0092), unbatched ones equal to load(bundle)(text)."""
+    from hfexport.api import build
+    from hfexport.data import default_eval_texts
+    from hfexport.progress import Progress
+    from hfexport.runtime import load
+
+    bundle = build(output=tmp_path / "minilm", progress=Progress("quiet")).bundle
+    texts = default_eval_texts()[:96]
+    predictor = load(bundle)
+    alone = np.stack([predictor([t])[0] for t in texts])
+    for batching in (True, False):
+        with running({"minilm": bundle}, batching=batching, max_wait_ms=5.0) as base:
+            client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=60)
+            got = _embed_each(client, "minilm", texts, workers=32)
+            calls = _metric(base, "hfexport_batch_size_count", 'model="minilm"')
+            listed = client.models.retrieve("minilm").model_extra["batching"]
+        assert listed["results_depend_on_batch"] is True
+        if batching:
+            assert calls < len(texts)
+            assert ((got * alone).sum(1) / np.linalg.norm(got, axis=1)).min() > 0.96
+        else:
+            assert calls == len(texts)
+            np.testing.assert_allclose(got, alone, atol=1e-6)
+
+
 # -- helpers ----------------------------------------------------------------------------------------------------------
 
 
@@ -436,6 +467,13 @@ def _close(got, want, atol=1e-4) -> bool:
     if isinstance(want, float):
         return abs(got - want) <= atol
     return got == want
+
+
+def _embed_each(client, model: str, texts: list[str], workers: int) -> np.ndarray:
+    """One request per text, `workers` at a time."""
+    with ThreadPoolExecutor(workers) as pool:
+        return np.array(list(pool.map(lambda t: client.embeddings.create(model=model, input=t).data[0].embedding,
+                                      texts)), np.float32)
 
 
 def _metric(url: str, name: str, labels: str) -> float:
