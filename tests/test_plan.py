@@ -94,7 +94,7 @@ def test_export_picks_format_by_backend_and_graph_by_task(tiny_model, tiny_llm, 
                                        "text-generation export of target 'cpu' .onnxruntime.; remove stateful"),
     ({"exporter": "dynamo"}, "openvino", False, "exporter applies to onnxruntime encoder exports, not to the encoder"),
     ({"check_tokens": 4}, "cpu", False, "check_tokens applies to onnxruntime text-generation and openvino "
-                                        "text-generation exports"),
+                                        "text-generation and xla text-generation exports"),
     ({"tolerance": 0.01}, "openvino", True, "tolerance applies to onnxruntime encoder and openvino encoder"),
     ({"compress_to_fp16": True}, "cpu", False, "compress_to_fp16 applies to openvino encoder and openvino "
                                                "text-generation exports"),
