@@ -68,8 +68,10 @@ def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
         raise BundleIntegrityError(f"{bundle}: manifest tokenizer.pad_token_id and pad_token should name the "
                                    f"padding token, got {tok.pad_token_id!r} and {tok.pad_token!r}")
     with _bundle_errors(bundle / tok.file, "tokenizer"):
-        return TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
-                           pad_token=tok.pad_token)
+        encoder = TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
+                              pad_token=tok.pad_token)
+        encoder.encode(["a"])  # a tokenizer.json that cannot encode at all fails here, not on a user's call
+        return encoder
 
 
 def open_model(model_path: Path, manifest: Manifest, *, providers=None, threads=None, backend: str | None = None,

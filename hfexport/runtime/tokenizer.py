@@ -41,7 +41,15 @@ class TextEncoder:
             raise ValueError("no texts to encode")
         is_pair = isinstance(texts[0], (tuple, list))
         encoder = self.tokenizer if is_pair else self._single
-        encodings = encoder.encode_batch([tuple(t) if is_pair else t for t in texts])
+        try:
+            encodings = encoder.encode_batch([tuple(t) if is_pair else t for t in texts])
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers is pyo3's PanicException
+            if isinstance(exc, Exception) and not type(exc).__module__.startswith("pyo3"):
+                raise
+            raise ValueError(f"the bundle's tokenizer failed on this input ({exc}); its tokenizer.json is "
+                             "damaged: rebuild the bundle") from None
         return Batch(
             input_ids=np.array([e.ids for e in encodings], dtype=np.int64),
             attention_mask=np.array([e.attention_mask for e in encodings], dtype=np.int64),
