@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -113,7 +114,17 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
         opener = getattr(task_module(manifest.model.task), "open_predictor", None)
         if opener is not None:  # a generative task: its own loop over the model
             return opener(manifest, bundle, backend)
+        _check_inputs(bundle / manifest.model_file, backend.input_names)
         return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
+
+
+def _check_inputs(model_path: Path, names: list[str]) -> None:
+    """The model asks only for inputs the tokenizer makes (a damaged model file can rename one)."""
+    unknown = [name for name in names if name not in {item.name for item in dataclasses.fields(Batch)}]
+    if unknown:
+        raise BundleIntegrityError(f"{model_path}: the model asks for input {unknown[0]!r}, which the runtime "
+                                   "does not make (it feeds input_ids, attention_mask, token_type_ids); the "
+                                   "file is damaged or from another tool: rebuild the bundle")
 
 
 @contextmanager
