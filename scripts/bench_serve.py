@@ -5,10 +5,11 @@ and a run with malformed bodies mixed in.
     python scripts/bench_serve.py --bundle BUNDLE                         # 32 clients: batching vs off
     python scripts/bench_serve.py --bundle BUNDLE --malformed 0.1 --requests 1000 --modes batching
 
-Each mode starts its own server (`hfexport serve BUNDLE --port 0`, 127.0.0.1 only) in a subprocess,
-warms it up, sends `--requests` embedding requests (one sentence each) from `--clients` closed-loop
-keep-alive connections, reads its /metrics, and stops it with SIGTERM. Bounded: a fixed request count
-and a wall-clock limit. Good answers are checked against `load(bundle)` in this process (each text
+Each mode starts its own server (`hfexport serve BUNDLE --port 0`, 127.0.0.1 only) in a subprocess and
+warms it up; then the modes take turns (`--rounds` blocks each, so load from other processes falls on
+both alike) sending `--requests` embedding requests in all (one sentence each) from `--clients`
+closed-loop keep-alive connections. Then each server's /metrics is read and it is stopped with SIGTERM.
+Bounded: a fixed request count and a wall-clock limit per block. Good answers are checked against `load(bundle)` in this process (each text
 alone); malformed ones must get a 4xx. The server's memory (VmRSS) is sampled during the run.
 """
 
@@ -38,6 +39,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per mode")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=4, help="alternate the modes this many times")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed bodies (0-1)")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="passed to the server")
@@ -188,74 +190,84 @@ def build_requests(texts: list[str], count: int, malformed: float, seed: int = 0
     return plan
 
 
-# -- one mode ----------------------------------------------------------------------------------------------------
+# -- the modes, measured in alternating rounds ---------------------------------------------------------------------
 
 
-def run_mode(args, mode: str, texts: list[str], reference: dict) -> dict:
-    import numpy as np
+class Mode:
+    """One server, its measured requests and results, gathered over the rounds."""
 
-    extra = list(MODES[mode]) + (["--max-wait-ms", str(args.max_wait_ms)] if args.max_wait_ms is not None else [])
-    extra += shlex.split(args.server_args)
-    proc, url = start_server(args.bundle, extra)
-    try:
+    def __init__(self, args, name: str, texts: list[str]):
+        extra = list(MODES[name]) + (["--max-wait-ms", str(args.max_wait_ms)] if args.max_wait_ms is not None
+                                     else [])
+        self.name = name
+        self.proc, self.url = start_server(args.bundle, extra + shlex.split(args.server_args))
         warm = [json.dumps({"model": "bench", "input": t}).encode() for t in texts[:args.warmup]]
-        asyncio.run(run_load(url, warm, args.clients, args.time_limit))
-        before = scrape(url)
-        plan = build_requests(texts, args.requests, args.malformed)
-        rss = [rss_mb(proc.pid)]
+        asyncio.run(run_load(self.url, warm, args.clients, args.time_limit))
+        self.before = scrape(self.url)
+        self.plan = build_requests(texts, args.requests, args.malformed)
+        self.results: list = []
+        self.seconds, self.rss, self.loads = 0.0, [rss_mb(self.proc.pid)], []
 
+    def block(self, start: int, stop: int, clients: int, time_limit: float) -> None:
         async def measured():
             async def sample():
                 while True:
                     await asyncio.sleep(0.25)
-                    rss.append(rss_mb(proc.pid))
+                    self.rss.append(rss_mb(self.proc.pid))
 
             sampler = asyncio.create_task(sample())
             started = time.perf_counter()
-            out = await run_load(url, [body for _, _, body in plan], args.clients, args.time_limit)
-            elapsed = time.perf_counter() - started
+            out = await run_load(self.url, [body for _, _, body in self.plan[start:stop]], clients, time_limit)
             sampler.cancel()
-            return out, elapsed
+            return out, time.perf_counter() - started
 
-        results, elapsed = asyncio.run(measured())
-        rss.append(rss_mb(proc.pid))
-        after = scrape(url)
-    finally:
-        code = stop_server(proc)
-    done = [r for r in results if r is not None]
-    latencies = sorted(r[1] for r in done)
-    wrong, unanswered, cosines, max_abs = [], len(results) - len(done), [], 0.0
-    for (kind, text, _), result in zip(plan, results):
-        if result is None:
-            continue
-        status, _, payload = result
-        if kind != "good":
-            if not 400 <= status < 500:
-                wrong.append(f"{kind}: {status} {payload[:120]!r}")
-            continue
-        if status != 200:
-            wrong.append(f"good: {status} {payload[:200]!r}")
-            continue
-        got = np.asarray(json.loads(payload)["data"][0]["embedding"], np.float32)
-        want = reference[text]
-        cosines.append(float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))))
-        max_abs = max(max_abs, float(np.abs(got - want).max()))
-    batches = after["hfexport_batch_size_count"] - (before["hfexport_batch_size_count"] or 0)
-    texts_run = after["hfexport_batch_size_sum"] - (before["hfexport_batch_size_sum"] or 0)
-    return {
-        "mode": mode, "requests": len(results), "answered": len(done), "unanswered": unanswered,
-        "seconds": round(elapsed, 3), "throughput_rps": round(len(done) / elapsed, 1),
-        "p50_ms": round(1000 * statistics.median(latencies), 1),
-        "p90_ms": round(1000 * latencies[int(0.90 * (len(latencies) - 1))], 1),
-        "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
-        "mean_batch": round(texts_run / batches, 2) if batches else None,
-        "malformed_sent": sum(kind != "good" for kind, _, _ in plan), "wrong_answers": wrong[:10],
-        "wrong_count": len(wrong), "min_cosine_vs_alone": round(min(cosines), 6) if cosines else None,
-        "max_abs_vs_alone": max_abs,
-        "rss_mb": {"start": round(rss[0], 1), "peak": round(max(rss), 1), "end": round(rss[-1], 1)},
-        "queue_depth_after": after["hfexport_queue_depth"], "in_flight_after": after["hfexport_requests_in_flight"],
-        "exit_code": code,
-    }
+        results, seconds = asyncio.run(measured())
+        self.results += results
+        self.seconds += seconds
+        self.loads.append(os.getloadavg()[0])
+
+    def finish(self, reference: dict) -> dict:
+        import numpy as np
+
+        self.rss.append(rss_mb(self.proc.pid))
+        after = scrape(self.url)
+        code = stop_server(self.proc)
+        done = [r for r in self.results if r is not None]
+        latencies = sorted(r[1] for r in done)
+        wrong, cosines, max_abs = [], [], 0.0
+        for (kind, text, _), result in zip(self.plan, self.results):
+            if result is None:
+                continue
+            status, _, payload = result
+            if kind != "good":
+                if not 400 <= status < 500:
+                    wrong.append(f"{kind}: {status} {payload[:120]!r}")
+                continue
+            if status != 200:
+                wrong.append(f"good: {status} {payload[:200]!r}")
+                continue
+            got = np.asarray(json.loads(payload)["data"][0]["embedding"], np.float32)
+            want = reference[text]
+            cosines.append(float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want))))
+            max_abs = max(max_abs, float(np.abs(got - want).max()))
+        batches = after["hfexport_batch_size_count"] - (self.before["hfexport_batch_size_count"] or 0)
+        texts_run = after["hfexport_batch_size_sum"] - (self.before["hfexport_batch_size_sum"] or 0)
+        return {
+            "mode": self.name, "requests": len(self.results), "answered": len(done),
+            "unanswered": len(self.results) - len(done), "seconds": round(self.seconds, 3),
+            "throughput_rps": round(len(done) / self.seconds, 1),
+            "p50_ms": round(1000 * statistics.median(latencies), 1),
+            "p90_ms": round(1000 * latencies[int(0.90 * (len(latencies) - 1))], 1),
+            "p99_ms": round(1000 * latencies[int(0.99 * (len(latencies) - 1))], 1),
+            "mean_batch": round(texts_run / batches, 2) if batches else None,
+            "malformed_sent": sum(kind != "good" for kind, _, _ in self.plan[:len(self.results)]),
+            "wrong_answers": wrong[:10], "wrong_count": len(wrong),
+            "min_cosine_vs_alone": round(min(cosines), 6) if cosines else None, "max_abs_vs_alone": max_abs,
+            "rss_mb": {"start": round(self.rss[0], 1), "peak": round(max(self.rss), 1), "end": round(self.rss[-1], 1)},
+            "queue_depth_after": after["hfexport_queue_depth"],
+            "in_flight_after": after["hfexport_requests_in_flight"],  # the /metrics request itself
+            "load_average_per_round": [round(x, 2) for x in self.loads], "exit_code": code,
+        }
 
 
 def main() -> int:
@@ -270,11 +282,22 @@ def main() -> int:
     reference = {t: predictor([t])[0].astype(np.float32) for t in texts}  # each text alone
     del predictor
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
-          f"{args.clients} clients, {args.requests} requests per mode, {args.malformed:.0%} malformed", flush=True)
-    rows = []
-    for mode in args.modes:
-        row = run_mode(args, mode, texts, reference)
-        rows.append(row)
+          f"{args.clients} clients, {args.requests} requests per mode in {args.rounds} alternating rounds, "
+          f"{args.malformed:.0%} malformed", flush=True)
+    modes = []
+    try:
+        for name in args.modes:  # every server up first; an idle one costs nothing (threads do not spin)
+            modes.append(Mode(args, name, texts))
+        edges = [round(i * args.requests / args.rounds) for i in range(args.rounds + 1)]
+        for start, stop in zip(edges, edges[1:]):
+            for mode in modes:
+                mode.block(start, stop, args.clients, args.time_limit)
+        rows = [mode.finish(reference) for mode in modes]
+    finally:
+        for mode in modes:
+            if mode.proc.poll() is None:
+                mode.proc.kill()
+    for row in rows:
         print(json.dumps(row), flush=True)
     if len(rows) == 2:
         ratio = rows[0]["throughput_rps"] / rows[1]["throughput_rps"]

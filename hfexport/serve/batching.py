@@ -1,10 +1,10 @@
 """Dynamic batching for encoder models: requests that arrive together run as one model call.
 
 One worker thread per model takes the waiting requests once `max_batch_size` texts are queued or the
-oldest has waited `max_wait` seconds, tokenises them all at once, and runs them grouped by length
-bucket, so a batch of short sentences does not pay for one long outlier (each group is cut to its
-own longest text; the tokenizer pads on the right, so the cut drops padding only). One thread, not a
-pool: the backend already spreads one call over every core, and two calls at once would only split them.
+oldest has waited `max_wait` seconds, tokenises them all at once, and runs them sorted by length in
+calls whose padding stays small, so a batch of short sentences does not pay for one long outlier
+(each call is cut to its own longest text; the tokenizer pads on the right, so the cut drops padding
+only). One thread, not a pool: the backend already spreads one call over every core.
 
 A request whose inputs the runtime refuses (say, a fill-mask text without a mask token) fails alone:
 when a group raises, its requests are rerun one by one and each gets its own answer or error.
@@ -25,7 +25,10 @@ from hfexport.runtime.tokenizer import Batch
 from hfexport.serve.errors import bad_request, input_error, queue_full, shutting_down
 from hfexport.serve.metrics import Metrics
 
-BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+# NOTE: a model call may pad its texts to at most this many times their real tokens; a longer text
+# starts a new call. On CPU a call costs little beyond its tokens, so padding is the waste to avoid
+# (docs/decisions/0090-serve-dynamic-batching.md).
+MAX_PADDING = 1.1
 
 
 @dataclass
@@ -169,21 +172,15 @@ class EncoderBatcher:
         lengths = batch.attention_mask.sum(axis=1)
         refused = self._too_long(jobs, texts, owner, first, lengths)
         keep = np.flatnonzero(~np.isin(owner, list(refused)))
-        buckets = np.searchsorted(BUCKETS, lengths[keep])
-        by_length = np.lexsort((lengths[keep], buckets))
-        order, order_buckets = keep[by_length], buckets[by_length]
         out: list[Any] = [None] * len(texts)
         options = jobs[0].options
-        for bucket in np.unique(order_buckets):
-            rows = order[order_buckets == bucket]
-            for start in range(0, len(rows), self.max_batch_size):
-                chunk = rows[start:start + self.max_batch_size]
-                part = _take_rows(batch, chunk, int(lengths[chunk].max()))
-                self.metrics.observe("hfexport_batch_size", (("model", self.name),), len(chunk))
-                values = self.predictor.postprocess(self.predictor.forward(part), part,
-                                                    [texts[r] for r in chunk], **options)
-                for row, value in zip(chunk, values):
-                    out[row] = value
+        for chunk in length_chunks(keep, lengths, self.max_batch_size, MAX_PADDING):
+            part = _take_rows(batch, chunk, int(lengths[chunk].max()))
+            self.metrics.observe("hfexport_batch_size", (("model", self.name),), len(chunk))
+            values = self.predictor.postprocess(self.predictor.forward(part), part, [texts[r] for r in chunk],
+                                                **options)
+            for row, value in zip(chunk, values):
+                out[row] = value
         results: list[EncodeResult | Exception] = []
         for j in range(len(jobs)):
             if j in refused:
@@ -212,6 +209,22 @@ class EncoderBatcher:
                     f"input {row - first[job]} has {count} tokens; this model reads at most {self.max_length} "
                     "(send \"truncate\": true to cut such inputs)", param="input", code="context_length_exceeded")
         return refused
+
+
+def length_chunks(rows: np.ndarray, lengths: np.ndarray, max_rows: int, max_padding: float) -> list[np.ndarray]:
+    """`rows` sorted by length and cut into model calls of at most `max_rows`, each padded to at most
+    `max_padding` times its real tokens (so a long outlier gets its own call)."""
+    chunks, current, real = [], [], 0
+    for row in rows[np.argsort(lengths[rows], kind="stable")].tolist():
+        tokens = int(lengths[row])
+        if current and (len(current) == max_rows or tokens * (len(current) + 1) > max_padding * (real + tokens)):
+            chunks.append(np.array(current))
+            current, real = [], 0
+        current.append(row)
+        real += tokens
+    if current:
+        chunks.append(np.array(current))
+    return chunks
 
 
 def _fail(job: _Job, exc: Exception) -> None:
