@@ -62,7 +62,7 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
     else:
         runtime = result.report.target.runtime or {}  # asked_for: the bundle's provider was missing
         where = f" on this host's {runtime['execution_providers']}" if "asked_for" in runtime else ""
-        click.echo(f"bundle written to {result.bundle}  ({summary['speedup']:.2f}x faster than PyTorch{where}, "
+        click.echo(f"bundle written to {result.bundle}  ({result.report.speed_phrase(' than PyTorch' + where)}, "
                    f"{summary['size_ratio']:.2f}x the size; report: {result.bundle / 'report' / 'report.html'})")
 
 
@@ -146,7 +146,9 @@ def inspect(bundle, as_json) -> None:
         s = v.summary
         fid = ", ".join(f"{k} {val:.4f}" for k, val in s.items() if k not in ("speedup", "throughput_ratio",
                                                                               "size_ratio"))
-        click.echo(f"validation {'passed' if v.passed else 'FAILED'}: {s['speedup']:.2f}x faster, "
+        speed = (f"speed ratio unreliable ({v.timing_warnings[0]})" if v.timing_warnings
+                 else f"{s['speedup']:.2f}x faster")
+        click.echo(f"validation {'passed' if v.passed else 'FAILED'}: {speed}, "
                    f"{s['size_ratio']:.2f}x size, {fid}")
     click.echo(f"checksums  {info['checksums']}")
     signed = info.get("signature")
@@ -266,11 +268,10 @@ def validate(bundle, eval_data, text_column, label_column, report_dir, threads, 
     report = validate_bundle(bundle, eval_data=eval_data, text_column=text_column, label_column=label_column,
                              report_dir=report_dir,
                              threads=threads, progress=Progress("quiet" if quiet else "text"))
-    s = report.summary
     from pathlib import Path
 
     where = Path(report_dir) if report_dir else Path(bundle).expanduser().with_name(Path(bundle).name + ".validation")
-    click.echo(f"{'passed' if report.passed else 'FAILED'}: {s['speedup']:.2f}x faster than PyTorch; "
+    click.echo(f"{'passed' if report.passed else 'FAILED'}: {report.speed_phrase(' than PyTorch')}; "
                + ", ".join(f"{g.metric} {g.value:.4f} (>= {g.threshold})" for g in report.gates)
                + f"; report: {where / 'report.html'}")
     if not report.passed:

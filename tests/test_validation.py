@@ -186,3 +186,31 @@ def test_time_alternating_settles_each_block_untimed_and_alternates():
     assert [len(t) for t in times.values()] == [4, 4]
     # warm-up once each, then per block: one untimed settle call and two timed ones, sides alternating
     assert "".join(calls) == "ab" + "aaabbb" * 2
+
+
+def test_timing_watch_flags_a_busy_host_and_noisy_calls(monkeypatch):
+    import os
+
+    from hfexport.validation.timing import LoadWatch
+
+    steady = [10.0] * 20
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    assert LoadWatch().warnings({"pytorch": steady, "bundle": [3.0] * 20}) == []
+    monkeypatch.setattr(os, "getloadavg", lambda: (40.0, 20.0, 10.0))
+    busy = LoadWatch().warnings({"pytorch": steady})
+    assert len(busy) == 1 and busy[0].startswith("host busy: load average 40.0 on")
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.5, 0.5, 0.5))
+    noisy = LoadWatch().warnings({"pytorch": [10.0] * 15 + [40.0] * 5})
+    assert noisy == ["noisy timings: pytorch's p90 is 4.0x its median"]
+
+
+def test_report_gives_no_speed_ratio_when_timing_was_disturbed():
+    from hfexport.report.html import render_html
+    from tests.test_report_html import _report
+
+    report = _report()
+    assert report.speed_phrase().endswith("x faster")
+    report.timing_warnings = ["host busy: load average 40.0 on 2 cores while timing"]
+    assert report.speed_phrase() == "speed ratio unreliable (host busy: load average 40.0 on 2 cores while timing)"
+    page = render_html(report)
+    assert "speed ratio unreliable" in page and "faster than PyTorch" not in page

@@ -110,7 +110,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         progress.done("validate", _summary_line(report))
         write_report(report, staging / "report")
         body["validation"] = {"passed": report.passed, "summary": report.summary,
-                              "gates": [g.model_dump() for g in report.gates], "report": "report/report.json"}
+                              "gates": [g.model_dump() for g in report.gates], "report": "report/report.json",
+                              "timing_warnings": report.timing_warnings}
         manifest = bundles.write_manifest(staging, body)
 
         if gates and not report.passed:
@@ -165,6 +166,6 @@ def _summary_line(report: Report) -> str:
     s = report.summary
     fid = ", ".join(f"{k} {v:.4f}" for k, v in report.stages[-1].fidelity.items())
     verdict = "gates passed" if report.passed else "GATES FAILED"
-    return f"{s['speedup']:.2f}x faster, {s['size_ratio']:.2f}x size, {fid}; {verdict}"
+    return f"{report.speed_phrase()}, {s['size_ratio']:.2f}x size, {fid}; {verdict}"
 
 

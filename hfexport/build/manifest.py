@@ -112,6 +112,7 @@ class ValidationInfo(_Section):
     summary: dict[str, float]
     gates: list[GateResult]
     report: str = Field(description="the validation report's path inside the bundle")
+    timing_warnings: list[str] = Field(default_factory=list, description="why the speed figures are not results")
 
 
 class FileEntry(_Section):

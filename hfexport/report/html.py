@@ -94,7 +94,9 @@ def render_html(report: Report) -> str:
 def _headline(report: Report) -> str:
     parts = []
     speedup, size_ratio = (report.summary.get(k) for k in _RATIOS)
-    if speedup:
+    if report.timing_warnings:
+        parts.append(f"speed ratio unreliable: {'; '.join(report.timing_warnings)}")
+    elif speedup:
         parts.append(
             f"{max(speedup, 1 / speedup):.1f}x {'faster' if speedup >= 1 else 'slower'} than PyTorch"
         )

@@ -120,6 +120,14 @@ class Report(_Model):
     # The bundle's fidelity on other text, by source, beside the gated one (a distilled student judged on a
     # held-out split of its training text also shows the shipped everyday-English set here).
     other_fidelity: dict[str, dict[str, float]] = Field(default_factory=dict)
+    # Why the speed figures should not be read as results (a busy host, noisy calls); empty when none.
+    timing_warnings: list[str] = Field(default_factory=list)
+
+    def speed_phrase(self, versus: str = "") -> str:
+        """"3.20x faster" — or, when the timing was disturbed, why no ratio is given."""
+        if self.timing_warnings:
+            return f"speed ratio unreliable ({self.timing_warnings[0]})"
+        return f"{self.summary['speedup']:.2f}x faster{versus}"
 
     def stage(self, name: str) -> StageMetrics:
         for stage in self.stages:

@@ -153,6 +153,7 @@ class ValidationInfo(_Section):
     summary: dict[str, float]
     gates: list[GateResult]
     report: str  # the report's path inside the bundle
+    timing_warnings: list[str] = field(default_factory=list)  # why the speed figures are not results
 
 
 @_section

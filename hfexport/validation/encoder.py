@@ -12,7 +12,7 @@ from hfexport.tasks import get_task
 from hfexport.tasks._labelled import batched
 from hfexport.validation.evalset import EvalSet
 from hfexport.validation.metrics import judged_report
-from hfexport.validation.timing import latency_of, text_of_length, time_alternating
+from hfexport.validation.timing import LoadWatch, latency_of, text_of_length, time_alternating
 
 
 class TorchRunner:
@@ -120,6 +120,7 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     fid = {c.name: spec.fidelity(ref_values, batched(c.runner.comparable, inputs, batch)) for c in candidates}
 
     progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
+    watch = LoadWatch()
     long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
     one = spec.eval_inputs([long_text], meta.mask_token)
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
@@ -131,6 +132,7 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     many = one * batch
     throughput_ms = time_alternating({k: (lambda r=r: r(many)) for k, r in runners.items()}, runs, warmup=1)
     per_s = {k: batch / (float(np.median(v)) / 1000) for k, v in throughput_ms.items()}
+    timing_warnings = watch.warnings(latency)
 
     stages = [StageMetrics(name="pytorch", kind="torch", size_bytes=judging.reference_size,
                            latency=latency_of(latency["pytorch"]), throughput_per_s=per_s["pytorch"],
@@ -148,4 +150,5 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     evaluation = Evaluation(samples=len(inputs), sequence_length=settings.sequence_length, batch_size=batch,
                             latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source,
                             labelled_examples=len(eval_set.labels))
-    return judged_report(judging, task, stages, evaluation, stages[0].latency.p50_ms / stages[-1].latency.p50_ms)
+    return judged_report(judging, task, stages, evaluation, stages[0].latency.p50_ms / stages[-1].latency.p50_ms,
+                         timing_warnings)

@@ -22,7 +22,7 @@ import numpy as np
 from hfexport.data import token_windows
 from hfexport.report.schema import Evaluation, Report, StageMetrics
 from hfexport.validation.metrics import judged_report
-from hfexport.validation.timing import latency_of, time_alternating
+from hfexport.validation.timing import LoadWatch, latency_of, time_alternating
 
 _GREEDY_PROMPTS = 8
 
@@ -168,12 +168,14 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
 
     progress.info(f"speed: {length}-token prompt, {new_tokens} new tokens, {settings.latency_runs} runs each")
     prompt = windows[0]
+    watch = LoadWatch()
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     first = time_alternating({k: (lambda r=r: r.timed(prompt, 1)) for k, r in runners.items()},
                              settings.latency_runs)
     runs = max(3, settings.latency_runs // 3)
     full = time_alternating({k: (lambda r=r: r.timed(prompt, new_tokens)) for k, r in runners.items()}, runs,
                             warmup=1, block=3)
+    timing_warnings = watch.warnings(first)
     speed = {}
     for name in runners:
         ttft = float(np.median(first[name]))
@@ -200,4 +202,4 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
     evaluation = Evaluation(samples=len(windows), sequence_length=length, batch_size=1,
                             latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source)
     return judged_report(judging, "text-generation", stages, evaluation,
-                         stages[-1].throughput_per_s / stages[0].throughput_per_s)
+                         stages[-1].throughput_per_s / stages[0].throughput_per_s, timing_warnings)

@@ -26,7 +26,8 @@ def gate_failure(gates: list[GateResult], report_dir: Path | None) -> FidelityEr
                          str(report_dir) if report_dir else None)
 
 
-def judged_report(judging, task: str, stages: list[StageMetrics], evaluation: Evaluation, speedup: float) -> Report:
+def judged_report(judging, task: str, stages: list[StageMetrics], evaluation: Evaluation, speedup: float,
+                  timing_warnings: list[str] | None = None) -> Report:
     """The report of one validation: gates judged on the last stage (the bundle), the headline summary."""
     from hfexport import host
 
@@ -37,4 +38,4 @@ def judged_report(judging, task: str, stages: list[StageMetrics], evaluation: Ev
     return Report(created=datetime.now(timezone.utc).isoformat(timespec="seconds"), model=judging.model_info,
                   target=judging.target_info, host={**host.host_summary(), "versions": judging.versions},
                   evaluation=evaluation, stages=stages, gates=gates, passed=all(g.passed for g in gates),
-                  summary=summary)
+                  summary=summary, timing_warnings=timing_warnings or [])

@@ -51,3 +51,42 @@ def text_of_length(tokenizer, texts: list[str], tokens: int) -> str:
     encoded = tokenizer(passage, add_special_tokens=False, return_offsets_mapping=True)
     cut = encoded["offset_mapping"][tokens - special - 1][1]
     return passage[:cut]
+
+
+# A side whose slowest tenth of calls takes this many times its median was disturbed while it was timed.
+NOISY_P90_OVER_P50 = 1.5
+
+
+class LoadWatch:
+    """The host's 1-minute load average, sampled around the timed phases of one validation."""
+
+    def __init__(self) -> None:
+        self.samples: list[float] = []
+        self.sample()
+
+    def sample(self) -> None:
+        import os
+
+        try:
+            self.samples.append(os.getloadavg()[0])
+        except (AttributeError, OSError):  # a platform without load averages: nothing to judge by
+            pass
+
+    def warnings(self, timings: dict[str, list[float]]) -> list[str]:
+        """Why the speed ratios of this run should not be read as results ([] when nothing says so).
+
+        NOTE: under load PyTorch slows far more than a bundle, so a busy host inflates the ratios
+        (docs/decisions/0005-honest-timings.md); the load and the spread of each side's calls tell.
+        """
+        from hfexport import host
+
+        self.sample()
+        found = []
+        cores = host.physical_cores()
+        if self.samples and max(self.samples) > cores:
+            found.append(f"host busy: load average {max(self.samples):.1f} on {cores} cores while timing")
+        for side, samples in timings.items():
+            latency = latency_of(samples)
+            if latency.p50_ms > 0 and latency.p90_ms / latency.p50_ms > NOISY_P90_OVER_P50:
+                found.append(f"noisy timings: {side}'s p90 is {latency.p90_ms / latency.p50_ms:.1f}x its median")
+        return found
