@@ -62,6 +62,7 @@ class PrunePass(Pass[PruneConfig]):
     consumes = TorchModel
     produces = TorchModel
     config_class = PruneConfig
+    data_inputs = frozenset({"calibration_texts"})  # importance comes from activations on calibration text
 
     def describe(self) -> str:
         c = self.config

@@ -97,9 +97,7 @@ def _headline(report: Report) -> str:
     if report.timing_warnings:
         parts.append(f"speed ratio unreliable: {'; '.join(report.timing_warnings)}")
     elif speedup:
-        parts.append(
-            f"{max(speedup, 1 / speedup):.1f}x {'faster' if speedup >= 1 else 'slower'} than PyTorch"
-        )
+        parts.append(f"{max(speedup, 1 / speedup):.1f}x {'faster' if speedup >= 1 else 'slower'} than PyTorch")
     if size_ratio is not None:
         parts.append(f"{size_ratio:.2f}x the size")
     bundle = next((s for s in report.stages if s.name == _BUNDLE), None)
