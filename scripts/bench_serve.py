@@ -29,7 +29,8 @@ import sys
 import time
 from pathlib import Path
 
-MODES = {"batching": [], "no-batching": ["--no-batching"]}
+MODES = {"batching": [], "no-batching": ["--no-batching"], "batching-spin": ["--spin"],
+         "no-batching-spin": ["--no-batching", "--spin"]}
 BODY_LIMIT = 64 * 1024  # the server's --max-body-bytes here, so the oversize case stays small
 
 
@@ -40,11 +41,13 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=2000, help="measured requests per mode")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=4, help="alternate the modes this many times")
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=["batching", "no-batching"], choices=list(MODES))
     parser.add_argument("--malformed", type=float, default=0.0, help="share of malformed bodies (0-1)")
     parser.add_argument("--max-wait-ms", type=float, default=None, help="passed to the server")
     parser.add_argument("--server-args", default="", help="more `hfexport serve` options, e.g. '--spin'")
     parser.add_argument("--time-limit", type=float, default=300.0, help="seconds per mode, at most")
+    parser.add_argument("--ceiling", action="store_true",
+                        help="first time the model alone (no HTTP): one text per call vs the batcher's calls")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     return parser.parse_args()
 
@@ -206,7 +209,7 @@ class Mode:
         self.before = scrape(self.url)
         self.plan = build_requests(texts, args.requests, args.malformed)
         self.results: list = []
-        self.seconds, self.rss, self.loads = 0.0, [rss_mb(self.proc.pid)], []
+        self.seconds, self.rss, self.loads, self.rss_rounds = 0.0, [rss_mb(self.proc.pid)], [], []
 
     def block(self, start: int, stop: int, clients: int, time_limit: float) -> None:
         async def measured():
@@ -225,6 +228,7 @@ class Mode:
         self.results += results
         self.seconds += seconds
         self.loads.append(os.getloadavg()[0])
+        self.rss_rounds.append(round(rss_mb(self.proc.pid), 1))
 
     def finish(self, reference: dict) -> dict:
         import numpy as np
@@ -263,11 +267,38 @@ class Mode:
             "malformed_sent": sum(kind != "good" for kind, _, _ in self.plan[:len(self.results)]),
             "wrong_answers": wrong[:10], "wrong_count": len(wrong),
             "min_cosine_vs_alone": round(min(cosines), 6) if cosines else None, "max_abs_vs_alone": max_abs,
-            "rss_mb": {"start": round(self.rss[0], 1), "peak": round(max(self.rss), 1), "end": round(self.rss[-1], 1)},
+            "rss_mb": {"start": round(self.rss[0], 1), "after_each_round": self.rss_rounds,
+                       "peak": round(max(self.rss), 1)},
             "queue_depth_after": after["hfexport_queue_depth"],
             "in_flight_after": after["hfexport_requests_in_flight"],  # the /metrics request itself
             "load_average_per_round": [round(x, 2) for x in self.loads], "exit_code": code,
         }
+
+
+def model_ceiling(bundle: Path, texts: list[str], rounds: int = 3) -> dict:
+    """Texts per second of the model alone: each text in its own call, and through the batcher's own
+    code in groups of 32 as they come (sorted and split by padding), alternating `rounds` times."""
+    from hfexport.runtime import load
+    from hfexport.serve.batching import EncoderBatcher, _Job
+    from hfexport.serve.metrics import Metrics
+    from hfexport.serve.models import NO_SPIN
+
+    predictor = load(bundle, session_overrides=NO_SPIN)
+    batcher = EncoderBatcher(predictor, "ceiling", max_batch_size=32, max_wait_s=0, max_queue=1, metrics=Metrics())
+    alone = batched = 0.0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for text in texts:
+            predictor([text])
+        alone += time.perf_counter() - started
+        started = time.perf_counter()
+        for i in range(0, len(texts), 32):
+            batcher._encode_all([_Job([t], {}, True) for t in texts[i:i + 32]])
+        batched += time.perf_counter() - started
+    batcher.close()
+    count = rounds * len(texts)
+    return {"one_per_call_tps": round(count / alone, 1), "batched_tps": round(count / batched, 1),
+            "ratio": round(alone / batched, 3), "load_average": round(os.getloadavg()[0], 2)}
 
 
 def main() -> int:
@@ -281,6 +312,9 @@ def main() -> int:
     predictor = load(args.bundle)
     reference = {t: predictor([t])[0].astype(np.float32) for t in texts}  # each text alone
     del predictor
+    ceiling = model_ceiling(args.bundle, texts) if args.ceiling else None
+    if ceiling:
+        print("model alone, texts/s:", json.dumps(ceiling), flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}; "
           f"{args.clients} clients, {args.requests} requests per mode in {args.rounds} alternating rounds, "
           f"{args.malformed:.0%} malformed", flush=True)
@@ -304,7 +338,8 @@ def main() -> int:
         print(f"throughput {rows[0]['mode']} / {rows[1]['mode']}: {ratio:.2f}x")
     print(f"load average after {os.getloadavg()[0]:.2f}")
     if args.json:
-        args.json.write_text(json.dumps({"load_average": os.getloadavg(), "rows": rows}, indent=2))
+        args.json.write_text(json.dumps({"load_average": os.getloadavg(), "model_alone": ceiling, "rows": rows},
+                                        indent=2))
     return 0 if all(r["wrong_count"] == 0 and r["unanswered"] == 0 for r in rows) else 1
 
 
