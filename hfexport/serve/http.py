@@ -3,6 +3,7 @@ token, declared size) and the request metrics. Pure ASGI, so the gate costs micr
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import time
@@ -75,7 +76,7 @@ class Gate:
     def __init__(self, app, state: ServerState):
         self.app, self.state = app, state
         key = state.config.api_key
-        self._key = key.encode() if key else None
+        self._key = hashlib.sha256(key.encode()).digest() if key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -111,8 +112,10 @@ class Gate:
         if self._key is not None and path not in OPEN_PATHS:
             given = headers.get(b"authorization", b"")
             scheme, _, token = given.partition(b" ")
-            # NOTE: compare_digest's time does not depend on where the bytes differ (no timing oracle).
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._key):
+            # NOTE: compare_digest takes the same time wherever the bytes differ, and comparing digests
+            # (equal lengths) keeps the key's length from showing either: no timing oracle.
+            digest = hashlib.sha256(token.strip()).digest()
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(digest, self._key):
                 return ApiError(401, "missing or wrong API key (send Authorization: Bearer <key>)",
                                 type="authentication_error", code="invalid_api_key",
                                 headers={"WWW-Authenticate": "Bearer"})
