@@ -47,7 +47,9 @@ class TextEncoder:
             raise
         except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers is pyo3's PanicException
             if isinstance(exc, Exception) and not type(exc).__module__.startswith("pyo3"):
-                raise
+                # the tokenizers library raises plain Exception for what it refuses (a broken vocabulary, ...)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ValueError(f"the tokenizer refused the input: {first}") from exc
             raise ValueError(f"the bundle's tokenizer failed on this input ({exc}); its tokenizer.json is "
                              "damaged: rebuild the bundle") from None
         return Batch(

@@ -14,12 +14,34 @@ _LEVELS = {"disable": "ORT_DISABLE_ALL", "basic": "ORT_ENABLE_BASIC", "extended"
            "all": "ORT_ENABLE_ALL"}  # fmt: skip
 
 
+# Graph inputs the runtime always feeds as int64 (tokenizer output, generation positions).
+_INT64_FEEDS = frozenset({"input_ids", "attention_mask", "token_type_ids", "position_ids"})
+
+
+def _ort_input_errors() -> tuple[type[BaseException], ...]:
+    try:
+        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
+    except ImportError:  # an onnxruntime without the typed errors: nothing to translate
+        return ()
+    return (InvalidArgument,)
+
+
+_ORT_INPUT_ERRORS = _ort_input_errors()
+
+
 class OnnxRuntimeSession:
     backend = "onnxruntime"
 
     def __init__(self, session, wanted: list[str] | None = None):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
+        # The runtime feeds token ids, masks and positions as int64; a graph that wants something else was
+        # not written by hfexport (or was damaged), and would fail at the first call instead of here.
+        wrong = [(i.name, f"{i.type} of rank {len(i.shape)}") for i in session.get_inputs()
+                 if i.name in _INT64_FEEDS and (i.type != "tensor(int64)" or len(i.shape) != 2)]
+        if wrong:
+            raise BundleIntegrityError(f"the model's input {wrong[0][0]!r} is {wrong[0][1]}, but the runtime feeds "
+                                       f"tensor(int64) of rank 2: the model file does not match this bundle")
         self.output_names = [o.name for o in session.get_outputs()]
         # What validation reports when the session runs elsewhere than the bundle asked (a cuda bundle
         # checked on a build host without a GPU runs on the CPU provider: same graph, other kernels).
@@ -37,7 +59,12 @@ class OnnxRuntimeSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # InferenceSession.run is thread-safe; no lock is needed around it.
-        values = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
+        try:
+            values = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
+        except _ORT_INPUT_ERRORS as exc:  # the runtime made these feeds: a graph that refuses them is not this bundle's
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise BundleIntegrityError(f"the model refused the runtime's inputs ({first}): the model file does not "
+                                       f"match this bundle") from exc
         return dict(zip(self.output_names, values))
 
 
