@@ -214,3 +214,32 @@ def test_render_html_renders_in_headless_chromium(report: Report, tmp_path: Path
     assert png.exists(), "chromium wrote no screenshot"
     assert png.stat().st_size > 20_000, f"screenshot is only {png.stat().st_size} bytes"
     shutil.rmtree(tmp_path / "profile", ignore_errors=True)
+
+
+def test_long_latency_tail_is_clipped_with_an_arrow_and_its_value(report: Report) -> None:
+    """One side's p90 far past every p50 would squeeze the other bars to slivers: the axis stops at 2.5x the
+    longest bar, the long whisker ends in an arrow, and the label still prints the whole p90."""
+    report.stages[0].latency.p90_ms = 95.0  # PyTorch p50 9.62 ms: a tail ~10x its median
+    page = render_html(report)
+    assert "an arrow: the p90 runs past the axis" in page
+    assert page.count("<path d='M") == 1  # only the clipped whisker gets an arrow
+    assert "9.62 ms (p90 95.00)" in page
+    chart = next(svg for svg in page.split("<svg")[1:] if "Latency per stage" in svg)
+    tick_labels = re.findall(r"class='muted' text-anchor='middle'>([\d.]+)</text>", chart)
+    assert max(float(t) for t in tick_labels) < 95  # the axis was not stretched to the tail
+
+
+def test_latency_whiskers_within_reach_are_drawn_whole(report: Report) -> None:
+    page = render_html(report)
+    assert "an arrow" not in page and "<path d='M" not in page
+    chart = next(svg for svg in page.split("<svg")[1:] if "Latency per stage" in svg)
+    assert "p90 11.20" in chart
+
+
+def test_stage_notes_sit_in_a_full_width_row_under_their_stage(report: Report) -> None:
+    """Notes wrap across the table's width instead of adding a column that pushes the table past the page."""
+    page = render_html(report)
+    columns = re.search(r"<table><thead><tr>((?:<th>[^<]*</th>)+)</tr></thead><tbody><tr class='reference'>",
+                        page).group(1).count("<th>")
+    assert f"<tr class='notes stage'><td colspan='{columns}'>fused 6 attention blocks</td></tr>" in page
+    assert "<th>notes</th>" not in page
