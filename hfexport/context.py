@@ -25,8 +25,8 @@ class BuildContext:
     recipe: Recipe
     source: ModelSource
     workdir: Path
-    tokenizer_dir: Path
-    calibration_texts: list[str]
+    tokenizer_dir: Path  # the bundle's preprocessing: tokenizer files, or the image processor's config
+    calibration_texts: list[str]  # image tasks: image files, or "synthetic:<n>" for the generated images
     progress: Progress = field(default_factory=Progress)
     train_texts: list[str] | None = None  # --train-data for distillation; calibration text otherwise
     # Every stage folder opened in this build, in order: the runner stores a pass's folder in the stage cache.
@@ -47,6 +47,27 @@ class BuildContext:
 
             self._torch_cache[path] = load_torch_model(self.source, path)
         return self._torch_cache[path]
+
+    @property
+    def modality(self) -> str:
+        from hfexport.tasks import get_task
+
+        return getattr(get_task(self.source.task), "modality", "text")
+
+    def hf_processor(self):
+        """The transformers image processor saved for the bundle (image tasks; `tokenizer_dir` holds it)."""
+        if "processor" not in self._torch_cache:
+            from transformers import AutoImageProcessor
+
+            from hfexport._quiet import quiet_libraries
+
+            with quiet_libraries():  # "requires torchvision ... falling back to the PIL backend"
+                self._torch_cache["processor"] = AutoImageProcessor.from_pretrained(str(self.tokenizer_dir))
+        return self._torch_cache["processor"]
+
+    def input_processor(self):
+        """What turns this task's inputs into the model's: the tokenizer, or the image processor."""
+        return self.hf_processor() if self.modality == "image" else self.hf_tokenizer()
 
     def hf_tokenizer(self):
         if "tokenizer" not in self._torch_cache:

@@ -178,3 +178,96 @@ def split_held_out(texts: list[str], wanted: int, minimum: int = 8) -> tuple[lis
         return [], list(texts)
     chosen = set(random.Random(0).sample(range(len(texts)), count))
     return ([t for i, t in enumerate(texts) if i in chosen], [t for i, t in enumerate(texts) if i not in chosen])
+
+
+# -- images (image-classification, image-feature-extraction) -------------------------------------------------
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SYNTHETIC = "synthetic:"  # a reference to the n-th generated image, as calibration and evaluation name it
+# The first generated images calibrate; those from here on are held out for evaluation.
+_SYNTHETIC_EVAL_START = 1000
+
+
+def synthetic_image(index: int, size: tuple[int, int] | None = None):
+    """A deterministic HxWx3 uint8 test image: a colour gradient, a few shapes and noise, seeded by `index`.
+
+    Sizes vary with the index (48-95 px a side, portrait and landscape), so resizing and cropping are exercised."""
+    import numpy as np
+
+    rng = np.random.default_rng(index)
+    height, width = size or (int(rng.integers(48, 96)), int(rng.integers(48, 96)))
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    start, end = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    angle = rng.uniform(0, np.pi)
+    t = ((x / width) * np.cos(angle) + (y / height) * np.sin(angle)).clip(0, 1)[..., None]
+    image = start * (1 - t) + end * t
+    for _ in range(int(rng.integers(1, 4))):
+        colour = rng.uniform(0, 255, 3)
+        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(4, min(height, width) / 2)
+        if rng.random() < 0.5:
+            inside = (y - cy) ** 2 + (x - cx) ** 2 < r ** 2
+        else:
+            inside = (abs(y - cy) < r) & (abs(x - cx) < r * rng.uniform(0.5, 1.5))
+        image[inside] = colour
+    image += rng.normal(0, rng.uniform(2, 20), image.shape)
+    return image.clip(0, 255).astype(np.uint8)
+
+
+def default_calibration_images(count: int = 64) -> list[str]:
+    return [f"{SYNTHETIC}{i}" for i in range(count)]
+
+
+def default_eval_images(count: int) -> list:
+    return [synthetic_image(_SYNTHETIC_EVAL_START + i) for i in range(count)]
+
+
+def load_image(reference):
+    """A calibration or evaluation image by reference: "synthetic:<n>", a file path, or the array itself."""
+    if isinstance(reference, str) and reference.startswith(SYNTHETIC):
+        return synthetic_image(int(reference[len(SYNTHETIC):]))
+    if isinstance(reference, (str, Path)):
+        from hfexport.runtime.image import to_rgb_array
+
+        try:
+            return to_rgb_array(str(reference))
+        except ValueError as exc:
+            raise DataError(str(exc).removeprefix("image 0: ")) from None
+    return reference
+
+
+def image_files(path: str | Path) -> list[Path]:
+    """Every image file under a folder (sorted, subfolders included); DataError naming the folder otherwise."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"image data should be a folder of image files ({', '.join(IMAGE_SUFFIXES)}): {path}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it")
+    for file in files:
+        load_image(file)  # one unreadable file fails here, naming it, not in the middle of a pass
+    return files
+
+
+def read_image_refs(path: str | Path) -> list[str]:
+    """--calibration-data for an image task: the folder's image files, as references."""
+    return [str(p) for p in image_files(path)]
+
+
+def read_image_records(path: str | Path) -> list[dict]:
+    """--eval-data for an image task: one row per image file; its label is the name of its subfolder
+    (the usual `folder/<label>/<image>` layout), or none for images at the top of the folder."""
+    folder = Path(path).expanduser()
+    rows = []
+    for file in image_files(folder):
+        parent = file.parent.relative_to(folder)
+        rows.append({"image": str(file), **({"label": parent.parts[0]} if parent.parts else {})})
+    return rows
+
+
+def image_examples(rows: list[dict], *, source: str = "data") -> tuple[list, list]:
+    """(images, labels) from read_image_records' rows; labels empty unless every image has one."""
+    images = [load_image(row["image"]) for row in rows if "image" in row]
+    if len(images) != len(rows):
+        raise DataError(f"{source}: image tasks take a folder of image files as --eval-data")
+    labels = [row["label"] for row in rows] if all("label" in row for row in rows) else []
+    return images, labels

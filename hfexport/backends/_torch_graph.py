@@ -1,5 +1,9 @@
 """What every encoder exporter shares: the task's graph around a PyTorch model, a sample batch, the
-output axes the task names, and the typed check of an exported graph against PyTorch on that batch."""
+output axes the task names, and the typed check of an exported graph against PyTorch on that batch.
+
+Text tasks take the tokenizer's inputs the model's forward accepts and uses; image tasks take pixel_values
+[batch, 3, height, width] with the height and width the image processor fixes (only batch is dynamic).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from hfexport.errors import ExportError
 from hfexport.tasks import get_task
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+IMAGE_INPUTS = ("pixel_values",)
 SAMPLE_LENGTH = 19
 SAMPLE_TEXTS = ["hfexport traces the model with this sentence.", "A second, longer sample text sets the batch axis apart."]
 
@@ -32,27 +37,59 @@ class TaskGraph:
         return {n: self.sample[n].numpy() for n in self.input_names}
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
-        """Exporter `dynamic_axes`: batch and sequence on every input, and on each output the axes its task
-        names batch or sequence (a classifier's logits are [batch, labels])."""
-        axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
+        """Exporter `dynamic_axes`: batch and sequence on every token input (batch only on pixel_values), and on
+        each output the axes its task names batch or sequence (a classifier's logits are [batch, labels])."""
+        axes = {name: {0: "batch"} if name in IMAGE_INPUTS else {0: "batch", 1: "sequence"}
+                for name in self.input_names}
         axes.update({output.name: output.dynamic_axes for output in self.task_outputs})
         return axes
 
 
-def task_graph(model, tokenizer, task: str) -> TaskGraph:
+def task_graph(model, processor, task: str) -> TaskGraph:
+    """`processor`: the tokenizer (text tasks) or the image processor (image tasks)."""
     import torch
 
-    # A fixed, odd sample length keeps the sequence axis apart from any label count.
-    sample = tokenizer(SAMPLE_TEXTS, padding="max_length", max_length=SAMPLE_LENGTH, truncation=True,
-                       return_tensors="pt")
-    accepted = set(forward_parameters(model))
-    input_names = [n for n in TOKEN_INPUTS if n in sample and n in accepted]
-    outputs = get_task(task).outputs
+    spec = get_task(task)
+    if getattr(spec, "modality", "text") == "image":
+        from hfexport.data import synthetic_image
+
+        sample = dict(processor(images=[synthetic_image(index) for index in (0, 1)], return_tensors="pt"))
+        input_names = ["pixel_values"]
+    else:
+        # A fixed, odd sample length keeps the sequence axis apart from any label count.
+        sample = tokenizer_sample(processor)
+        input_names = used_token_inputs(model, sample)
+    outputs = spec.outputs
     output_names = [output.name for output in outputs]
-    wrapper = wrap(model, input_names, output_names)
+    wrapper = wrap(model, input_names, output_names, getattr(spec, "graph_outputs", None))
     with torch.inference_mode():
         expected = [t.numpy() for t in wrapper(*[sample[n] for n in input_names])]
     return TaskGraph(model, wrapper, sample, input_names, output_names, expected, outputs)
+
+
+def tokenizer_sample(tokenizer) -> dict:
+    return tokenizer(SAMPLE_TEXTS, padding="max_length", max_length=SAMPLE_LENGTH, truncation=True,
+                     return_tensors="pt")
+
+
+def used_token_inputs(model, sample) -> list[str]:
+    """The tokenizer outputs the model's forward takes and uses. token_type_ids is left out where the model
+    has no token type embedding (`type_vocab_size: 0`, e.g. DeBERTa-v3): tracing drops an unused input from
+    the graph, so feeding it would fail (`Invalid input name: token_type_ids`)."""
+    accepted = set(forward_parameters(model))
+    names = [n for n in TOKEN_INPUTS if n in sample and n in accepted]
+    if getattr(getattr(model, "config", None), "type_vocab_size", None) == 0 and "token_type_ids" in names:
+        names.remove("token_type_ids")
+    return names
+
+
+def keep_file_inputs(graph: TaskGraph, file_inputs: list[str]) -> None:
+    """The graph's inputs become exactly the exported file's: a tracer drops an input the model ignores,
+    and the check, the manifest's signature and the runtime's feeds then follow the file."""
+    unknown = [n for n in file_inputs if n not in graph.input_names]
+    if unknown:
+        raise ExportError(f"the exported graph asks for input {unknown[0]!r}, which the task does not provide")
+    graph.input_names[:] = [n for n in graph.input_names if n in file_inputs]
 
 
 def check_against_torch(graph: TaskGraph, got: list, tolerance: float, what: str = "exported graph") -> float:
@@ -62,11 +99,11 @@ def check_against_torch(graph: TaskGraph, got: list, tolerance: float, what: str
     """
     import numpy as np
 
-    mask = graph.sample["attention_mask"].numpy().astype(bool)
+    mask = graph.sample["attention_mask"].numpy().astype(bool) if "attention_mask" in graph.sample else None
     worst = 0.0
     for name, g, w in zip(graph.output_names, got, graph.expected):
         diff = np.abs(np.asarray(g, dtype=np.float64) - w)
-        if diff.shape[:2] == mask.shape:
+        if mask is not None and diff.shape[:2] == mask.shape:
             diff = diff[mask]  # padded positions carry no meaning
         worst = max(worst, float(diff.max()))
         if worst > tolerance:
@@ -81,8 +118,9 @@ def forward_parameters(model) -> list[str]:
     return list(inspect.signature(model.forward).parameters)
 
 
-def wrap(model, input_names: list[str], output_names: list[str]):
-    """A module with positional tensor inputs and a tuple of tensor outputs, as exporters want."""
+def wrap(model, input_names: list[str], output_names: list[str], select=None):
+    """A module with positional tensor inputs and a tuple of tensor outputs, as exporters want; `select` (a
+    task's `graph_outputs`) computes them from the ModelOutput where they are not plain fields of it."""
     import torch
 
     class TaskModule(torch.nn.Module):
@@ -92,6 +130,8 @@ def wrap(model, input_names: list[str], output_names: list[str]):
 
         def forward(self, *tensors):
             outputs = self.model(**dict(zip(input_names, tensors)), return_dict=True)
+            if select is not None:
+                return tuple(select(outputs))
             return tuple(outputs[name] for name in output_names)
 
     return TaskModule().eval()

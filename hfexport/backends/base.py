@@ -74,11 +74,29 @@ class Backend(ABC):
 
 
 def text_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
-    """Calibration text -> one batch-of-1 feed dict, tokenised the way the bundle's runtime will."""
+    """One calibration item -> one batch-of-1 feed dict, made the way the bundle's runtime will: a text
+    tokenised, or (image tasks) an image reference (data.load_image) through the image processor."""
+    if ctx.modality == "image":
+        return image_encoder(ctx, names)
     tokenizer, max_length = ctx.hf_tokenizer(), ctx.source.max_length
 
     def encode(text: str) -> dict:
         encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
         return {n: encoded[n].astype("int64") for n in names}
+
+    return encode
+
+
+input_encoder = text_encoder  # the name for what it is now: any task's calibration feeds
+
+
+def image_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
+    from hfexport.data import load_image
+
+    processor = ctx.hf_processor()
+
+    def encode(reference) -> dict:
+        pixels = processor(images=[load_image(reference)], return_tensors="np")["pixel_values"]
+        return {n: pixels.astype("float32") for n in names}
 
     return encode

@@ -20,6 +20,8 @@ __all__ = ["check_output", "install", "stage_bundle", "tool_versions", "write_ma
 
 # Files copied from the tokenizer folder: JSON only, so a bundle never holds a pickle.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+# Image tasks: the image processor's settings (runtime/image.py reads them), in processor/.
+PROCESSOR_FILES = ("preprocessor_config.json",)
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -37,10 +39,12 @@ def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_c
     files = artifact.bundle_files()
     for name, source in files.items():
         shutil.copyfile(source, staging / name)
-    (staging / "tokenizer").mkdir()
-    for name in TOKENIZER_FILES:
+    processor = all((tokenizer_dir / name).is_file() for name in PROCESSOR_FILES)
+    folder, names = ("processor", PROCESSOR_FILES) if processor else ("tokenizer", TOKENIZER_FILES)
+    (staging / folder).mkdir()
+    for name in names:
         if (tokenizer_dir / name).is_file():
-            shutil.copyfile(tokenizer_dir / name, staging / "tokenizer" / name)
+            shutil.copyfile(tokenizer_dir / name, staging / folder / name)
     shutil.copyfile(model_config_file, staging / "config.json")
     for name, source in (extra_files or {}).items():
         shutil.copyfile(source, staging / name)

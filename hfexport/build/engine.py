@@ -52,12 +52,18 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         from hfexport.runtime.signing import check_private_key
 
         check_private_key(sign_with)
-    calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
-                   else data.default_calibration_texts())
-    records = data.read_records(eval_data) if eval_data else None
-    train_texts = data.read_texts(train_data, text_column=text_column) if train_data else None
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
+    images = getattr(get_task(source.task), "modality", "text") == "image"
+    if images:  # image tasks: folders of image files, or the generated images
+        calibration = (data.read_image_refs(calibration_data) if calibration_data
+                       else data.default_calibration_images())
+        records = data.read_image_records(eval_data) if eval_data else None
+    else:
+        calibration = (data.read_texts(calibration_data, text_column=text_column) if calibration_data
+                       else data.default_calibration_texts())
+        records = data.read_records(eval_data) if eval_data else None
+    train_texts = data.read_texts(train_data, text_column=text_column) if train_data else None
     # The target's default recipe can depend on the task (an LLM needs a KV-cache export).
     chosen = chosen or load_recipe(profile.recipe_for(source.task))
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
@@ -74,9 +80,11 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
 
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
-        tokenizer_dir = _prepare_tokenizer(source, workdir / "tokenizer")
+        tokenizer_dir = (_prepare_processor(source, workdir / "processor") if images
+                         else _prepare_tokenizer(source, workdir / "tokenizer"))
         ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress, train_texts)
-        mask_token, samples = ctx.hf_tokenizer().mask_token, chosen.evaluation.samples
+        mask_token = None if images else ctx.hf_tokenizer().mask_token
+        samples = chosen.evaluation.samples
         shipped = make_eval_set(source.task, None, samples=samples, mask_token=mask_token)
         if domain:
             eval_set = make_eval_set(source.task, [{"text": t} for t in domain], samples=samples,
@@ -100,8 +108,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
                                            extra)
         precision = next((r["params"]["precision"] for r in reversed(pass_records)
                           if r["name"] in ("quantize", "export") and r["params"].get("precision")), "fp32")
-        body = manifest_body(source, profile, chosen, pass_records, artifact, model_files, ctx.hf_tokenizer(),
-                              precision)
+        body = manifest_body(source, profile, chosen, pass_records, artifact, model_files, ctx.input_processor(),
+                             precision)
         bundles.write_manifest(staging, body)
 
         progress.start("validate", "validate against PyTorch fp32")
@@ -159,6 +167,42 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     tokenizer.save_pretrained(str(folder))
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(f"{source.model_id}: the tokenizer did not produce tokenizer.json")
+    return folder
+
+
+def _prepare_processor(source, folder: Path) -> Path:
+    """Save the model's image processor as preprocessor_config.json with every setting written out, and check
+    that the torch-free runtime preprocesses sample images exactly as transformers does."""
+    import json
+
+    import numpy as np
+    from transformers import AutoImageProcessor
+
+    from hfexport._quiet import quiet_libraries
+    from hfexport.data import synthetic_image
+    from hfexport.runtime.image import ImageEncoder, explicit_config
+
+    try:
+        with quiet_libraries():  # "requires torchvision ... falling back to the PIL backend"
+            processor = AutoImageProcessor.from_pretrained(str(source.local_dir),
+                                                           trust_remote_code=source.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load the image processor of {source.model_id} "
+                             f"({str(exc).splitlines()[0]}); the folder needs a preprocessor_config.json") from exc
+    folder.mkdir(parents=True)
+    path = folder / "preprocessor_config.json"
+    path.write_text(json.dumps(explicit_config(processor), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    try:
+        encoder = ImageEncoder(path)
+    except ValueError as exc:
+        raise ModelLoadError(f"{source.model_id}: {exc}") from None
+    images = [synthetic_image(index) for index in range(4)]
+    want = processor(images=images, return_tensors="np")["pixel_values"]
+    got = encoder.encode(images).pixel_values
+    worst = float(np.abs(want - got).max()) if want.shape == got.shape else float("inf")
+    if worst > 1e-4:
+        raise ModelLoadError(f"{source.model_id}: the runtime's image preprocessing differs from "
+                             f"{type(processor).__name__} by {worst:.2e}; this processor is not supported yet")
     return folder
 
 

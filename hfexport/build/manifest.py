@@ -80,6 +80,15 @@ class TokenizerInfo(_Section):
     padding_side: str
 
 
+class ProcessorInfo(_Section):
+    """How a non-text bundle turns its inputs into the graph's: images -> pixel_values."""
+
+    kind: Literal["image"]
+    file: str = Field(description="the processor's settings inside the bundle")
+    input_name: str = Field(description="the graph input the processor makes, e.g. pixel_values")
+    image_size: list[int] | None = Field(None, description="[height, width] of every preprocessed image")
+
+
 class TensorSpec(_Section):
     name: str
     dtype: str
@@ -126,7 +135,7 @@ class Manifest(_Section):
     model_config = ConfigDict(extra="forbid", title="hfexport bundle manifest",
                               json_schema_extra={"$schema": "https://json-schema.org/draft/2020-12/schema"})
 
-    format_version: Literal[2] = Field(description="the bundle format; readers refuse formats newer than theirs")
+    format_version: Literal[3] = Field(description="the bundle format; readers refuse formats newer than theirs")
     hfexport_version: str
     created: str = Field(description="UTC, ISO 8601")
     model: ModelInfo
@@ -135,7 +144,8 @@ class Manifest(_Section):
     passes: list[PassRecord]
     model_file: str = Field(description="the file the runtime opens (model.onnx, model.xml)")
     model_files: list[str] = Field(description="every file of the model itself (e.g. model.xml and model.bin)")
-    tokenizer: TokenizerInfo
+    tokenizer: TokenizerInfo | None = Field(None, description="text bundles: the tokenizer the runtime uses")
+    processor: ProcessorInfo | None = Field(None, description="image bundles: the image preprocessing")
     signature: Signature
     tools: dict[str, str] = Field(description="versions of the packages that built the bundle")
     build_host: BuildHost
@@ -161,12 +171,23 @@ def manifest_body(source, profile, recipe, records, artifact, model_files, token
         "passes": [PassRecord(**record) for record in records],
         "model_file": model_files[0],
         "model_files": model_files,
-        "tokenizer": TokenizerInfo(file="tokenizer/tokenizer.json", pad_token=tokenizer.pad_token,
-                                   pad_token_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side),
+        **_preprocessing(source.task, tokenizer),
         "signature": Signature(**artifact.signature()),
         "tools": tool_versions(),
         "build_host": BuildHost(**host.host_summary()),
     }
+
+
+def _preprocessing(task: str, processor) -> dict:
+    """The manifest section that names the bundle's preprocessing: the tokenizer, or an image processor."""
+    if getattr(get_task(task), "modality", "text") == "image":
+        from hfexport.runtime.image import PROCESSOR_FILE, explicit_config, settings_from_config
+
+        size = settings_from_config(explicit_config(processor)).output_size
+        return {"processor": ProcessorInfo(kind="image", file=PROCESSOR_FILE, input_name="pixel_values",
+                                           image_size=list(size) if size else None)}
+    return {"tokenizer": TokenizerInfo(file="tokenizer/tokenizer.json", pad_token=processor.pad_token,
+                                       pad_token_id=processor.pad_token_id, padding_side=processor.padding_side)}
 
 
 def tool_versions() -> dict[str, str]:

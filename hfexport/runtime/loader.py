@@ -1,4 +1,8 @@
-"""Load a bundle: verify checksums, open the backend the manifest names, run text through the task."""
+"""Load a bundle: verify checksums, open the backend the manifest names, run inputs through the task.
+
+The manifest says how inputs become the graph's feeds: a `tokenizer` (text: input_ids, attention_mask,
+token_type_ids) or a `processor` (images: pixel_values); `open_encoder` opens that one.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import numpy as np
 
 from hfexport.errors import BundleIntegrityError, HfExportError
 from hfexport.runtime.backends import open_backend
+from hfexport.runtime.image import ImageBatch, ImageEncoder
 from hfexport.runtime.manifest import Manifest, read_manifest, verify_files
 from hfexport.runtime.paths import check_bundle_paths
 from hfexport.runtime.tasks import normalise_inputs, task_module
@@ -18,9 +23,9 @@ from hfexport.runtime.tokenizer import Batch, TextEncoder
 
 
 class Predictor:
-    """Text in, task results out. Safe to call from several threads at once."""
+    """Text or images in, task results out. Safe to call from several threads at once."""
 
-    def __init__(self, manifest: Manifest, encoder: TextEncoder, backend, path: Path | None = None):
+    def __init__(self, manifest: Manifest, encoder: TextEncoder | ImageEncoder, backend, path: Path | None = None):
         self.path = path
         self.manifest = manifest
         self.task: str = manifest.model.task
@@ -37,13 +42,13 @@ class Predictor:
 
     # -- the steps, public so validation measures exactly what users run --------------------------
 
-    def encode(self, texts) -> Batch:
+    def encode(self, texts) -> Batch | ImageBatch:
         return self.encoder.encode(texts)
 
-    def forward(self, batch: Batch) -> dict[str, np.ndarray]:
+    def forward(self, batch: Batch | ImageBatch) -> dict[str, np.ndarray]:
         return self.backend.run(batch.feeds(self.backend.input_names))
 
-    def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch, texts, **options) -> Any:
+    def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch | ImageBatch, texts, **options) -> Any:
         return self._post(outputs, batch, self.manifest.model, texts, self.encoder, **options)
 
     # -- the one call users make ---------------------------------------------------------------------
@@ -60,8 +65,14 @@ class Predictor:
         return [item for part in results for item in part]
 
 
-def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
+def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder:
+    """What turns a user's inputs into the graph's feeds, as the manifest names it: tokenizer or processor."""
+    if manifest.processor is not None:
+        return _open_processor(bundle, manifest)
     tok = manifest.tokenizer
+    if tok is None:
+        raise BundleIntegrityError(f"{bundle}: the manifest names neither a tokenizer nor a processor; "
+                                   "rebuild the bundle")
     if not 0 < manifest.model.max_length <= 1 << 20:
         raise BundleIntegrityError(f"{bundle}: manifest model.max_length should be 1-{1 << 20} tokens, got "
                                    f"{manifest.model.max_length}")
@@ -73,6 +84,15 @@ def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder:
                               pad_token=tok.pad_token)
         encoder.encode(["a"])  # a tokenizer.json that cannot encode at all fails here, not on a user's call
         return encoder
+
+
+def _open_processor(bundle: Path, manifest: Manifest) -> ImageEncoder:
+    processor = manifest.processor
+    if processor.kind != "image" or processor.input_name not in ImageEncoder.input_names:
+        raise BundleIntegrityError(f"{bundle}: manifest processor kind {processor.kind!r} making "
+                                   f"{processor.input_name!r} is not supported by this runtime (upgrade hfexport)")
+    with _bundle_errors(bundle / processor.file, "image processor"):
+        return ImageEncoder(bundle / processor.file)
 
 
 def open_model(model_path: Path, manifest: Manifest, *, providers=None, threads=None, backend: str | None = None,
@@ -114,16 +134,21 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
         opener = getattr(task_module(manifest.model.task), "open_predictor", None)
         if opener is not None:  # a generative task: its own loop over the model
             return opener(manifest, bundle, backend)
-        _check_inputs(bundle / manifest.model_file, backend.input_names)
-        return Predictor(manifest, open_encoder(bundle, manifest), backend, bundle)
+        encoder = open_encoder(bundle, manifest)
+        _check_inputs(bundle / manifest.model_file, backend.input_names, encoder)
+        return Predictor(manifest, encoder, backend, bundle)
 
 
-def _check_inputs(model_path: Path, names: list[str]) -> None:
-    """The model asks only for inputs the tokenizer makes (a damaged model file can rename one)."""
-    unknown = [name for name in names if name not in {item.name for item in dataclasses.fields(Batch)}]
+def _check_inputs(model_path: Path, names: list[str], encoder) -> None:
+    """The model asks only for inputs the encoder makes (a damaged model file can rename one)."""
+    if isinstance(encoder, ImageEncoder):
+        made, described = list(encoder.input_names), ", ".join(encoder.input_names)
+    else:
+        made, described = [item.name for item in dataclasses.fields(Batch)], "input_ids, attention_mask, token_type_ids"
+    unknown = [name for name in names if name not in made]
     if unknown:
         raise BundleIntegrityError(f"{model_path}: the model asks for input {unknown[0]!r}, which the runtime "
-                                   "does not make (it feeds input_ids, attention_mask, token_type_ids); the "
+                                   f"does not make (it feeds {described}); the "
                                    "file is damaged or from another tool: rebuild the bundle")
 
 

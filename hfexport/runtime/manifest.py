@@ -23,8 +23,8 @@ from typing import Any
 
 from hfexport.errors import BundleIntegrityError
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 # Files never listed in the manifest's checksums: the manifest itself.
@@ -117,6 +117,16 @@ class TokenizerInfo(_Section):
 
 
 @_section
+class ProcessorInfo(_Section):
+    """How a non-text bundle turns its inputs into the graph's (format 3): images -> pixel_values."""
+
+    kind: str  # image
+    file: str  # the processor's settings inside the bundle (processor/preprocessor_config.json)
+    input_name: str  # the graph input it makes (pixel_values)
+    image_size: list[int] | None = None  # [height, width] of every preprocessed image
+
+
+@_section
 class TensorSpec(_Section):
     name: str
     dtype: str
@@ -176,7 +186,8 @@ class Manifest(_Section):
     passes: list[PassRecord]
     model_file: str
     model_files: list[str]
-    tokenizer: TokenizerInfo
+    tokenizer: TokenizerInfo | None = None  # text bundles
+    processor: ProcessorInfo | None = None  # image bundles (format 3)
     signature: Signature
     tools: dict[str, str]
     build_host: BuildHost
@@ -221,6 +232,8 @@ def parse_manifest(data: Any, source: str = MANIFEST_NAME) -> Manifest:
         )
     if version == 1:
         data = _from_format_1(data)
+    if version in (1, 2) and isinstance(data, dict) and "tokenizer" not in data:
+        raise BundleIntegrityError(f"{source}: invalid manifest: tokenizer is missing")
     try:
         return _typed(Manifest, data, "")
     except _Invalid as exc:

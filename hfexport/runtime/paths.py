@@ -60,7 +60,10 @@ def check_bundle_paths(root: Path, manifest) -> None:
     confined(root, manifest.model_file, "model_file")
     for name in manifest.model_files:
         confined(root, name, "model_files entry")
-    confined(root, manifest.tokenizer.file, "tokenizer.file")
+    if manifest.tokenizer is not None:
+        confined(root, manifest.tokenizer.file, "tokenizer.file")
+    if manifest.processor is not None:
+        confined(root, manifest.processor.file, "processor.file")
     for name in manifest.files:
         confined(root, name, "files entry")
     if manifest.validation is not None:

@@ -80,13 +80,13 @@ def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: Ev
                       _model_info(ctx.source.model_id, ctx.source.revision, spec.name), target_info, _versions(),
                       ctx.progress)
     model = ctx.torch_module(ctx.source.local_dir).to(_reference_device(ctx.target.device))
-    report = _evaluate(spec, model, ctx.hf_tokenizer(), bundle, candidates, eval_set, judging,
+    report = _evaluate(spec, model, ctx.input_processor(), bundle, candidates, eval_set, judging,
                        memory_paths={"pytorch": ctx.source.local_dir, "bundle": staging})
     if not spec.generative and ctx.recipe.evaluation.memory:
         _measure_memory(report, ctx, staging, stages, eval_set, n_threads)
     if also_on is not None:
         ctx.progress.info(f"bundle fidelity on {also_on.source} too (reported, not gated)")
-        report.other_fidelity[also_on.source] = _fidelity_on(spec, model, ctx.hf_tokenizer(), bundle,
+        report.other_fidelity[also_on.source] = _fidelity_on(spec, model, ctx.input_processor(), bundle,
                                                              candidates[-1], also_on, judging)
     return report
 
@@ -95,20 +95,19 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
                     label_column: str | None = None, report_dir: str | Path | None = None,
                     threads: int | None = None, progress: Progress | None = None) -> Report:
     """Re-run validation of an existing bundle on this host; writes a fresh report outside the bundle."""
-    from transformers import AutoTokenizer
-
     from hfexport import data
     from hfexport.loading import DEFAULT_MODEL_ID, load_torch_model, resolve_model
     from hfexport.recipes import Evaluation, Gates
     from hfexport.runtime import load
 
     progress = progress or Progress()
-    records = data.read_records(eval_data) if eval_data else None
     bundle_path = Path(path).expanduser().resolve()
     predictor = load(bundle_path, threads=threads)
     manifest = predictor.manifest
     meta = manifest.model
     spec = get_task(meta.task)
+    images = getattr(spec, "modality", "text") == "image"
+    records = (data.read_image_records(eval_data) if images else data.read_records(eval_data)) if eval_data else None
     settings = Evaluation(**manifest.recipe.evaluation)
     # The packaged default model is found again through its package; anything else by id and revision.
     packaged = meta.id == DEFAULT_MODEL_ID and str(meta.revision or "").startswith("gt-")
@@ -117,8 +116,9 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
     with quiet_libraries():
         source = resolve_model(model_ref, task=spec.name, revision=revision, log=progress.info)
         n_threads = _set_threads(threads or manifest.target.session.get("intra_op_threads"))
-        tokenizer = AutoTokenizer.from_pretrained(str(bundle_path / "tokenizer"))
-        eval_set = make_eval_set(spec.name, records, samples=settings.samples, mask_token=tokenizer.mask_token,
+        tokenizer = _bundle_processor(bundle_path, images)
+        eval_set = make_eval_set(spec.name, records, samples=settings.samples,
+                                 mask_token=None if images else tokenizer.mask_token,
                                  text_column=text_column, label_column=label_column,
                                  source=f"file {eval_data}" if eval_data else "hfexport held-out corpus")
         target_info = _target_info(predictor)
@@ -134,6 +134,17 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
                            memory_paths={"pytorch": source.local_dir, "bundle": bundle_path})
     write_report(report, Path(report_dir) if report_dir else bundle_path.with_name(bundle_path.name + ".validation"))
     return report
+
+
+def _bundle_processor(bundle: Path, images: bool):
+    """The transformers tokenizer or image processor a bundle ships, for the PyTorch reference."""
+    if images:
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(str(bundle / "processor"))
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(bundle / "tokenizer"))
 
 
 def write_report(report: Report, folder: Path) -> None:
@@ -178,9 +189,12 @@ def _fidelity_on(spec: TaskSpec, model, tokenizer, bundle, candidate: Candidate,
 
 
 def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
-    from hfexport.validation.encoder import TorchRunner
+    """PyTorch fp32 behind the task's own preprocessing (`tokenizer`: the image processor for image tasks)."""
+    from hfexport.validation.encoder import ImageTorchRunner, TorchRunner
 
     manifest = bundle.manifest
+    if getattr(spec, "modality", "text") == "image":
+        return ImageTorchRunner(model, tokenizer, spec.name, manifest.model)
     return TorchRunner(model, tokenizer, spec.name, manifest.model, manifest.model.max_length,
                        [i.name for i in manifest.signature.inputs])
 
@@ -205,18 +219,15 @@ def _stage_candidate(ctx, spec: TaskSpec, staging: Path, bundle, name: str, arti
     if artifact.kind == "torch":
         if spec.generative:  # a pruned checkpoint has no generation loop to measure here
             return None
-        from hfexport.validation.encoder import TorchRunner
-
         module = ctx.torch_module(artifact.path).to(_reference_device(ctx.target.device))
-        runner = TorchRunner(module, ctx.hf_tokenizer(), spec.name, manifest.model, ctx.source.max_length,
-                             [i.name for i in manifest.signature.inputs])
+        runner = _reference_runner(spec, module, ctx.input_processor(), bundle)
     else:
         model = open_model(artifact.path, manifest, threads=threads, backend=_stage_backend(ctx, artifact),
                            session_overrides=_NO_SPIN)
         if spec.generative:
-            from hfexport.runtime.generation import TextGenerator
+            from hfexport.validation.generation import stage_generator
 
-            stage = TextGenerator(manifest, staging, model, staging / manifest.tokenizer.file)
+            stage = stage_generator(manifest, staging, model, artifact)
         else:
             stage = Predictor(manifest, open_encoder(staging, manifest), model)
         runner = _runner(spec, stage)

@@ -74,6 +74,32 @@ class TorchRunner:
                              enc["special_tokens_mask"].numpy(), enc["offset_mapping"].numpy())
 
 
+class ImageTorchRunner:
+    """The original image model: transformers' image processor + PyTorch fp32 eager, the users' baseline."""
+
+    tokenizer = None
+
+    def __init__(self, model, processor, task: str, meta):
+        self.model, self.processor, self.task, self.meta = model, processor, task, meta
+
+    def raw(self, images: list):
+        import torch
+
+        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
+        spec = get_task(self.task)
+        with torch.inference_mode():
+            out = self.model(pixel_values=pixels.to(self.model.device), return_dict=True)
+            values = spec.graph_outputs(out)
+        outputs = {name: v.float().cpu().numpy() for name, v in zip(spec.output_names, values)}
+        return outputs, None, None, None
+
+    def __call__(self, images: list):
+        outputs, mask, ids, seq = self.raw(images)
+        return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
+
+    comparable = __call__
+
+
 def _token_labels(logits, attention_mask, special_tokens_mask, offsets) -> list[list[tuple[int, int, int]]]:
     labels = logits.argmax(-1)
     return [[(int(offsets[row, pos, 0]), int(offsets[row, pos, 1]), int(labels[row, pos]))
@@ -90,6 +116,8 @@ class PredictorRunner:
     def raw(self, inputs: list):
         batch = self.predictor.encode(inputs)
         outputs = self.predictor.forward(batch)
+        if not hasattr(batch, "input_ids"):  # images: no tokens
+            return outputs, None, None, None
         return outputs, batch.attention_mask, batch.input_ids, batch.sequence_ids
 
     def comparable(self, inputs: list):
@@ -115,14 +143,20 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     inputs, texts = eval_set.inputs, eval_set.texts
     batch = settings.batch_size
 
-    progress.info(f"fidelity on {len(inputs)} held-out texts")
+    images = getattr(spec, "modality", "text") == "image"
+    progress.info(f"fidelity on {len(inputs)} held-out {'images' if images else 'texts'}")
     ref_values = batched(reference, inputs, batch)
     fid = {c.name: spec.fidelity(ref_values, batched(c.runner.comparable, inputs, batch)) for c in candidates}
 
-    progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
-    watch = LoadWatch()
-    long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
-    one = spec.eval_inputs([long_text], meta.mask_token)
+    if images:  # one image: its size does not matter, the processor resizes every image alike
+        progress.info(f"latency: batch 1 x one image, {settings.latency_runs} runs each")
+        watch, one = LoadWatch(), [inputs[0]]
+    else:
+        progress.info(f"latency: batch 1 x {settings.sequence_length} tokens, {settings.latency_runs} runs each")
+        watch = LoadWatch()
+        long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
+        one = spec.eval_inputs([long_text], meta.mask_token)
+
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
                                settle=3)
@@ -136,7 +170,9 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
 
     stages = [StageMetrics(name="pytorch", kind="torch", size_bytes=judging.reference_size,
                            latency=latency_of(latency["pytorch"]), throughput_per_s=per_s["pytorch"],
-                           notes=["reference: transformers tokenizer + PyTorch fp32 eager"])]
+                           notes=[f"reference: transformers {'image processor' if images else 'tokenizer'} + "
+                                  "PyTorch fp32 eager"])]
+
     stages += [StageMetrics(name=c.name, kind=c.kind, size_bytes=c.size_bytes, pass_seconds=c.pass_seconds,
                             latency=latency_of(latency[c.name]), throughput_per_s=per_s[c.name], fidelity=fid[c.name],
                             notes=list(c.notes)) for c in candidates]

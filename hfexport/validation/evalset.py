@@ -25,6 +25,8 @@ def make_eval_set(task: str, records: list[dict] | None, *, samples: int, mask_t
     from hfexport import data
 
     spec = get_task(task)
+    if getattr(spec, "modality", "text") == "image":
+        return _image_eval_set(spec, records, samples, source)
     if records is None:
         texts = data.default_eval_texts()[:samples]
         return EvalSet(spec.eval_inputs(texts, mask_token), texts, [], source)
@@ -34,3 +36,13 @@ def make_eval_set(task: str, records: list[dict] | None, *, samples: int, mask_t
     return EvalSet(spec.fidelity_inputs(inputs, texts, mask_token), texts, labels, source, list(inputs))
 
 
+def _image_eval_set(spec, records: list[dict] | None, samples: int, source: str) -> EvalSet:
+    """Images: the user's folder (labels from subfolder names), or generated images held out of calibration."""
+    from hfexport import data
+
+    if records is None:
+        images = data.default_eval_images(samples)
+        return EvalSet(images, [], [], "hfexport generated images (gradients, shapes, noise; held out of "
+                                        "calibration)")
+    inputs, labels = spec.labelled_examples(records[:samples], text_column=None, label_column=None, source=source)
+    return EvalSet(inputs, [], labels, source, list(inputs))

@@ -22,11 +22,16 @@ if kind == "torch":
     torch.set_num_threads(threads)
     task_class, tokenizer_dir = sys.argv[5], sys.argv[6]
     model = getattr(transformers, task_class).from_pretrained(path).eval()
-    tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-    if isinstance(inputs[0], tuple):
+    if Path(tokenizer_dir, "preprocessor_config.json").is_file():  # an image task: inputs are image files
+        from PIL import Image
+        processor = transformers.AutoImageProcessor.from_pretrained(tokenizer_dir)
+        enc = processor(images=[Image.open(p).convert("RGB") for p in inputs], return_tensors="pt")
+    elif isinstance(inputs[0], tuple):
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
         enc = tokenizer([a for a, _ in inputs], [b for _, b in inputs], padding=True, truncation="only_second",
                         return_tensors="pt")
     else:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
         enc = tokenizer(inputs, padding=True, truncation=True, return_tensors="pt")
     with torch.inference_mode():
         model(**enc)
@@ -57,7 +62,7 @@ print(json.dumps({"peak_rss_mb": peak if peak is not None else resource.getrusag
 def peak_rss_mb(kind: str, path: Path, inputs: list, threads: int, scratch: Path, *extra: str) -> float | None:
     """Peak RSS in MB of a child that loads `path` (kind: torch | bundle | stage) and runs `inputs` once."""
     texts_file = scratch / "memory-inputs.json"
-    texts_file.write_text(json.dumps(inputs))
+    texts_file.write_text(json.dumps(_as_json(inputs, scratch)))
     try:
         out = subprocess.run([sys.executable, "-c", _CHILD, kind, str(path), str(texts_file), str(threads), *extra],
                              capture_output=True, text=True, timeout=300)
@@ -66,3 +71,19 @@ def peak_rss_mb(kind: str, path: Path, inputs: list, threads: int, scratch: Path
     if out.returncode != 0:
         return None
     return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_rss_mb"])
+
+
+def _as_json(inputs: list, scratch: Path) -> list:
+    """Texts as they are; images (HxWx3 uint8 arrays) written as PNG files the child opens by path."""
+    import numpy as np
+
+    if not inputs or not isinstance(inputs[0], np.ndarray):
+        return inputs
+    from PIL import Image
+
+    paths = []
+    for index, image in enumerate(inputs):
+        path = scratch / f"memory-input-{index}.png"
+        Image.fromarray(image).save(path)
+        paths.append(str(path))
+    return paths

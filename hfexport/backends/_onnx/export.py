@@ -28,7 +28,7 @@ from hfexport.backends._generation_graph import (
     raise_on_mismatch,
     sample_inputs,
 )
-from hfexport.backends._torch_graph import check_against_torch, task_graph
+from hfexport.backends._torch_graph import check_against_torch, keep_file_inputs, task_graph
 from hfexport.context import BuildContext
 from hfexport.errors import ExportError
 from hfexport.passes.base import PassConfig
@@ -60,7 +60,7 @@ def export_encoder(config: ExportOnnxConfig, artifact: TorchModel, ctx: BuildCon
     import onnxruntime as ort
 
     model = ctx.torch_module(artifact.path)
-    graph = task_graph(model, ctx.hf_tokenizer(), ctx.source.task)
+    graph = task_graph(model, ctx.input_processor(), ctx.source.task)
     sample, input_names, output_names = graph.sample, graph.input_names, graph.output_names
     path = out_dir / "model.onnx"
     opset = config.opset or ctx.target.opset
@@ -75,6 +75,7 @@ def export_encoder(config: ExportOnnxConfig, artifact: TorchModel, ctx: BuildCon
         raise ExportError(f"ONNX export ({config.exporter}) failed: {str(exc).splitlines()[0]}") from exc
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    keep_file_inputs(graph, [i.name for i in session.get_inputs()])  # an input the model ignores is dropped
     got = session.run(output_names, graph.sample_feeds())
     worst = check_against_torch(graph, got, config.tolerance)
     onnx_graph = onnx.load(str(path), load_external_data=False).graph

@@ -30,7 +30,7 @@ from hfexport.backends._generation_graph import (
     sample_inputs,
 )
 from hfexport.backends._openvino.stateful import make_stateful
-from hfexport.backends._torch_graph import check_against_torch, task_graph
+from hfexport.backends._torch_graph import IMAGE_INPUTS, check_against_torch, task_graph
 from hfexport.context import BuildContext
 from hfexport.errors import ExportError
 from hfexport.passes.base import PassConfig
@@ -64,12 +64,11 @@ def export_encoder(config: ExportOpenVINOConfig, artifact: TorchModel, ctx: Buil
     import openvino as ov
     import torch
 
-    graph = task_graph(ctx.torch_module(artifact.path), ctx.hf_tokenizer(), ctx.source.task)
+    graph = task_graph(ctx.torch_module(artifact.path), ctx.input_processor(), ctx.source.task)
     path = out_dir / "model.xml"
     try:
         with torch.inference_mode():
-            model = ov.convert_model(graph.wrapper, example_input=graph.sample_inputs(),
-                                     input=[(ov.PartialShape([-1, -1]), ov.Type.i64)] * len(graph.input_names))
+            model = ov.convert_model(graph.wrapper, example_input=graph.sample_inputs(), input=_ports(graph))
         _name_ports(model, graph.input_names, graph.output_names)
         ov.save_model(model, str(path), compress_to_fp16=config.compress_to_fp16)
     except Exception as exc:  # the converter raises anything; the first line is what the user needs
@@ -116,6 +115,19 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
                                 "attention_ops": _count(ir, "ScaledDotProductAttention"),
                                 "weights": "fp16" if config.compress_to_fp16 else "fp32",
                                 "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
+
+
+def _ports(graph) -> list:
+    """Token inputs: int64 [batch, sequence]; pixel_values: f32 [batch, 3, height, width] as the processor fixes."""
+    import openvino as ov
+
+    ports = []
+    for name in graph.input_names:
+        if name in IMAGE_INPUTS:
+            ports.append((ov.PartialShape([-1, *graph.sample[name].shape[1:]]), ov.Type.f32))
+        else:
+            ports.append((ov.PartialShape([-1, -1]), ov.Type.i64))
+    return ports
 
 
 def _name_ports(model, inputs, outputs) -> None:
