@@ -9,6 +9,7 @@ import click
 
 from hfexport._cli_errors import EXIT_ERROR, EXIT_GATES, VerboseAnywhereGroup
 from hfexport._cli_errors import handle_errors as _handle_errors
+from hfexport.cli_matrix import matrix
 from hfexport.cli_trust import sign, verify
 
 
@@ -351,6 +352,7 @@ def serve(bundles, names, host, port, api_key, max_batch, max_wait, no_batching,
     click.echo("stopped", err=True)
 
 
+main.add_command(matrix)
 main.add_command(sign)
 main.add_command(verify)
 

@@ -123,7 +123,8 @@ def bar_chart(
     return _svg(title, subtitle, bottom + 48, body)
 
 
-def scatter(title: str, x_axis: str, y_axis: str, points: list[Point], y_lo: float, y_hi: float) -> str:
+def scatter(title: str, x_axis: str, y_axis: str, points: list[Point], y_lo: float, y_hi: float,
+            subtitle: str = "up and to the left is better") -> str:
     if not points:
         return _svg(title, "no stage has both latency and fidelity", 60, [])
     xt, yt = nice_ticks(0.0, max(p.x for p in points) * 1.1), nice_ticks(y_lo, y_hi)
@@ -160,7 +161,7 @@ def scatter(title: str, x_axis: str, y_axis: str, points: list[Point], y_lo: flo
         body.append(
             f"<circle cx='{cx:.1f}' cy='{cy:.1f}' r='{radius}' fill='{COLOURS[p.role]}' stroke='#3a424c'/>"
         )
-    return _svg(title, "up and to the left is better", bottom + 48, body)
+    return _svg(title, subtitle, bottom + 48, body)
 
 
 def _place_label(cx: float, cy: float, width: float, taken: list[_Box], frame: _Box) -> _Box:
@@ -177,3 +178,11 @@ def _place_label(cx: float, cy: float, width: float, taken: list[_Box], frame: _
 
 def _overlap(a: _Box, b: _Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def fidelity_range(values: list[float]) -> tuple[float, float]:
+    # Similarity-style metrics cluster just under 1.0; drawn from zero, every bar would look the same.
+    if not values or max(values) > 1 or min(values) < 0.5:
+        return min([0.0, *values]), max(values, default=1.0) or 1.0
+    ticks = nice_ticks(min(values) - max((1 - min(values)) * 0.25, 5e-4), 1.0)
+    return ticks[0], ticks[-1]

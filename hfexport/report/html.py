@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from html import escape
 
-from hfexport.report.charts import Bar, Point, bar_chart, nice_ticks, scatter
+from hfexport.report.charts import Bar, Point, bar_chart, fidelity_range, scatter
 from hfexport.report.schema import Report, StageMetrics
 
 _REFERENCE, _BUNDLE = "pytorch", "bundle"
 _RATIOS = ("speedup", "size_ratio")  # the summary keys that are not fidelity metrics
 _MISSING = "–"
 
-_CSS = """
+PAGE_CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#22272e;margin:0;background:#f6f7f9}
 main{max-width:1240px;margin:0 auto;padding:24px 28px 40px}
 h1{font-size:26px;margin:0 0 2px}h2{font-size:17px;margin:28px 0 10px}
@@ -48,7 +48,7 @@ def render_html(report: Report) -> str:
         [
             '<!doctype html><html lang="en"><head><meta charset="utf-8">',
             '<meta name="viewport" content="width=device-width,initial-scale=1">',
-            f"<title>hfexport report · {escape(model_id)}</title><style>{_CSS}</style></head><body><main>",
+            f"<title>hfexport report · {escape(model_id)}</title><style>{PAGE_CSS}</style></head><body><main>",
             f"<h1>{escape(model_id)}{badge}</h1>",
             f"<p class='sub'>{escape(' · '.join(str(f) for f in facts if f))}</p>",
             f"<p class='headline'>{escape(_headline(report))}</p>",
@@ -221,7 +221,7 @@ def _charts(stages: list[StageMetrics]) -> str:
             y = s.fidelity.get(metric, 1.0 if s.name == _REFERENCE else None) if metric else None
             if y is not None:
                 points.append(Point(s.name, p50, y, role))
-    lo, hi = _fidelity_range([b.value for b in fidelity] + [p.y for p in points])
+    lo, hi = fidelity_range([b.value for b in fidelity] + [p.y for p in points])
     # Text generation reports the time to first token as its latency.
     latency_name = "Time to first token" if any(s.generation for s in stages) else "Latency"
     zoomed = f"axis {_num(lo)} – {_num(hi)}, zoomed so small differences show · higher is better"
@@ -233,13 +233,5 @@ def _charts(stages: list[StageMetrics]) -> str:
         scatter(f"{latency_name} vs {name}", "p50 latency, ms", name, points, lo, hi),
     ]
     return "<div class='charts'>" + "".join(f"<div class='chart'>{c}</div>" for c in charts) + "</div>"
-
-
-def _fidelity_range(values: list[float]) -> tuple[float, float]:
-    # Similarity-style metrics cluster just under 1.0; drawn from zero, every bar would look the same.
-    if not values or max(values) > 1 or min(values) < 0.5:
-        return min([0.0, *values]), max(values, default=1.0) or 1.0
-    ticks = nice_ticks(min(values) - max((1 - min(values)) * 0.25, 5e-4), 1.0)
-    return ticks[0], ticks[-1]
 
 
