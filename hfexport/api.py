@@ -34,20 +34,29 @@ def build(
     verbose: bool = False,
     cache: bool = True,
     sign_with: str | Path | None = None,
+    validation: str | None = None,
 ) -> BuildResult:
     """Build a bundle for `target` from a hub id or local folder (default: all-MiniLM-L6-v2).
 
     `cache=False` neither reuses nor stores finished stages (the stage cache: $HFEXPORT_CACHE_DIR, else
     ~/.cache/hfexport; bounded by $HFEXPORT_CACHE_SIZE, default 20GB). `sign_with` (a PEM private key)
-    signs the bundle with model-signing before it is installed (hfexport[sign])."""
+    signs the bundle with model-signing before it is installed (hfexport[sign]). `validation="quick"`
+    validates with fewer texts and runs and no memory measurement (the gates still apply; the report and
+    manifest say so, and give no speed ratio); None or "full" validates as the recipe says."""
     from hfexport.build.engine import run_build
+    from hfexport.errors import ConfigError
+    from hfexport.recipes import VALIDATION_MODES
+
+    if validation is not None and validation not in VALIDATION_MODES:
+        raise ConfigError(f"validation={validation!r}: choose one of {', '.join(VALIDATION_MODES)}")
 
     with quiet_libraries(not verbose):
         return run_build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                          trust_remote_code=trust_remote_code, calibration_data=calibration_data,
                          eval_data=eval_data, train_data=train_data, text_column=text_column,
                          label_column=label_column, gates=gates, force=force, threads=threads,
-                         progress=progress or Progress(), cache=cache, sign_with=sign_with)
+                         progress=progress or Progress(), cache=cache, sign_with=sign_with,
+                         validation=validation)
 
 
 def inspect_bundle(path: str | Path) -> dict:

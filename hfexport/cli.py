@@ -41,10 +41,13 @@ def main(verbose: bool) -> None:
 @click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @click.option("--sign-with", type=click.Path(), default=None,
               help="Sign the bundle with this PEM private key at the end of the build (hfexport[sign]).")
+@click.option("--validation", type=click.Choice(["full", "quick"]), default=None,
+              help="full: the recipe's evaluation [default]; quick: fewer texts and runs, no memory, gates "
+                   "still apply, no speed ratio claimed (for iterating, not benchmarking).")
 @_handle_errors
 def build(model, target, recipe, output, task, revision, trust_remote_code, calibration_data, eval_data,
           train_data, text_column, label_column, threads, no_gates, force, no_cache, quiet, log_format,
-          sign_with) -> None:
+          sign_with, validation) -> None:
     """Build a deployable bundle for a target."""
     from hfexport.api import build as run_build
     from hfexport.progress import Progress
@@ -55,7 +58,7 @@ def build(model, target, recipe, output, task, revision, trust_remote_code, cali
                        eval_data=eval_data, train_data=train_data, text_column=text_column,
                        label_column=label_column,
                        gates=not no_gates, force=force, cache=not no_cache,
-                       threads=threads, progress=progress, sign_with=sign_with,
+                       threads=threads, progress=progress, sign_with=sign_with, validation=validation,
                        verbose=click.get_current_context().find_root().params.get("verbose", False))
     summary = result.report.summary
     if log_format == "json":

@@ -47,6 +47,19 @@ class Evaluation(_Strict):
     sequence_length: int = Field(128, ge=8, description="tokens per text for latency and throughput")
     memory: bool = Field(True, description="peak RSS per stage, each in a fresh process (a few seconds each)")
     generation_tokens: int = Field(32, ge=2, description="text generation: new tokens per greedy check and timing")
+    mode: Literal["full", "quick"] = Field(
+        "full", description="quick: `--validation quick`'s smaller evaluation (fewer texts and runs, no memory); "
+        "the gates still apply, and the report's speed figures are marked as not a benchmark")
+
+    def quick(self) -> Evaluation:
+        """The quick evaluation for iteration: these settings capped at QUICK_EVALUATION, memory off."""
+        capped = {k: min(getattr(self, k), cap) for k, cap in QUICK_EVALUATION.items()}
+        return Evaluation(**{**self.model_dump(), **capped, "memory": False, "mode": "quick"})
+
+
+# `--validation quick`: at most this many of each (held-out texts still enough for the gates to mean
+# something on a tiny model; 10 latency runs give a median, not a benchmark).
+QUICK_EVALUATION = {"samples": 32, "latency_runs": 10, "generation_tokens": 16}
 
 
 class Recipe(_Strict):

@@ -18,8 +18,11 @@ from hfexport.errors import ConfigError
 from hfexport.passes import PassConfig, get_pass
 from hfexport.recipe_schema import Evaluation, Gates, PassSpec, Recipe
 
-__all__ = ["RECIPE_ALIASES", "Evaluation", "Gates", "PassSpec", "Recipe", "list_recipes", "load_recipe",
-           "pass_config", "pass_configs"]
+__all__ = ["RECIPE_ALIASES", "VALIDATION_MODES", "Evaluation", "Gates", "PassSpec", "Recipe", "list_recipes",
+           "load_recipe", "pass_config", "pass_configs", "with_validation"]
+
+# `hfexport build --validation`: full (the recipe's evaluation as written) or quick (Evaluation.quick()).
+VALIDATION_MODES = ("full", "quick")
 
 
 # Recipe names of the last release that name a target: old name -> the recipe that now means the same on it.
@@ -61,6 +64,8 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     except ConfigError as exc:
         message = str(exc)
         raise ConfigError(message if str(path) in message else f"{path}: {message}") from exc
+    if recipe.evaluation.mode == "quick":  # a recipe asking for quick validation gets its caps too
+        recipe = with_validation(recipe, "quick")
     if name in RECIPE_ALIASES:
         recipe._deprecation = (f"recipe {name!r} is now {recipe.name!r} (recipes no longer name the target); "
                                f"the old name goes in the next release")
@@ -69,3 +74,13 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 def list_recipes() -> list[Recipe]:
     return [load_recipe(path) for path in list_shipped("recipes")]
+
+
+def with_validation(recipe: Recipe, mode: str | None) -> Recipe:
+    """The recipe with its evaluation for `--validation MODE`: None or "full" keeps what the recipe says,
+    "quick" caps it (Evaluation.quick); the stage cache ignores evaluation settings, so no stage reruns."""
+    if mode in (None, "full"):
+        return recipe
+    if mode != "quick":
+        raise ConfigError(f"--validation {mode!r}: choose one of {', '.join(VALIDATION_MODES)}")
+    return recipe.model_copy(update={"evaluation": recipe.evaluation.quick()})

@@ -217,7 +217,8 @@ def test_old_recipe_name_plans_the_same_steps_and_settings_on_its_target(old, ti
     plan = _plan_recipe(recipe, target_name, tiny_model, tiny_llm)
     assert [_effective(step, plan.context.target) for step in plan.steps] == steps
     assert {k: v for k, v in recipe.gates.model_dump().items() if v is not None} == gates
-    assert recipe.evaluation.model_dump(exclude={"memory", "batch_size"}) == (
+    assert recipe.evaluation.mode == "full"  # --validation quick is asked for at build time
+    assert recipe.evaluation.model_dump(exclude={"memory", "batch_size", "mode"}) == (
         _LLM_EVAL if new.startswith("llm-") else {"samples": 256, "latency_runs": 50, "sequence_length": 128,
                                                   "generation_tokens": 32})
     if old != new:  # a renamed recipe says so, once, naming the new name

@@ -29,7 +29,7 @@ class BuildResult:
 def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None, revision=None,
               trust_remote_code=False, calibration_data=None, eval_data=None, train_data=None, text_column=None,
               label_column=None, gates=True, force=False, threads=None, progress: Progress | None = None,
-              cache: bool = True, sign_with=None) -> BuildResult:
+              cache: bool = True, sign_with=None, validation: str | None = None) -> BuildResult:
     from hfexport import data
     from hfexport.build import bundle as bundles
     from hfexport.build.manifest import manifest_body
@@ -37,7 +37,7 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     from hfexport.loading import resolve_model
     from hfexport.plan import make_plan
     from hfexport.profiles import load_target
-    from hfexport.recipes import load_recipe
+    from hfexport.recipes import load_recipe, with_validation
     from hfexport.validation import validate_build, write_report
 
     disable_telemetry()  # OpenVINO's and NNCF's usage telemetry: a build never phones home
@@ -65,7 +65,7 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         records = data.read_records(eval_data) if eval_data else None
     train_texts = data.read_texts(train_data, text_column=text_column) if train_data else None
     # The target's default recipe can depend on the task (an LLM needs a KV-cache export).
-    chosen = chosen or load_recipe(profile.recipe_for(source.task))
+    chosen = with_validation(chosen or load_recipe(profile.recipe_for(source.task)), validation)  # --validation
     plan = make_plan(PlanContext(profile, chosen, source, has_calibration_data=bool(calibration)))
     progress.info(f"{source.model_id} ({source.task}) -> {profile.name} [{profile.effective_isa()}]: {plan.describe()}")
     for note in plan.notes:  # deprecated names, steps this target leaves out

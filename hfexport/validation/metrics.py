@@ -30,8 +30,11 @@ def judged_report(judging, task: str, stages: list[StageMetrics], evaluation: Ev
                   timing_warnings: list[str] | None = None) -> Report:
     """The report of one validation: gates judged on the last stage (the bundle), the headline summary."""
     from hfexport import host
+    from hfexport.validation.timing import quick_validation_note
 
     final = stages[-1]
+    if (note := quick_validation_note(judging.settings)) is not None:  # --validation quick: never a benchmark
+        timing_warnings = [note, *(timing_warnings or [])]
     gates = check_gates(task, judging.gates, final.fidelity)
     summary = {"speedup": speedup, "throughput_ratio": final.throughput_per_s / stages[0].throughput_per_s,
                "size_ratio": final.size_bytes / max(judging.reference_size, 1), **final.fidelity}

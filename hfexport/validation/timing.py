@@ -11,28 +11,39 @@ from hfexport.report.schema import Latency
 
 
 def time_alternating(functions: dict[str, Callable[[], Any]], runs: int, warmup: int = 3,
-                     block: int = 10, settle: int = 0) -> dict[str, list[float]]:
+                     block: int = 10, settle: int = 0, progress=None, what: str = "timing") -> dict[str, list[float]]:
     """Time each function `runs` times in milliseconds, in alternating blocks of `block` calls.
 
     Blocks, not strict alternation: worker threads spin after each call and steal the next side's cores;
     `settle` untimed calls open each block so caches hold this side's weights. NOTE: measured in
-    docs/decisions/0001-timing-in-alternating-warm-blocks.md.
+    docs/decisions/0001-timing-in-alternating-warm-blocks.md. `progress` (hfexport.progress.Progress):
+    counts every call, untimed ones included, toward an ETA under the name `what`.
     """
+    block = max(1, min(block, runs))
+    blocks = -(-runs // block)
+    ticker = progress.ticker(what, len(functions) * (warmup + runs + settle * blocks), "calls") if progress else None
+
+    def call(fn) -> None:
+        fn()
+        if ticker is not None:
+            ticker.advance()
+
     for fn in functions.values():
         for _ in range(warmup):
-            fn()
+            call(fn)
     times: dict[str, list[float]] = {name: [] for name in functions}
-    block = max(1, min(block, runs))
     while any(len(t) < runs for t in times.values()):
         for name, fn in functions.items():
             if len(times[name]) >= runs:
                 continue
             for _ in range(settle):
-                fn()
+                call(fn)
             for _ in range(min(block, runs - len(times[name]))):
                 start = time.perf_counter()
                 fn()
                 times[name].append((time.perf_counter() - start) * 1000)
+                if ticker is not None:
+                    ticker.advance()
     return times
 
 
@@ -90,3 +101,11 @@ class LoadWatch:
             if latency.p50_ms > 0 and latency.p90_ms / latency.p50_ms > NOISY_P90_OVER_P50:
                 found.append(f"noisy timings: {side}'s p90 is {latency.p90_ms / latency.p50_ms:.1f}x its median")
         return found
+
+
+def quick_validation_note(settings) -> str | None:
+    """What a `--validation quick` report says in place of a speed ratio (None for a full validation)."""
+    if getattr(settings, "mode", "full") != "quick":
+        return None
+    return (f"quick validation, not a benchmark: {settings.samples} samples, {settings.latency_runs} timed runs, "
+            "no memory; --validation full measures speed")
