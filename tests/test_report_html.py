@@ -243,3 +243,19 @@ def test_stage_notes_sit_in_a_full_width_row_under_their_stage(report: Report) -
                         page).group(1).count("<th>")
     assert f"<tr class='notes stage'><td colspan='{columns}'>fused 6 attention blocks</td></tr>" in page
     assert "<th>notes</th>" not in page
+
+
+def test_compile_only_checks_are_shown_as_compile_only(report: Report) -> None:
+    report.compile_checks = {"tpu_compile_check": {
+        "note": "compile-only: compiled for TPU topologies that are not attached; nothing ran on a TPU",
+        "rows": [{"topology": "v5e:2x2", "batch": 1, "sequence": 128, "compiled": True, "flops": 2.9e9,
+                  "bytes_accessed": 4.6e7, "memory_bytes": 9.1e7},
+                 {"topology": "v6e:2x2", "batch": 32, "sequence": 512, "compiled": False, "error": "RESOURCE_EXHAUSTED"}]}}
+    page = render_html(report)
+    assert "<h2>TPU compile check</h2>" in page and "nothing ran on a TPU" in page
+    assert "<td>v5e:2x2</td><td>1</td><td>128</td><td><span class='badge pass'>yes</span></td><td>2.90</td>" in page
+    assert "<span class='badge fail'>no</span>" in page and "RESOURCE_EXHAUSTED" in page
+
+
+def test_no_compile_check_section_without_one(report: Report) -> None:
+    assert "compile check" not in render_html(report)

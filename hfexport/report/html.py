@@ -57,6 +57,7 @@ def render_html(report: Report) -> str:
             "<h2>Stages</h2>",
             f"<div class='wide'>{_stages_table(report.stages)}</div>",
             _task_metrics_table(report.stages),
+            _compile_checks(report.compile_checks),
             "<h2>Plots</h2>",
             _charts(report.stages),
             "<h2>Host and evaluation</h2>",
@@ -66,6 +67,28 @@ def render_html(report: Report) -> str:
             "</main></body></html>\n",
         ]
     )
+
+
+def _compile_checks(checks: dict) -> str:
+    """Compile-only checks (the TPU compile check): compiled or not per topology and shape, XLA's cost analysis.
+    Stated as compile-only: no speed is claimed for hardware that did not run."""
+    out = []
+    for name, check in checks.items():
+        rows = []
+        for r in check.get("rows", []):
+            ok = bool(r.get("compiled"))
+            cells = [_td(str(r.get("topology", ""))), _td(str(r.get("batch", ""))), _td(str(r.get("sequence", ""))),
+                     f"<td>{_badge(ok, 'yes' if ok else 'no')}</td>"]
+            cells += [_td(_opt(r.get("flops") and r["flops"] / 1e9, ".2f")),
+                      _td(_opt(r.get("bytes_accessed") and r["bytes_accessed"] / 1e6, ".1f")),
+                      _td(_opt(r.get("memory_bytes") and r["memory_bytes"] / 1e6, ".1f")),
+                      _td(r.get("error") or "", "text")]
+            rows.append(("", cells))
+        title = name.replace("_", " ").replace("tpu", "TPU")
+        out.append(f"<h2>{escape(title[:1].upper() + title[1:])}</h2><p class='note'>{escape(check.get('note', ''))}</p>"
+                   + _table(["topology", "batch", "sequence", "compiled", "GFLOPs", "MB accessed", "memory MB",
+                             "error"], rows))
+    return "".join(out)
 
 
 def _headline(report: Report) -> str:

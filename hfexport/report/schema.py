@@ -122,6 +122,9 @@ class Report(_Model):
     other_fidelity: dict[str, dict[str, float]] = Field(default_factory=dict)
     # Why the speed figures should not be read as results (a busy host, noisy calls); empty when none.
     timing_warnings: list[str] = Field(default_factory=list)
+    # Compile-only checks for hardware the build host does not have (the tpu target's TPU compile check:
+    # {"note", "rows": [{topology, batch, sequence, compiled, flops, bytes_accessed, memory_bytes | error}]}).
+    compile_checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     def speed_phrase(self, versus: str = "") -> str:
         """"3.20x faster" — or, when the timing was disturbed, why no ratio is given."""
