@@ -50,6 +50,20 @@ def build(
     if validation is not None and validation not in VALIDATION_MODES:
         raise ConfigError(f"validation={validation!r}: choose one of {', '.join(VALIDATION_MODES)}")
 
+    if recipe == "auto":  # build the target's candidates, install the fastest that passes (hfexport/search.py)
+        from hfexport.search import auto_build
+
+        if not gates:
+            raise ConfigError("--recipe auto keeps only candidates that pass the gates: drop --no-gates")
+        if train_data is not None:
+            raise ConfigError("--recipe auto searches recipes that need no training: drop --train-data, or name "
+                              "a distillation recipe with --recipe")
+        with quiet_libraries(not verbose):
+            return auto_build(model, target=target, output=output, task=task, force=force, sign_with=sign_with,
+                              progress=progress or Progress(), revision=revision,
+                              trust_remote_code=trust_remote_code, calibration_data=calibration_data,
+                              eval_data=eval_data, text_column=text_column, label_column=label_column,
+                              threads=threads, cache=cache, validation=validation)
     with quiet_libraries(not verbose):
         return run_build(model, target=target, recipe=recipe, output=output, task=task, revision=revision,
                          trust_remote_code=trust_remote_code, calibration_data=calibration_data,
