@@ -45,19 +45,31 @@ class TorchModel(Artifact):
 
 @dataclass(frozen=True)
 class OnnxModel(Artifact):
-    """One .onnx file (with an optional `<name>.data` sidecar for weights past 2 GB)."""
+    """One .onnx file (with an optional `<name>.data` sidecar for weights past 2 GB), or an encoder-decoder's
+    graphs: `path` the encoder, `parts` the names of the other graphs beside it (see `graphs`)."""
 
     kind: ClassVar[str] = "onnx"
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     # Facts a pass found worth recording in the manifest (node counts, fused operators, ...).
     stats: dict = field(default_factory=dict, compare=False)
+    # Further graph files in `path`'s folder (an encoder-decoder's decoder), by name; empty for one graph.
+    parts: tuple[str, ...] = ()
+
+    def graphs(self) -> list[Path]:
+        """Every graph file, `path` first."""
+        return [self.path, *(self.path.with_name(name) for name in self.parts)]
 
     def files(self) -> list[Path]:
-        sidecar = self.path.with_name(self.path.name + ".data")
-        return [self.path, sidecar] if sidecar.exists() else [self.path]
+        files = []
+        for graph in self.graphs():
+            sidecar = graph.with_name(graph.name + ".data")
+            files += [graph, sidecar] if sidecar.exists() else [graph]
+        return files
 
     def bundle_files(self) -> dict[str, Path]:
+        if self.parts:  # several graphs keep their names; the first is the one the manifest's model_file names
+            return {graph.name: graph for graph in self.graphs()}
         names = {"model.onnx": self.path}
         sidecar = self.path.with_name(self.path.name + ".data")
         if sidecar.exists():
@@ -68,51 +80,68 @@ class OnnxModel(Artifact):
     def signature(self) -> dict:
         import onnx
 
-        graph = onnx.load(str(self.path), load_external_data=False).graph
-
-        def describe(values):
-            return [{"name": v.name,
+        def describe(values, prefix):
+            return [{"name": prefix + v.name,
                      "dtype": onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
                      "shape": [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]}
                     for v in values]
 
-        return {"inputs": describe(graph.input), "outputs": describe(graph.output)}
+        return _joined(self, lambda path: onnx.load(str(path), load_external_data=False).graph,
+                       lambda graph, prefix: (describe(graph.input, prefix), describe(graph.output, prefix)))
+
+
+def _joined(artifact, read, describe) -> dict:
+    """The signature of every graph: the first one's ports by name, the others' as `<file name>/<port>`."""
+    signature = {"inputs": [], "outputs": []}
+    for index, path in enumerate(artifact.graphs()):
+        inputs, outputs = describe(read(path), "" if index == 0 else f"{path.name}/")
+        signature["inputs"] += inputs
+        signature["outputs"] += outputs
+    return signature
 
 
 @dataclass(frozen=True)
 class OpenVINOModel(Artifact):
-    """OpenVINO IR: `path` is the .xml graph; its weights are the .bin file of the same name beside it."""
+    """OpenVINO IR: `path` is the .xml graph; its weights are the .bin file of the same name beside it. An
+    encoder-decoder's further graphs (.xml names, each with its .bin) are `parts`, beside `path`."""
 
     kind: ClassVar[str] = "openvino"
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     stats: dict = field(default_factory=dict, compare=False)
+    parts: tuple[str, ...] = ()
 
     @property
     def weights(self) -> Path:
         return self.path.with_suffix(".bin")
 
+    def graphs(self) -> list[Path]:
+        return [self.path, *(self.path.with_name(name) for name in self.parts)]
+
     def files(self) -> list[Path]:
-        return [self.path, self.weights]
+        return [f for graph in self.graphs() for f in (graph, graph.with_suffix(".bin"))]
 
     def bundle_files(self) -> dict[str, Path]:
+        if self.parts:  # several graphs keep their names (each .bin follows its .xml)
+            return {f.name: f for f in self.files()}
         # OpenVINO finds the weights as <graph stem>.bin, so both files are renamed together.
         return {"model.xml": self.path, "model.bin": self.weights}
 
     def signature(self) -> dict:
         import openvino
 
-        model = openvino.Core().read_model(str(self.path))
-
-        def describe(ports):
+        def describe(model, prefix):
             # IR keeps no names for dynamic dimensions; ours are always (batch, sequence, ...).
-            return [{"name": port.get_any_name(), "dtype": port.get_element_type().to_dtype().name,
-                     "shape": [_DIM_NAMES[i] if dim.is_dynamic and i < len(_DIM_NAMES) else
-                               ("?" if dim.is_dynamic else dim.get_length())
-                               for i, dim in enumerate(port.get_partial_shape())]}
-                    for port in ports]
+            def ports(items):
+                return [{"name": prefix + port.get_any_name(), "dtype": port.get_element_type().to_dtype().name,
+                         "shape": [_DIM_NAMES[i] if dim.is_dynamic and i < len(_DIM_NAMES) else
+                                   ("?" if dim.is_dynamic else dim.get_length())
+                                   for i, dim in enumerate(port.get_partial_shape())]}
+                        for port in items]
 
-        return {"inputs": describe(model.inputs), "outputs": describe(model.outputs)}
+            return ports(model.inputs), ports(model.outputs)
+
+        return _joined(self, lambda path: openvino.Core().read_model(str(path)), describe)
 
 
 _DIM_NAMES = ("batch", "sequence")

@@ -48,11 +48,20 @@ class OnnxRuntimeBackend(Backend):
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
 
     def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        if generative and ctx.source.config.get("is_encoder_decoder"):  # T5, BART, Marian: two graphs
+            from hfexport.backends._onnx.seq2seq import export_seq2seq
+
+            return export_seq2seq(config, artifact, ctx, out_dir)
         if generative:
             return onnx_export.export_generation(config, artifact, ctx, out_dir)
         return onnx_export.export_encoder(config, artifact, ctx, out_dir)
 
     def optimize(self, config: OptimizeConfig, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own
+            from hfexport.backends._seq2seq_graph import for_each_graph
+
+            return for_each_graph(artifact, out_dir, lambda one, folder: self.optimize(config, one, ctx, folder),
+                                  "optimize")
         return fuse(artifact, out_dir / "model.onnx", hf_model_type=ctx.source.model_type, hf_config=ctx.source.config,
                     fusions=config.fusions, model_type=config.model_type, level=config.level,
                     attention=config.attention, use_gpu=ctx.target.device != "cpu")
@@ -81,6 +90,16 @@ class OnnxRuntimeBackend(Backend):
             calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own
+            from hfexport.backends._seq2seq_graph import for_each_graph
+
+            if getattr(settings, "int4_top1_target", None) is not None or getattr(settings, "mode", "") == "static":
+                from hfexport.errors import ExportError
+
+                raise ExportError("int4_top1_target and static int8 calibrate on decoder-LLM feeds; an "
+                                  "encoder-decoder takes dynamic int8 or weights_only without the search")
+            return for_each_graph(artifact, out_dir, lambda one, folder: self.quantize(settings, one, ctx, folder),
+                                  "quantize")
         out = out_dir / "model.onnx"
         if isinstance(settings, Float16Settings):
             stats = convert_float16(artifact.path, out, keep_nodes=list(settings.exclude_nodes))

@@ -44,6 +44,10 @@ class OpenVINOBackend(Backend):
 
     def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext,
                out_dir: Path) -> OpenVINOModel:
+        if generative and ctx.source.config.get("is_encoder_decoder"):  # T5, BART, Marian: two graphs
+            from hfexport.backends._openvino.seq2seq import export_seq2seq
+
+            return export_seq2seq(config, artifact, ctx, out_dir)
         if generative:
             return ov_export.export_generation(config, artifact, ctx, out_dir)
         return ov_export.export_encoder(config, artifact, ctx, out_dir)
@@ -70,6 +74,16 @@ class OpenVINOBackend(Backend):
                                     symmetric_activations=config.symmetric_activations, exclude_nodes=excluded)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OpenVINOModel:
+        if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own, weights only
+            from hfexport.backends._seq2seq_graph import for_each_graph
+
+            if isinstance(settings, PostTrainingSettings):
+                from hfexport.errors import ExportError
+
+                raise ExportError("NNCF post-training int8 calibrates on text feeds; an encoder-decoder's decoder "
+                                  "takes weight compression (weights_only: true)")
+            return for_each_graph(artifact, out_dir, lambda one, folder: quantize_openvino(settings, one, folder),
+                                  "quantize")
         if isinstance(settings, PostTrainingSettings):
             return quantize_openvino(settings, artifact, out_dir, ctx.calibration_texts,
                                      text_encoder(ctx, artifact.inputs))

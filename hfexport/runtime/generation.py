@@ -33,7 +33,7 @@ class TextGenerator:
         from tokenizers import Tokenizer
 
         self.manifest, self.path, self.backend = manifest, bundle, backend
-        self.decoder = backend.decoder()
+        self.decoder = self._open_decoder(backend)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.generation_config = _read_json(bundle / "generation_config.json")
         model_config = _read_json(bundle / "config.json")
@@ -47,6 +47,10 @@ class TextGenerator:
         tok_config = _read_json(tok_dir / "tokenizer_config.json")
         self._special_tokens = {k: _token_text(tok_config.get(k)) for k in ("bos_token", "eos_token", "pad_token",
                                                                              "unk_token")}
+
+    def _open_decoder(self, backend):
+        """The step runner over the bundle's graph (a subclass with another loop opens its own)."""
+        return backend.decoder()
 
     def __repr__(self) -> str:
         return f"<TextGenerator {self.manifest.model.id} backend={self.backend.backend}>"

@@ -55,6 +55,9 @@ class TaskSpec:
     def check_model(self, config: dict) -> None:
         """Refuse a model this task cannot use (ModelLoadError naming the fix), before any work starts."""
 
+    def check_folder(self, folder, config: dict) -> None:
+        """Refuse a model folder whose files this task cannot use (e.g. no fast tokenizer), before any work."""
+
     def pooling(self, folder) -> dict | None:
         """How a model folder pools token states into one vector (embedding tasks only)."""
         return None

@@ -1,4 +1,5 @@
-"""Validation of text-generation bundles: PyTorch `generate` against the bundle's generation loop.
+"""Validation of text-generation bundles (decoder LLMs and encoder-decoders): PyTorch `generate` against the
+bundle's generation loop.
 
 Fidelity, per candidate (an intermediate graph or the bundle, each run by the runtime's TextGenerator):
 - greedy_agreement: share of prompts whose greedy tokens equal PyTorch `generate(do_sample=False)`;
@@ -28,21 +29,44 @@ _GREEDY_PROMPTS = 8
 
 
 class TorchGeneration:
-    """The reference: PyTorch fp32 eager and transformers' `generate`."""
+    """The reference: PyTorch fp32 eager and transformers' `generate` (a decoder LLM or an encoder-decoder).
+
+    Teacher-forced items: a decoder LLM's are the token windows themselves; an encoder-decoder's are (window as
+    the source, PyTorch's greedy decoder sequence for it, start token first), so top-1 agreement and perplexity
+    are read over the sequence PyTorch generates.
+    """
 
     def __init__(self, model, eos_ids: list[int], pad_id: int):
         self.model, self.eos_ids, self.pad_id = model, set(eos_ids), pad_id
+        self.seq2seq = bool(getattr(model.config, "is_encoder_decoder", False))
 
     def greedy(self, prompt: list[int], new_tokens: int) -> list[int]:
         out = self._generate(prompt, new_tokens, 0)
         return out[:next((i for i, t in enumerate(out) if t in self.eos_ids), len(out))]
 
-    def logits(self, prompt: list[int]) -> np.ndarray:
+    def items(self, windows: list[list[int]], new_tokens: int) -> tuple[list, list[list[int]]]:
+        """(what `logits` takes per window, the token sequence each one's logits predict)."""
+        if not self.seq2seq:
+            return windows, windows
+        sequences = [[self._start(), *self._generate(w, new_tokens, new_tokens)] for w in windows]
+        return list(zip(windows, sequences)), sequences
+
+    def logits(self, item) -> np.ndarray:
         import torch
 
+        device = self.model.device
         with torch.inference_mode():
-            logits = self.model(input_ids=torch.tensor([prompt], device=self.model.device)).logits
+            if self.seq2seq:
+                source, target = item
+                logits = self.model(input_ids=torch.tensor([source], device=device),
+                                    decoder_input_ids=torch.tensor([target], device=device)).logits
+            else:
+                logits = self.model(input_ids=torch.tensor([item], device=device)).logits
         return logits[0].float().cpu().numpy()
+
+    def _start(self) -> int:
+        start = self.model.generation_config.decoder_start_token_id
+        return int(start if start is not None else self.model.config.decoder_start_token_id)
 
     def timed(self, prompt: list[int], new_tokens: int) -> None:
         self._generate(prompt, new_tokens, new_tokens)
@@ -53,8 +77,9 @@ class TorchGeneration:
         ids = torch.tensor([prompt], device=self.model.device)
         with torch.inference_mode():
             out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                                      min_new_tokens=min_new, do_sample=False, pad_token_id=self.pad_id)
-        return out[0, len(prompt):].tolist()
+                                      min_new_tokens=min_new, do_sample=False, num_beams=1, pad_token_id=self.pad_id)
+        # an encoder-decoder returns the decoder's sequence, its start token first
+        return out[0, 1 if self.seq2seq else len(prompt):].tolist()
 
 
 class BundleGeneration:
@@ -66,9 +91,11 @@ class BundleGeneration:
     def greedy(self, prompt: list[int], new_tokens: int) -> list[int]:
         return self.generator.generate_ids([prompt], max_new_tokens=new_tokens, do_sample=False)[0]
 
-    def logits(self, prompt: list[int]) -> np.ndarray:
+    def logits(self, item) -> np.ndarray:
+        if isinstance(item, tuple):  # an encoder-decoder: (source, decoder sequence)
+            return self.generator.teacher_forced_logits(*item)
         decoder = self.generator.decoder
-        ids = np.asarray([prompt], np.int64)
+        ids = np.asarray([item], np.int64)
         logits, _ = decoder.step(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], decoder.empty_cache(1),
                                  all_logits=True)
         return logits[0]
@@ -78,6 +105,17 @@ class BundleGeneration:
                                     do_sample=False)
 
 
+def stage_generator(manifest, staging: Path, session, artifact):
+    """The runtime's generator over an intermediate stage (its graph, or an encoder-decoder's two graphs)."""
+    if getattr(artifact, "parts", ()):
+        from hfexport.runtime.tasks.text2text_generation import open_predictor
+
+        return open_predictor(manifest, staging, session, artifact.path.with_name(artifact.parts[0]))
+    from hfexport.runtime.generation import TextGenerator
+
+    return TextGenerator(manifest, staging, session, staging / manifest.tokenizer.file)
+
+
 # A fresh process loads one side and generates; VmHWM (not ru_maxrss, which Linux carries across exec
 # from the parent) is its peak resident memory: what a deployment of that side pays.
 _MEMORY_PROBE = """
@@ -85,10 +123,11 @@ import sys
 side, path, threads, new = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 prompt = list(range(1, 17))
 if side == "pytorch":
-    import torch
-    from transformers import AutoModelForCausalLM
+    import json, torch, transformers
     torch.set_num_threads(threads)
-    model = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager").eval()
+    seq2seq = json.load(open(path + "/config.json")).get("is_encoder_decoder")
+    auto = transformers.AutoModelForSeq2SeqLM if seq2seq else transformers.AutoModelForCausalLM
+    model = auto.from_pretrained(path, attn_implementation="eager").eval()
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, min_new_tokens=new,
@@ -137,11 +176,12 @@ def teacher_forced_fidelity(reference: TorchGeneration, runner, tokenizer, texts
                             settings) -> dict[str, float]:
     """Next-token top-1 agreement and perplexity ratio on windows of `texts` (no greedy runs, no timing)."""
     windows = token_windows(tokenizer, texts, settings.samples, settings.sequence_length)
-    ref_logits = [reference.logits(w) for w in windows]
-    cand_logits = [runner.logits(w) for w in windows]
+    items, sequences = reference.items(windows, settings.generation_tokens)
+    ref_logits = [reference.logits(i) for i in items]
+    cand_logits = [runner.logits(i) for i in items]
     top1 = np.concatenate([r.argmax(-1) == c.argmax(-1) for r, c in zip(ref_logits, cand_logits)])
     return {"top1_agreement": float(top1.mean()),
-            "perplexity_ratio": perplexity(cand_logits, windows) / perplexity(ref_logits, windows)}
+            "perplexity_ratio": perplexity(cand_logits, sequences) / perplexity(ref_logits, sequences)}
 
 
 def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list, eval_set, judging,
@@ -157,13 +197,14 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
 
     progress.info(f"fidelity: {len(windows)} windows of {length} tokens; greedy {new_tokens} tokens "
                   f"on {len(prompts)} prompts")
-    ref_logits = [reference.logits(w) for w in windows]
-    ref_ppl = perplexity(ref_logits, windows)
+    items, sequences = reference.items(windows, new_tokens)
+    ref_logits = [reference.logits(i) for i in items]
+    ref_ppl = perplexity(ref_logits, sequences)
     ref_greedy = [reference.greedy(p, new_tokens) for p in prompts]
     fid = {}
     for c in candidates:
         runner = c.runner
-        fid[c.name] = generation_fidelity(ref_logits, [runner.logits(w) for w in windows], windows, ref_greedy,
+        fid[c.name] = generation_fidelity(ref_logits, [runner.logits(i) for i in items], sequences, ref_greedy,
                                              [runner.greedy(p, new_tokens) for p in prompts], ref_ppl)
 
     progress.info(f"speed: {length}-token prompt, {new_tokens} new tokens, {settings.latency_runs} runs each")
@@ -171,10 +212,10 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
     watch = LoadWatch()
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     first = time_alternating({k: (lambda r=r: r.timed(prompt, 1)) for k, r in runners.items()},
-                             settings.latency_runs)
+                             settings.latency_runs, progress=progress, what="time to first token")
     runs = max(3, settings.latency_runs // 3)
     full = time_alternating({k: (lambda r=r: r.timed(prompt, new_tokens)) for k, r in runners.items()}, runs,
-                            warmup=1, block=3)
+                            warmup=1, block=3, progress=progress, what="decode")
     timing_warnings = watch.warnings(first)
     speed = {}
     for name in runners:
@@ -184,7 +225,7 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
                        "decode_tokens_per_s": (new_tokens - 1) / (decode_ms / 1000), "new_tokens": new_tokens}
 
     memory = {}
-    if memory_paths:
+    if memory_paths and settings.memory:
         progress.info("peak memory: a fresh process per side")
         memory = {name: peak_rss_mb(name, path, judging.threads, new_tokens) for name, path in memory_paths.items()}
 
@@ -201,5 +242,5 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
     stages += [stage(c.name, c.kind, c.size_bytes, c.pass_seconds, fid[c.name], list(c.notes)) for c in candidates]
     evaluation = Evaluation(samples=len(windows), sequence_length=length, batch_size=1,
                             latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source)
-    return judged_report(judging, "text-generation", stages, evaluation,
+    return judged_report(judging, judging.model_info.get("task", "text-generation"), stages, evaluation,
                          stages[-1].throughput_per_s / stages[0].throughput_per_s, timing_warnings)

@@ -28,7 +28,8 @@ def task_module(task: str):
     from hfexport.errors import BundleIntegrityError
 
     name = task.replace("-", "_")
-    if not name.replace("_", "").isalpha():
+    if not (name[:1].isascii() and name[:1].isalpha() and name.replace("_", "").isascii()
+            and name.replace("_", "").isalnum()):  # text2text_generation: letters, digits, underscores
         raise BundleIntegrityError(f"task {task!r} is not supported by this runtime")
     try:
         return importlib.import_module(f"{__name__}.{name}")
