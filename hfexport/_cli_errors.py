@@ -76,7 +76,7 @@ def handle_errors(command):
     def wrapper(*args, **kwargs):
         import signal
 
-        from hfexport.errors import FidelityError, HfExportError
+        from hfexport.errors import FidelityError, HfExportError, first_line
 
         # A `kill` (SIGTERM) cleans up like Ctrl-C does: Python would otherwise skip every `finally`
         # and leave the build's temporary folder behind.
@@ -107,7 +107,7 @@ def handle_errors(command):
             message = _missing_package(exc) if isinstance(exc, ImportError) else None
             if message is not None:
                 _fail(message, EXIT_ERROR, exc)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            first = first_line(exc) if str(exc).strip() else ""
             _fail(f"unexpected {type(exc).__name__}: {first} (a bug in hfexport: rerun with --verbose and "
                   "report the traceback)", EXIT_ERROR, exc)
 

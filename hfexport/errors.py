@@ -49,3 +49,22 @@ class SignatureError(BundleIntegrityError):
 
 class OutputExistsError(HfExportError):
     """The output folder exists and --force was not given."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first meaningful line of an exception's message, for a one-line error built around it.
+
+    A first line that only leads in to what follows ("... from one of:", "Error in execution:") is joined
+    with the lines after it, so a message never ends cut at a colon; the type's name when the message is empty.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text, rest = lines[0], iter(lines[1:])
+    while text.endswith(":"):
+        following = next(rest, None)
+        if following is None:
+            text = text.rstrip(":").rstrip() or type(exc).__name__
+            break
+        text = f"{text} {following}"
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

@@ -11,7 +11,7 @@ from hfexport._quiet import disable_telemetry
 from hfexport.artifacts import Artifact, TorchModel
 from hfexport.build.cache import StageCache
 from hfexport.build.runner import PassRunner
-from hfexport.errors import ModelLoadError
+from hfexport.errors import ModelLoadError, first_line
 from hfexport.progress import Progress
 from hfexport.report.schema import Report
 from hfexport.runtime.manifest import Manifest
@@ -161,7 +161,7 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.local_dir), trust_remote_code=source.trust_remote_code)
     except (OSError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load the tokenizer of {source.model_id}: {str(exc).splitlines()[0]}") from exc
+        raise ModelLoadError(f"cannot load the tokenizer of {source.model_id}: {first_line(exc)}") from exc
     if not getattr(tokenizer, "is_fast", False):
         raise ModelLoadError(f"{source.model_id} has no fast tokenizer; the runtime needs tokenizer.json")
     tokenizer.save_pretrained(str(folder))
@@ -188,7 +188,7 @@ def _prepare_processor(source, folder: Path) -> Path:
                                                            trust_remote_code=source.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load the image processor of {source.model_id} "
-                             f"({str(exc).splitlines()[0]}); the folder needs a preprocessor_config.json") from exc
+                             f"({first_line(exc)}); the folder needs a preprocessor_config.json") from exc
     folder.mkdir(parents=True)
     path = folder / "preprocessor_config.json"
     path.write_text(json.dumps(explicit_config(processor), indent=2, sort_keys=True) + "\n", encoding="utf-8")

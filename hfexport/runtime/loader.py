@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from hfexport.errors import BundleIntegrityError, HfExportError
+from hfexport.errors import BundleIntegrityError, HfExportError, first_line
 from hfexport.runtime.backends import open_backend
 from hfexport.runtime.image import ImageBatch, ImageEncoder
 from hfexport.runtime.manifest import Manifest, read_manifest, verify_files
@@ -162,6 +162,6 @@ def _bundle_errors(bundle: Path, what: str = "bundle"):
     except (HfExportError, KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
         raise
     except BaseException as exc:  # noqa: BLE001
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        first = first_line(exc, 200) if str(exc).strip() else ""
         raise BundleIntegrityError(f"{bundle}: the {what} cannot be opened ({type(exc).__name__}: {first}); "
                                    "it is damaged or was written by another tool: rebuild the bundle") from exc

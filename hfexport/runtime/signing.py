@@ -21,7 +21,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from hfexport.errors import HfExportError, SignatureError
+from hfexport.errors import HfExportError, SignatureError, first_line
 
 SIGNATURE_NAME = "model.sig"
 _INSTALL = "pip install 'hfexport[sign]'"
@@ -85,7 +85,7 @@ def _read_private_key(path: Path, password: str | None):
     except (OSError, ValueError, TypeError) as exc:
         hint = ("set HFEXPORT_KEY_PASSWORD to its password" if "password" in str(exc).lower()
                 else "give a PEM private key")
-        raise SignatureError(f"{path}: unreadable private key ({str(exc).splitlines()[0]}); {hint}") from None
+        raise SignatureError(f"{path}: unreadable private key ({first_line(exc)}); {hint}") from None
     _check_curve(key.public_key(), path)
     return key
 
@@ -99,7 +99,7 @@ def _read_public_key(path: Path):
     except FileNotFoundError:
         raise SignatureError(f"public key not found: {path}") from None
     except (OSError, ValueError, TypeError) as exc:
-        raise SignatureError(f"{path}: unreadable public key ({str(exc).splitlines()[0]}); give the PEM "
+        raise SignatureError(f"{path}: unreadable public key ({first_line(exc)}); give the PEM "
                              "public key of the signing key (openssl ec -in key.pem -pubout -out key.pub)") from None
     _check_curve(key, path)
     return key
@@ -204,7 +204,7 @@ def verify_bundle(path: str | Path, public_key: str | Path) -> SignatureInfo:
             raise SignatureError(f"{bundle}: files changed after signing: {_mismatch(text)}") from None
         raise SignatureError(f"{sig}: unreadable signature ({text.splitlines()[0][:200]})") from None
     except Exception as exc:  # noqa: BLE001 - a hostile signature file can fail anywhere in the parsers
-        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc, 200)
         raise SignatureError(f"{sig}: unreadable signature ({first})") from None
     return SignatureInfo(sig, "key", _short(fingerprint), verified=True)
 

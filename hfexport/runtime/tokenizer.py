@@ -48,7 +48,9 @@ class TextEncoder:
         except BaseException as exc:  # noqa: BLE001 - a Rust panic in tokenizers is pyo3's PanicException
             if isinstance(exc, Exception) and not type(exc).__module__.startswith("pyo3"):
                 # the tokenizers library raises plain Exception for what it refuses (a broken vocabulary, ...)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                from hfexport.errors import first_line
+
+                first = first_line(exc)
                 raise ValueError(f"the tokenizer refused the input: {first}") from exc
             raise ValueError(f"the bundle's tokenizer failed on this input ({exc}); its tokenizer.json is "
                              "damaged: rebuild the bundle") from None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 _EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's limit for one file
 
@@ -44,7 +44,7 @@ def convert_float16(source: Path, out: Path, keep_nodes: list[str] | tuple[str, 
     try:
         wrapped.convert_float_to_float16(keep_io_types=True, node_block_list=list(keep_nodes) or None)
     except Exception as exc:  # the converter raises bare asserts and ValueErrors from deep inside
-        raise ExportError(f"fp16 conversion failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        raise ExportError(f"fp16 conversion failed: {first_line(exc)}"
                           ) from exc
     converted = wrapped.model
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfexport.artifacts import OnnxModel
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 # Hugging Face model_type -> the ORT optimizer model type whose fusion patterns match its graph.
 FUSION_MODEL_TYPES = {
@@ -43,7 +43,7 @@ def fuse(artifact: OnnxModel, out: Path, *, hf_model_type: str, hf_config: dict,
         optimized = optimize_model(str(artifact.path), model_type=model_type, num_heads=heads, hidden_size=hidden,
                                    opt_level=level, optimization_options=options, use_gpu=use_gpu)
     except Exception as exc:
-        raise ExportError(f"ONNX Runtime optimisation failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"ONNX Runtime optimisation failed: {first_line(exc)}") from exc
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     optimized.save_model_to_file(str(out))
     return OnnxModel(out, artifact.inputs, artifact.outputs,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise ExportError(f"int8 quantisation failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from exc
     graph = onnx.load(str(out), load_external_data=False).graph
     quantized_ops = sum(1 for n in graph.node if n.op_type in _INT8_OPS)
     return {"nodes": len(graph.node), "quantized_nodes": quantized_ops, **stats}

@@ -21,7 +21,7 @@ import numpy as np
 
 from hfexport.backends._onnx.blocks import WeightMatrix, quantize_rows_uint8
 from hfexport.backends._onnx.int4_search import SearchSettings, search_int4
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 Precision = Literal["fp32", "int8", "int4"]
 
@@ -141,7 +141,7 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:
-        raise ExportError(f"weight-only int{bits} quantisation failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"weight-only int{bits} quantisation failed: {first_line(exc)}") from exc
     graph = onnx.load(str(out), load_external_data=False).graph
     ops = [n.op_type for n in graph.node]
     by_role = {role: sorted({precisions[m.node] for m in matrices if m.role == role}) for role in

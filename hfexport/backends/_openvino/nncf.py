@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfexport.artifacts import OpenVINOModel
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 DEFAULT_INT4_GROUP_SIZE = 128
 Precision = Literal["fp32", "int8", "int4"]
@@ -81,7 +81,7 @@ def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:  # NNCF raises anything; the first line is what the user needs
-        raise ExportError(f"NNCF {settings.precision} quantisation failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"NNCF {settings.precision} quantisation failed: {first_line(exc)}") from exc
     finally:
         nncf_logger.setLevel(saved_level)
     out = out_dir / "model.xml"

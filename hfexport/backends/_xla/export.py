@@ -22,7 +22,7 @@ from pydantic import Field
 from hfexport.artifacts import StableHLOModel, TorchModel
 from hfexport.backends._torch_graph import TaskGraph, check_against_torch, task_graph, wrap
 from hfexport.context import BuildContext
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 from hfexport.passes.base import PassConfig
 
 MODEL_FILE, WEIGHTS_FILE = "model.jax", "weights.safetensors"
@@ -68,7 +68,7 @@ def export_encoder(config: ExportXlaConfig, artifact: TorchModel, ctx: BuildCont
     except ExportError:
         raise
     except Exception as exc:  # torch.export, torchax and jax raise anything; the first line is what matters
-        raise ExportError(f"XLA export ({precision}) failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"XLA export ({precision}) failed: {first_line(exc)}") from exc
 
     got = [np.asarray(x, dtype=np.float32) for x in exported.call(weights, *[s.numpy() for s in sample])]
     tolerance = config.tolerance if precision == "fp32" else max(config.tolerance, BF16_TOLERANCE)

@@ -29,7 +29,7 @@ from hfexport.backends._generation_graph import (
 )
 from hfexport.backends._xla.export import MODEL_FILE, WEIGHTS_FILE, export_facts, jax_function, save_weights
 from hfexport.context import BuildContext
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 from hfexport.passes.base import PassConfig
 
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids", "cache_start")
@@ -72,7 +72,7 @@ def export_generation(config: ExportXlaGenerationConfig, artifact: TorchModel, c
         raise
     except Exception as exc:  # torch.export, torchax and jax raise anything; the first line is what matters
         raise ExportError(f"XLA export of {ctx.source.model_type} for generation failed: "
-                          f"{str(exc).splitlines()[0]}") from exc
+                          f"{first_line(exc)}") from exc
     path = out_dir / MODEL_FILE
     path.write_bytes(exported.serialize())
     axes = {"logits": ["batch", "sequence", "vocab"], **{n: ["batch", "kv_heads", "cache", "head_dim"]

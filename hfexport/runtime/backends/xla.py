@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.errors import HfExportError
+from hfexport.errors import HfExportError, first_line
 
 WEIGHTS_FILE = "weights.safetensors"
 _PLATFORMS = {"tpu": "tpu", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
@@ -199,7 +199,7 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     try:
         chosen = jax.devices(platform)[0]
     except RuntimeError as exc:
-        raise HfExportError(f"jax has no {name} device here: {str(exc).splitlines()[0]}") from exc
+        raise HfExportError(f"jax has no {name} device here: {first_line(exc)}") from exc
     exported = jax.export.deserialize(bytearray(Path(model_path).read_bytes()))
     if platform not in exported.platforms:
         raise HfExportError(f"this bundle was exported for {', '.join(exported.platforms)}, not {platform}")
