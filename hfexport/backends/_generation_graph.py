@@ -10,7 +10,7 @@ The graph's layout (ONNX and OpenVINO alike):
 
 from __future__ import annotations
 
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 
 SAMPLE_PROMPT = "hfexport checks the exported graph by greedy decoding this prompt"
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
@@ -41,7 +41,13 @@ def generation_wrapper(model, layers: int, *, past_4d: bool = False):
     the past onto it. The ONNX exporter drops that empty constant; OpenVINO's converter rejects the Concat
     (rank 1 with rank 4). With `past_4d` the layer starts from a [batch, heads, 0, head_dim] slice of the past
     instead, which OpenVINO removes as a zero-size Concat input, so the past feeds attention directly.
-    `update` still runs, so sliding-window layers count the past as they do in PyTorch.
+
+    NOTE: sliding-window layers (Mistral, Gemma2/3, chunked attention) keep their whole past, and the window is
+    applied by the mask alone. transformers' DynamicSlidingWindowLayer crops the cache to the window with
+    Python arithmetic that tracing bakes in: past the window the traced graph's shapes disagree (ONNX Runtime:
+    `Concat ... Shape mismatch`) or its mask is wrong. A full layer and the model's own sliding-window mask
+    give the same tokens at any length, for cache memory that grows with the sequence instead of stopping at
+    the window (docs/decisions/0160-sliding-window-full-cache.md).
     """
     import torch
     from transformers import DynamicCache
@@ -52,7 +58,7 @@ def generation_wrapper(model, layers: int, *, past_4d: bool = False):
             self.model = model
 
         def forward(self, input_ids, attention_mask, position_ids, *past):
-            cache = DynamicCache(config=self.model.config)
+            cache = full_layers(DynamicCache(config=self.model.config))  # the window lives in the mask
             for i in range(layers):
                 key, value = past[2 * i], past[2 * i + 1]
                 if past_4d:
@@ -68,6 +74,15 @@ def generation_wrapper(model, layers: int, *, past_4d: bool = False):
     return GenerationGraph().eval()
 
 
+def full_layers(cache):
+    """`cache` with each sliding-window layer replaced by a full one (see `generation_wrapper`'s NOTE)."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    cache.layers = [DynamicLayer() if isinstance(layer, DynamicSlidingWindowLayer) else layer
+                    for layer in cache.layers]
+    return cache
+
+
 def sample_inputs(model, layers: int, kv_heads: int, head_dim: int) -> tuple:
     """Distinct batch (2), past (3) and sequence (5) lengths keep every dynamic axis apart."""
     import torch
@@ -81,14 +96,58 @@ def sample_inputs(model, layers: int, kv_heads: int, head_dim: int) -> tuple:
             *[torch.randn(batch, kv_heads, past, head_dim, generator=generator) for _ in range(2 * layers)])
 
 
-def greedy_check(model, tokenizer, decoder, tokens: int) -> tuple[list[int], list[int], float]:
+def sliding_window(model) -> int | None:
+    """The smallest attention window of a model with sliding-window (or chunked) layers; None without one."""
+    config = model.config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    windows = [getattr(config, name, None) for name in ("sliding_window", "attention_chunk_size")]
+    windows = [int(w) for w in windows if isinstance(w, int) and w > 0]
+    if not windows or (types is not None and not any("sliding" in t or "chunked" in t for t in types)):
+        return None
+    return min(windows)
+
+
+def check_prompts(model, tokenizer, tokens: int) -> list[list[int]]:
+    """The prompts the greedy check decodes from: the sample prompt, and for a sliding-window model two more
+    that cross the window, one while decoding and one within the prompt, as long as the model's positions
+    allow. A graph that baked in a window's cropping passed the short check and failed at the window."""
+    first = tokenizer(SAMPLE_PROMPT)["input_ids"]
+    window = sliding_window(model)
+    limit = getattr(model.config.get_text_config(decoder=True), "max_position_embeddings", None) or 1 << 30
+    if window is None:
+        return [first]
+    text = SAMPLE_PROMPT
+    long = tokenizer(text)["input_ids"]
+    wanted = [max(2, window - tokens // 2), window + 2]
+    while len(long) < max(wanted):
+        text += " " + SAMPLE_PROMPT
+        long = tokenizer(text)["input_ids"]
+    return [first, *[long[:length] for length in wanted if length + tokens <= limit]]
+
+
+def greedy_check(model, tokenizer, decoder, tokens: int, *, past_window: bool = False
+                 ) -> tuple[list[int], list[int], float]:
     """PyTorch `generate` vs the runtime's decoder over the exported graph: greedy tokens and the worst
-    prompt-logit gap. `decoder` has the runtime's `empty_cache(batch)` / `step(...)` interface."""
+    prompt-logit gap. `decoder` has the runtime's `empty_cache(batch)` / `step(...)` interface. With
+    `past_window` a sliding-window model is also checked on prompts that cross its window (`check_prompts`);
+    the tokens returned are the first mismatching prompt's, or all of them."""
+    prompts = check_prompts(model, tokenizer, tokens) if past_window else [tokenizer(SAMPLE_PROMPT)["input_ids"]]
+    want, got, diff = [], [], 0.0
+    for prompt in prompts:
+        w, g, d = _greedy_one(model, decoder, prompt, tokens)
+        diff = max(diff, d)
+        if w != g:
+            return w, g, diff
+        want, got = want + w, got + g
+    return want, got, diff
+
+
+def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[int], list[int], float]:
     import numpy as np
     import torch
 
-    prompt = tokenizer(SAMPLE_PROMPT, return_tensors="pt")
-    ids, mask = prompt["input_ids"], prompt["attention_mask"]
+    ids = torch.tensor([prompt], dtype=torch.long)
+    mask = torch.ones_like(ids)
     with torch.inference_mode():
         want = model.generate(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
                               do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
@@ -97,16 +156,20 @@ def greedy_check(model, tokenizer, decoder, tokens: int) -> tuple[list[int], lis
     # ones, or a trained model that wants to stop would fail the check on a token PyTorch was not allowed to pick.
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    length = ids.shape[1]
-    logits, cache = decoder.step(ids.numpy(), mask.numpy(), np.arange(length, dtype=np.int64)[None],
-                                 decoder.empty_cache(1), all_logits=True)
-    diff = float(np.abs(logits - reference).max())
-    got = [_greedy(logits[0, -1], eos)]
-    for step in range(1, tokens):
-        total = length + step
-        logits, cache = decoder.step(np.array([[got[-1]]], np.int64), np.ones((1, total), np.int64),
-                                     np.array([[total - 1]], np.int64), cache)
-        got.append(_greedy(logits[0], eos))
+    length, got = ids.shape[1], []
+    try:
+        logits, cache = decoder.step(ids.numpy(), mask.numpy(), np.arange(length, dtype=np.int64)[None],
+                                     decoder.empty_cache(1), all_logits=True)
+        diff = float(np.abs(logits - reference).max())
+        got.append(_greedy(logits[0, -1], eos))
+        for step in range(1, tokens):
+            total = length + step
+            logits, cache = decoder.step(np.array([[got[-1]]], np.int64), np.ones((1, total), np.int64),
+                                         np.array([[total - 1]], np.int64), cache)
+            got.append(_greedy(logits[0], eos))
+    except Exception as exc:  # a runtime that cannot run its own graph: a failed export, said in one line
+        raise ExportError(f"the exported graph fails at {length + len(got)} tokens (a {length}-token prompt, "
+                          f"{len(got)} generated): {first_line(exc)}") from exc
     return want, got, diff
 
 

@@ -30,7 +30,7 @@ from hfexport.backends._generation_graph import (
 )
 from hfexport.backends._torch_graph import check_against_torch, keep_file_inputs, task_graph
 from hfexport.context import BuildContext
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 from hfexport.passes.base import PassConfig
 
 
@@ -72,7 +72,7 @@ def export_encoder(config: ExportOnnxConfig, artifact: TorchModel, ctx: BuildCon
     except ExportError:
         raise
     except Exception as exc:  # exporters raise anything; the first line is what the user needs
-        raise ExportError(f"ONNX export ({config.exporter}) failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"ONNX export ({config.exporter}) failed: {first_line(exc)}") from exc
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     keep_file_inputs(graph, [i.name for i in session.get_inputs()])  # an input the model ignores is dropped
@@ -134,7 +134,7 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
                               dynamic_axes=axes, opset_version=opset, dynamo=False)
     except Exception as exc:  # exporters raise anything; the first line is what the user needs
         raise ExportError(f"ONNX export of {ctx.source.model_type} for generation failed: "
-                          f"{str(exc).splitlines()[0]}") from exc
+                          f"{first_line(exc)}") from exc
     want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
     raise_on_mismatch(want, got, diff, "ONNX")
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -149,4 +149,4 @@ def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[
     from hfexport.runtime.backends.onnxruntime import open_session
 
     decoder = open_session(path, {"execution_providers": ["CPUExecutionProvider"]}).decoder()
-    return greedy_check(model, tokenizer, decoder, tokens)
+    return greedy_check(model, tokenizer, decoder, tokens, past_window=True)

@@ -32,7 +32,7 @@ from hfexport.backends._generation_graph import (
 from hfexport.backends._openvino.stateful import make_stateful
 from hfexport.backends._torch_graph import IMAGE_INPUTS, check_against_torch, task_graph
 from hfexport.context import BuildContext
-from hfexport.errors import ExportError
+from hfexport.errors import ExportError, first_line
 from hfexport.passes.base import PassConfig
 
 
@@ -72,7 +72,7 @@ def export_encoder(config: ExportOpenVINOConfig, artifact: TorchModel, ctx: Buil
         _name_ports(model, graph.input_names, graph.output_names)
         ov.save_model(model, str(path), compress_to_fp16=config.compress_to_fp16)
     except Exception as exc:  # the converter raises anything; the first line is what the user needs
-        raise ExportError(f"OpenVINO export failed: {str(exc).splitlines()[0]}") from exc
+        raise ExportError(f"OpenVINO export failed: {first_line(exc)}") from exc
 
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     result = compiled.create_infer_request().infer(graph.sample_feeds())
@@ -105,7 +105,7 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
         ov.save_model(ir, str(path), compress_to_fp16=config.compress_to_fp16)
     except Exception as exc:  # the converter raises anything; the first line is what the user needs
         raise ExportError(f"OpenVINO export of {ctx.source.model_type} for generation failed: "
-                          f"{str(exc).splitlines()[0]}") from exc
+                          f"{first_line(exc)}") from exc
     want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
     raise_on_mismatch(want, got, diff, "OpenVINO")
     return OpenVINOModel(path, tuple(p.get_any_name() for p in ir.inputs),
@@ -147,4 +147,4 @@ def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[
     from hfexport.runtime.backends.openvino import open_session
 
     decoder = open_session(path, {"openvino": {"inference_precision": "f32", "kv_cache_precision": "f32"}}).decoder()
-    return greedy_check(model, tokenizer, decoder, tokens)
+    return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
