@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hfexport.errors import ModelLoadError
+from hfexport.errors import ModelLoadError, first_line
 from hfexport.tasks import TASKS, infer_task_from_folder, normalize_task
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -62,8 +62,7 @@ def _download(model_id: str, revision: str | None) -> tuple[Path, str | None]:
     except RevisionNotFoundError as exc:
         raise ModelLoadError(f"revision {revision!r} of {model_id!r} not found") from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"cannot download {model_id!r} from the hub: {first_line}") from exc
+        raise ModelLoadError(f"cannot download {model_id!r} from the hub: {first_line(exc)}") from exc
     # snapshot folders are named by commit hash: record it as the exact revision built.
     return folder, folder.name if len(folder.name) == 40 else revision
 
@@ -106,6 +105,7 @@ def resolve_model(
         )
     task = normalize_task(task) if task else infer_task_from_folder(local_dir)
     TASKS[task].check_model(config)
+    TASKS[task].check_folder(local_dir, config)
     check_weight_files(local_dir)
     return ModelSource(
         model_id=model_id,
@@ -174,18 +174,65 @@ def read_max_length(folder: Path, config: dict) -> int:
 
 
 def load_torch_model(source: ModelSource, path: Path | None = None):
-    """Load the model in fp32 eval mode with eager attention (what ORT's fusions recognise)."""
+    """Load the model in fp32 eval mode with eager attention (what ORT's fusions recognise).
+
+    The class is the one `config.architectures` names when it serves the task (T5EncoderModel stays an encoder,
+    not a T5Model with a random decoder), the task's Auto class otherwise. Feature extraction of an
+    encoder-decoder model exports its encoder (docs/decisions/0161-load-by-architecture.md). Weights the
+    checkpoint lacks are refused, never exported as a random head.
+    """
     import torch
     import transformers
 
-    auto_class = getattr(transformers, TASKS[source.task].auto_class)
+    folder = path or source.local_dir
+    model_class = _model_class(source, transformers)
     try:
-        model = auto_class.from_pretrained(
-            str(path or source.local_dir),
+        model, info = model_class.from_pretrained(
+            str(folder),
             trust_remote_code=source.trust_remote_code,
             attn_implementation="eager",
             dtype=torch.float32,
+            output_loading_info=True,
         )
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load {source.model_id} for {source.task}: {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot load {source.model_id} as {getattr(model_class, '__name__', model_class)} "
+                             f"for {source.task}: {first_line(exc)}") from exc
+    missing = list(info.get("missing_keys") or [])
+    if source.task == "feature-extraction":
+        encoder = _encoder_of(model)
+        if encoder is not None:
+            model = encoder
+            missing = [k for k in missing if not k.startswith(("decoder.", "model.decoder."))]
+        missing = [k for k in missing if "pooler" not in k]  # last_hidden_state does not go through the pooler
+    if missing:
+        raise ModelLoadError(
+            f"{folder}: the checkpoint has no weights for {len(missing)} tensor(s) of {type(model).__name__} "
+            f"({', '.join(sorted(missing)[:3])}{', ...' if len(missing) > 3 else ''}): its {source.task} "
+            "head would be random; leave out --task to export the task the folder was saved for, or save a "
+            "model with a trained head")
     return model.eval()
+
+
+def _model_class(source: ModelSource, transformers):
+    """The class `config.architectures` names when the task's Auto class would build it, else that Auto class."""
+    from transformers.models.auto import modeling_auto
+
+    auto_name = TASKS[source.task].auto_class
+    auto_class = getattr(transformers, auto_name)
+    fitting = set()
+    for value in getattr(auto_class._model_mapping, "_model_mapping", {}).values():
+        fitting.update(value if isinstance(value, tuple | list) else (value,))
+    if auto_name == "AutoModel":  # encoder-only classes of encoder-decoder families: T5EncoderModel, ...
+        fitting.update(modeling_auto.MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES.values())
+    for architecture in source.config.get("architectures") or []:
+        if architecture in fitting and hasattr(transformers, architecture):
+            return getattr(transformers, architecture)
+    return auto_class
+
+
+def _encoder_of(model):
+    """The encoder of an encoder-decoder model (BART, T5, Marian), None for any other model."""
+    if not getattr(model.config, "is_encoder_decoder", False) or getattr(model, "decoder", None) is None:
+        return None
+    get_encoder = getattr(model, "get_encoder", None)
+    return get_encoder() if callable(get_encoder) else None

@@ -16,10 +16,6 @@ from hfexport.tasks.base import Output, TaskSpec
 
 __all__ = ["TASKS", "Output", "TaskSpec", "get_task", "infer_task_from_folder", "normalize_task"]
 
-# Architectures of tasks hfexport does not build yet: named in the error instead of guessed as another task.
-_UNSUPPORTED_SUFFIXES = {"ForConditionalGeneration": "text2text-generation"}
-
-
 def _discover() -> dict[str, TaskSpec]:
     specs = {}
     for module in pkgutil.iter_modules(__path__):
@@ -50,8 +46,132 @@ def get_task(task: str) -> TaskSpec:
     return TASKS[normalize_task(task)]
 
 
+# transformers' auto mappings (model_type -> class names), most specific first, and what a class found in one
+# is: the hfexport task (built or not yet) and the modality the refusal names. A class sits in several
+# mappings (GPT2LMHeadModel: causal LM and pretraining): the first row that holds it wins.
+_AUTO_TASKS = (
+    ("ZERO_SHOT_IMAGE_CLASSIFICATION", "zero-shot-image-classification", "a CLIP-style image-text dual encoder"),
+    ("IMAGE_TEXT_TO_TEXT", "image-text-to-text", "a vision-language model"),
+    ("SPEECH_SEQ_2_SEQ", "automatic-speech-recognition", "a speech model"),
+    ("CTC", "automatic-speech-recognition", "a speech model"),
+    ("AUDIO_CLASSIFICATION", "audio-classification", "an audio model"),
+    ("AUDIO_FRAME_CLASSIFICATION", "audio-frame-classification", "an audio model"),
+    ("AUDIO_XVECTOR", "audio-xvector", "an audio model"),
+    ("TEXT_TO_WAVEFORM", "text-to-audio", "a speech synthesis model"),
+    ("TEXT_TO_SPECTROGRAM", "text-to-audio", "a speech synthesis model"),
+    ("IMAGE_CLASSIFICATION", "image-classification", "a vision model"),
+    ("OBJECT_DETECTION", "object-detection", "a vision model"),
+    ("ZERO_SHOT_OBJECT_DETECTION", "zero-shot-object-detection", "a vision model"),
+    ("SEMANTIC_SEGMENTATION", "image-segmentation", "a vision model"),
+    ("INSTANCE_SEGMENTATION", "image-segmentation", "a vision model"),
+    ("UNIVERSAL_SEGMENTATION", "image-segmentation", "a vision model"),
+    ("IMAGE_SEGMENTATION", "image-segmentation", "a vision model"),
+    ("DEPTH_ESTIMATION", "depth-estimation", "a vision model"),
+    ("MASKED_IMAGE_MODELING", "masked-image-modeling", "a vision model"),
+    ("VIDEO_CLASSIFICATION", "video-classification", "a video model"),
+    ("SEQ_TO_SEQ_CAUSAL_LM", "text2text-generation", "a text encoder-decoder model"),
+    ("CAUSAL_LM", "text-generation", "a text decoder"),
+    ("MASKED_LM", "fill-mask", "a text encoder"),
+    ("SEQUENCE_CLASSIFICATION", "text-classification", "a text encoder"),
+    ("TOKEN_CLASSIFICATION", "token-classification", "a text encoder"),
+    ("QUESTION_ANSWERING", "question-answering", "a text encoder"),
+    ("MULTIPLE_CHOICE", "multiple-choice", "a text encoder"),
+    ("NEXT_SENTENCE_PREDICTION", "next-sentence-prediction", "a text encoder"),
+    ("TEXT_ENCODING", "feature-extraction", "a text encoder"),
+    ("IMAGE", "image-feature-extraction", "a vision model"),
+)
+# Base models (MODEL_MAPPING) have no head: they map by what their model_type is elsewhere.
+_SPEECH = ("SPEECH_SEQ_2_SEQ", "CTC", "AUDIO_CLASSIFICATION", "AUDIO_FRAME_CLASSIFICATION", "AUDIO_XVECTOR")
+_VISION = ("IMAGE", "IMAGE_CLASSIFICATION", "OBJECT_DETECTION", "SEMANTIC_SEGMENTATION", "DEPTH_ESTIMATION")
+_ENCODER_DECODER = ("SEQ_TO_SEQ_CAUSAL_LM", "SPEECH_SEQ_2_SEQ")
+
+
+def _mapping(name: str) -> dict:
+    from transformers.models.auto import modeling_auto
+
+    return getattr(modeling_auto, f"MODEL_FOR_{name}_MAPPING_NAMES", None) or {}
+
+
+def _classes(mapping: dict) -> set[str]:
+    return {c for value in mapping.values() for c in (value if isinstance(value, tuple | list) else (value,))}
+
+
+def _built(task: str, mapping: str | None = None) -> str | None:
+    """The canonical name of `task` when hfexport builds it, or of the built task whose Auto class serves
+    `mapping` (so a task module that lands under another name is picked up); None when neither exists."""
+    if task in TASKS:
+        return task
+    for spec in TASKS.values():
+        if task in spec.aliases:
+            return spec.name
+    if mapping is None:
+        return None
+    from transformers.models.auto import modeling_auto
+
+    for spec in TASKS.values():
+        auto = getattr(modeling_auto, spec.auto_class, None) if spec.auto_class != "AutoModel" else None
+        if auto is not None and getattr(auto._model_mapping, "_model_mapping", None) is _mapping(mapping):
+            return spec.name
+    return None
+
+
+def _not_built(folder: Path, architecture: str, task: str, modality: str, hint: str = "") -> ModelLoadError:
+    return ModelLoadError(f"{folder}: {architecture} is {modality} ({task}), not built yet by hfexport "
+                          f"(supported tasks: {', '.join(sorted(TASKS))}){hint}")
+
+
+def _infer_from_class(folder: Path, architecture: str, model_type: str) -> str | None:
+    """The task of a transformers class, from the auto mappings; None when transformers does not know it."""
+    for mapping, task, modality in _AUTO_TASKS:
+        if architecture in _classes(_mapping(mapping)):
+            built = _built(task, mapping)
+            if built:
+                return built
+            hint = ("; --task feature-extraction exports its encoder's hidden states"
+                    if task == "text2text-generation" else "")
+            raise _not_built(folder, architecture, task, modality, hint)
+    if architecture in _classes(_mapping("PRETRAINING")):  # BertForPreTraining: its model type's LM head
+        for mapping, task in (("MASKED_LM", "fill-mask"), ("CAUSAL_LM", "text-generation"),
+                              ("SEQ_TO_SEQ_CAUSAL_LM", "text2text-generation")):
+            if model_type in _mapping(mapping):
+                return _built(task, mapping) or _infer_from_class(folder, _mapping(mapping)[model_type], model_type)
+    from transformers.models.auto import modeling_auto
+
+    if architecture not in _classes(modeling_auto.MODEL_MAPPING_NAMES):
+        return None
+    return _infer_base_model(folder, architecture, model_type)
+
+
+def _infer_base_model(folder: Path, architecture: str, model_type: str) -> str:
+    """A base model (no head) by its modality: text encoder, vision model, speech model, encoder-decoder."""
+    def of(names) -> bool:
+        return any(model_type in _mapping(name) for name in names)
+
+    if of(_ENCODER_DECODER):
+        head = (_mapping("SEQ_TO_SEQ_CAUSAL_LM").get(model_type) or _mapping("SPEECH_SEQ_2_SEQ").get(model_type))
+        task = "text2text-generation" if of(("SEQ_TO_SEQ_CAUSAL_LM",)) else "automatic-speech-recognition"
+        encoder = "; or pass --task feature-extraction to export its encoder's hidden states" if task.startswith(
+            "text2") else ""
+        raise ModelLoadError(f"{folder}: {architecture} is an encoder-decoder base model with no generation head; "
+                             f"save it as {head} for {task}{encoder}")
+    if of(_SPEECH) or "Audio" in architecture or "Speech" in architecture:
+        built = _built("audio-feature-extraction")
+        if built:
+            return built
+        raise _not_built(folder, architecture, "audio-feature-extraction", "a speech model")
+    if of(("IMAGE_TEXT_TO_TEXT",)):
+        raise _not_built(folder, architecture, "image-text-to-text", "a vision-language model")
+    if of(_VISION) or "Vision" in architecture:
+        built = _built("image-feature-extraction")
+        if built:
+            return built
+        raise _not_built(folder, architecture, "image-feature-extraction", "a vision model")
+    return "feature-extraction"
+
+
 def infer_task_from_folder(folder: Path) -> str:
-    """Infer the task from files in a local model folder (optimum cannot do this for local folders)."""
+    """Infer the task of a local model folder from `config.architectures` (or `model_type`) through
+    transformers' auto mappings; ModelLoadError in one line for a task hfexport does not build yet."""
     if (folder / "modules.json").is_file():
         return "feature-extraction"  # a sentence-transformers model
     config_path = folder / "config.json"
@@ -59,15 +179,27 @@ def infer_task_from_folder(folder: Path) -> str:
         config = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{config_path}: cannot read the model config ({exc})") from exc
-    endings = sorted([(suffix, spec.name) for spec in TASKS.values() for suffix in spec.architecture_suffixes]
-                     + list(_UNSUPPORTED_SUFFIXES.items()), key=lambda pair: -len(pair[0]))
-    for architecture in config.get("architectures") or []:
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_path}: the model config should be a JSON object")
+    model_type = str(config.get("model_type") or "")
+    architectures = [a for a in config.get("architectures") or [] if isinstance(a, str)]
+    try:
+        from transformers.models.auto import modeling_auto
+    except ImportError:
+        modeling_auto = None
+    if modeling_auto is not None:
+        if not architectures and model_type in modeling_auto.MODEL_MAPPING_NAMES:
+            base = modeling_auto.MODEL_MAPPING_NAMES[model_type]
+            architectures = [base[0] if isinstance(base, tuple | list) else base]
+        for architecture in architectures:
+            task = _infer_from_class(folder, architecture, model_type)
+            if task is not None:
+                return task
+    # Classes transformers does not know (custom code): the task modules' class-name endings.
+    endings = sorted(((suffix, spec.name) for spec in TASKS.values() for suffix in spec.architecture_suffixes),
+                     key=lambda pair: -len(pair[0]))
+    for architecture in architectures:
         for suffix, task in endings:
             if architecture.endswith(suffix):
-                if task not in TASKS:
-                    raise ModelLoadError(
-                        f"{folder}: {architecture} is a {task} model, which hfexport does not build yet "
-                        f"(supported: {', '.join(sorted(TASKS))}); pass --task to export it as another task"
-                    )
                 return task
     return "feature-extraction"
