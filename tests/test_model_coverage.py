@@ -79,6 +79,21 @@ def test_an_encoder_decoder_base_model_is_refused_with_its_head_class(tmp_path, 
         infer_task_from_folder(_config_only(tmp_path, architecture, model_type))
 
 
+@pytest.mark.parametrize(("architecture", "model_type", "task", "words"), [
+    ("Wav2Vec2ForCTC", "wav2vec2", "feature-extraction", "a speech model"),
+    ("ViTModel", "vit", "feature-extraction", "a vision model"),
+    ("CLIPModel", "clip", "text-classification", "dual encoder")])
+def test_an_explicit_text_task_on_a_speech_or_vision_folder_names_the_modality(tmp_path, architecture, model_type,
+                                                                             task, words):
+    """--task feature-extraction on a wav2vec2 folder used to end in a tokenizer error."""
+    from hfexport.loading import resolve_model
+
+    with pytest.raises(ModelLoadError) as caught:
+        resolve_model(str(_config_only(tmp_path, architecture, model_type)), task=task)
+    message = str(caught.value)
+    assert words in message and f"--task {task} reads text" in message and "\n" not in message
+
+
 def test_sentence_transformers_folder_stays_feature_extraction(tmp_path):
     folder = _config_only(tmp_path, "MPNetForMaskedLM", "mpnet")
     (folder / "modules.json").write_text("[]")

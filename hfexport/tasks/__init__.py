@@ -14,7 +14,7 @@ from pathlib import Path
 from hfexport.errors import ModelLoadError
 from hfexport.tasks.base import Output, TaskSpec
 
-__all__ = ["TASKS", "Output", "TaskSpec", "get_task", "infer_task_from_folder", "normalize_task"]
+__all__ = ["TASKS", "Output", "TaskSpec", "check_task_fits", "get_task", "infer_task_from_folder", "normalize_task"]
 
 def _discover() -> dict[str, TaskSpec]:
     specs = {}
@@ -167,6 +167,31 @@ def _infer_base_model(folder: Path, architecture: str, model_type: str) -> str:
             return built
         raise _not_built(folder, architecture, "image-feature-extraction", "a vision model")
     return "feature-extraction"
+
+
+# The inputs a class reads, by the modality words of its row: what an explicit --task must read too.
+_INPUTS = {"a speech model": "audio", "an audio model": "audio", "a vision model": "images",
+           "a CLIP-style image-text dual encoder": "images and text"}
+_SPEC_INPUTS = {"text": "text", "image": "images", "audio": "audio"}  # TaskSpec.modality -> the words above
+
+
+def check_task_fits(folder: Path, config: dict, task: str) -> None:
+    """An explicit --task that reads other inputs than the folder's class (text for a speech or vision model)
+    is refused here in one line, before a tokenizer error deep in the build hides the modality."""
+    try:
+        from transformers.models.auto import modeling_auto  # noqa: F401 - the mappings need transformers
+    except ImportError:
+        return
+    reads = _SPEC_INPUTS.get(getattr(TASKS[task], "modality", "text"), "text")
+    for architecture in [a for a in config.get("architectures") or [] if isinstance(a, str)]:
+        for mapping, row_task, modality in _AUTO_TASKS:
+            if architecture not in _classes(_mapping(mapping)):
+                continue
+            inputs = _INPUTS.get(modality)
+            if inputs is not None and inputs != reads and _built(row_task) != task:
+                raise ModelLoadError(f"{folder}: {architecture} is {modality} ({row_task}, reading {inputs}); "
+                                     f"--task {task} reads {reads}: leave out --task")
+            break
 
 
 def infer_task_from_folder(folder: Path) -> str:
