@@ -267,3 +267,15 @@ def test_constraints_force_and_ban_tokens_as_generate_does():
     assert rules.apply(logits, 3, 4).argmax() == 0
     middle = rules.apply(logits, 1, 4, min_new_tokens=2)
     assert np.isneginf(middle[0, [0, 2]]).all() and np.isfinite(middle[0, [1, 3, 4]]).all()
+
+
+def test_a_target_without_an_encoder_decoder_export_refuses_at_plan_time(seq2seq_model, tmp_path):
+    from click.testing import CliRunner
+
+    from hfexport.cli import main
+
+    result = CliRunner().invoke(main, ["build", "--model", str(seq2seq_model("t5")), "--target", "tpu", "--recipe",
+                                       "fp32", "--output", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert "has no encoder-decoder export yet; build it for --target cpu or --target openvino" in result.output
+    assert not (tmp_path / "out").exists()

@@ -42,6 +42,9 @@ class ExportPass(Pass[ExportConfig]):
 
     def check(self, plan: PlanContext) -> None:
         backend, generative = _route(plan)
+        if generative and plan.source.config.get("is_encoder_decoder") and backend.name not in _SEQ2SEQ_BACKENDS:
+            raise PlanError(f"{plan.source.task}: the {backend.title} backend of target {plan.target.name!r} has no "
+                            f"encoder-decoder export yet; build it for --target cpu or --target openvino")
         route_config(self.config, backend, generative, plan.target.name)
 
     def for_target(self, plan: PlanContext) -> ExportPass:
@@ -60,6 +63,10 @@ class ExportPass(Pass[ExportConfig]):
 
     def stats_parts(self, stats: dict) -> list[str]:
         return graph_stats_parts(stats)
+
+
+# Backends with an encoder-decoder (two-graph) export: backends/_onnx/seq2seq.py, backends/_openvino/seq2seq.py.
+_SEQ2SEQ_BACKENDS = frozenset({"onnxruntime", "openvino"})
 
 
 def _route(ctx: PlanContext | BuildContext) -> tuple[Backend, bool]:
