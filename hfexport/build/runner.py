@@ -13,6 +13,7 @@ from pathlib import Path
 from hfexport.artifacts import Artifact
 from hfexport.build.cache import StageCache, texts_digest
 from hfexport.context import BuildContext
+from hfexport.errors import PlanError
 from hfexport.passes.base import Pass
 
 
@@ -34,11 +35,17 @@ class PassRunner:
         data = {"calibration_texts": texts_digest(ctx.calibration_texts),
                 "train_texts": texts_digest(ctx.train_texts)} if self.cache else {}
         stages: list[Stage] = []
+        launched = _launched_processes()
+        if launched > 1 and not any(step.trains for step in self.steps):
+            raise PlanError(f"launched as {launched} processes (torchrun / accelerate launch), but the recipe has no "
+                            "training pass to share: run hfexport build as one process")
         for index, step in enumerate(self.steps):
             key = self.cache.stage_key(key, step, data) if key else None
             progress.start(step.name, step.describe(), index + 1, len(self.steps))
             started = time.perf_counter()
-            hit = self.cache.lookup(key) if key else None
+            # Under a launcher every process trains (rank 0 alone goes on from there): a cached training stage
+            # would send them all on to export and write the same bundle.
+            hit = self.cache.lookup(key) if key and not (step.trains and launched > 1) else None
             if hit:
                 artifact = hit[0]
             else:
@@ -94,3 +101,13 @@ def _named(exc: Exception, where: str) -> Exception:
             return named
     exc.add_note(where)
     return exc
+
+
+def _launched_processes() -> int:
+    """The process count a launcher (torchrun, accelerate launch) started this build as; 1 when none."""
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1

@@ -14,9 +14,11 @@ from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
 from hfexport.passes._checkpoint import read_history, save_checkpoint
 from hfexport.passes.base import Pass, PassConfig
+from hfexport.passes.distill.distributed import world_from_env
 from hfexport.passes.distill.losses import DistillLoss
 from hfexport.passes.distill.selection import diverse
 from hfexport.passes.distill.trainer import train
+from hfexport.progress import Progress
 from hfexport.tasks import get_task
 
 
@@ -69,6 +71,11 @@ class DistillConfig(PassConfig):
     # recomputed each time.
     # NOTE: why the cache (docs/decisions/0022-teacher-target-cache.md).
     teacher_cache_mb: int = Field(2048, ge=0, description="memory for cached teacher targets (0 = off)")
+    # Many processes (`torchrun` / `accelerate launch`): batch_size is the global batch, split over the processes
+    # and this many micro-batches each (docs/decisions/0182-distributed-distillation.md).
+    gradient_accumulation: int = Field(1, ge=1, description="micro-batches per optimiser step and process")
+    checkpoint_dir: str | None = Field(None, description="folder for resume points; a killed run resumes from it")
+    checkpoint_every: int = Field(50, ge=1, description="optimiser steps between resume points")
 
 
 class DistillPass(Pass[DistillConfig]):
@@ -107,6 +114,10 @@ class DistillPass(Pass[DistillConfig]):
         _seed(cfg.seed)
         device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
                               else "cpu")
+        world = world_from_env(device)
+        if device.type == "cuda" and world.distributed:
+            device = torch.device("cuda", world.local_rank)
+        progress = ctx.progress if world.main else Progress("quiet")
         teacher = ctx.torch_module(ctx.source.local_dir).to(device).eval()
         student = copy.deepcopy(ctx.torch_module(artifact.path)).to(device).train()
         precision = _precision(cfg.precision, device)
@@ -123,7 +134,11 @@ class DistillPass(Pass[DistillConfig]):
         if len(train_texts) < cfg.batch_size:
             raise PlanError(f"distillation needs at least {cfg.batch_size + n_hold} texts, got {len(texts)}; "
                             "pass more with --train-data")
-        result = train(student, teacher, loss_fn, train_texts, held, cfg, device, autocast, precision, ctx.progress)
+        result = train(student, teacher, loss_fn, train_texts, held, cfg, device, autocast, precision, progress, world)
+        if not world.main:  # rank 0 alone writes the stage, exports, validates and writes the bundle
+            world.finish()
+            print(f"rank {world.rank}: distillation done; rank 0 writes the student and the bundle", flush=True)
+            raise SystemExit(0)
         student = student.to("cpu").eval()
         teacher.to("cpu")  # frees the GPU; validation puts the shared reference model where it measures
         stats = {"device": str(device), "precision": precision, "steps": result.steps,
@@ -131,9 +146,12 @@ class DistillPass(Pass[DistillConfig]):
                  "teacher_cached_batches": result.cached_batches,
                  "held_out_before": round(result.before, 5), "held_out_after": round(result.best, 5),
                  "held_out_metric": loss_fn.metric, "layer_map": mapping, "history": result.history}
+        if world.distributed:
+            stats["processes"] = world.size
         out = ctx.stage_dir(self.name)
         save_checkpoint(student, artifact.path, out, ctx, {"distill": {k: v for k, v in stats.items()
                                                                        if k != "history"}})
+        world.finish()
         return TorchModel(out, stats=stats)
 
 

@@ -157,7 +157,7 @@ class DistillLoss:
 
         mask = batch["attention_mask"]
         if "qkv" in targets and self.student_tap is None:
-            self.student_tap = QKVTap(student)
+            self.student_tap = QKVTap(getattr(student, "module", student))  # under DDP: the wrapped model
         s = self.forward(student, batch)
         predicted = self.task_targets(s, batch)
         if self.spec.distill_kind == "embedding":
