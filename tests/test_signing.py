@@ -224,3 +224,7 @@ def test_signing_build_sign_with_signs_the_installed_bundle(tiny_model, fast_rec
     assert verify_bundle(result.bundle, keys["ours"][1]).verified
     assert load(result.bundle, public_key=keys["ours"][1])(["hello"]).shape[0] == 1
     assert not list(tmp_path.glob(".out*")), "no signing leftovers beside the bundle"
+    # The report (covered by the signature) names the signer the build signed as.
+    signer = verify_bundle(result.bundle, keys["ours"][1]).signer
+    assert result.report.signed_by == signer
+    assert f"{signer} (hfexport verify" in (result.bundle / "report" / "report.html").read_text()

@@ -48,10 +48,11 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     chosen = load_recipe(recipe) if recipe else None
     stage_cache = StageCache.from_env() if cache else None
     bundles.check_output(output, force)
+    signer = None  # the name the bundle will be signed as, checked before any work
     if sign_with is not None:
         from hfexport.runtime.signing import check_private_key
 
-        check_private_key(sign_with)
+        signer = check_private_key(sign_with)
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
     images = getattr(get_task(source.task), "modality", "text") == "image"
@@ -116,6 +117,11 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         report = validate_build(ctx, staging, stages, reference_size, eval_set, threads,
                                 also_on=shipped if domain else None)
         progress.done("validate", _summary_line(report))
+        # What the report cannot measure but the build knows: compile-only checks, and who signs the bundle (the
+        # signature covers the report, so the signer is named before signing).
+        report.compile_checks = {name: value for record in pass_records for name, value in record["stats"].items()
+                                 if name.endswith("compile_check") and isinstance(value, dict)}
+        report.signed_by = signer
         write_report(report, staging / "report")
         body["validation"] = {"passed": report.passed, "summary": report.summary,
                               "gates": [g.model_dump() for g in report.gates], "report": "report/report.json",

@@ -216,6 +216,8 @@ def _facts(report: Report) -> str:
     items += [("timed runs", ev.latency_runs), ("text source", ev.text_source)]
     items += [(f"bundle on {source}", metrics) for source, metrics in report.other_fidelity.items()]
     items += [("model revision", report.model.revision), ("created", report.created)]
+    items += [("signed by", f"{report.signed_by} (hfexport verify BUNDLE --public-key KEY.pub)" if report.signed_by
+               else "not signed at build time")]
     shown = [(k, v) for k, v in items if v not in (None, "", [])]
     return "<dl>" + "".join(f"<dt>{escape(k)}</dt><dd>{escape(_plain(v))}</dd>" for k, v in shown) + "</dl>"
 

@@ -125,6 +125,8 @@ class Report(_Model):
     # Compile-only checks for hardware the build host does not have (the tpu target's TPU compile check:
     # {"note", "rows": [{topology, batch, sequence, compiled, flops, bytes_accessed, memory_bytes | error}]}).
     compile_checks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # The signer the build signed the bundle as (`--sign-with`: "key sha256:<16 hex>"), or None when unsigned.
+    signed_by: str | None = None
 
     def speed_phrase(self, versus: str = "") -> str:
         """"3.20x faster" — or, when the timing was disturbed, why no ratio is given."""

@@ -105,9 +105,10 @@ def _read_public_key(path: Path):
     return key
 
 
-def check_private_key(private_key: str | Path) -> None:
-    """Fail before a build starts when its --sign-with key cannot sign."""
-    _read_private_key(Path(private_key).expanduser(), os.environ.get("HFEXPORT_KEY_PASSWORD"))
+def check_private_key(private_key: str | Path) -> str:
+    """Fail before a build starts when its --sign-with key cannot sign; the signer it will be named as."""
+    key = _read_private_key(Path(private_key).expanduser(), os.environ.get("HFEXPORT_KEY_PASSWORD"))
+    return _short(_fingerprint(_public_pem(key.public_key())))
 
 
 def sign_bundle(path: str | Path, private_key: str | Path, *, password: str | None = None) -> SignatureInfo:
