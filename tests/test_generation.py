@@ -449,3 +449,16 @@ def test_generation_sliding_window_past_the_window_equals_pytorch(tmp_path, arch
         want = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=30, min_new_tokens=30,
                               do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
     assert generator.generate_ids([prompt], max_new_tokens=30, min_new_tokens=30)[0] == want
+
+
+def test_decode_rate_drowned_in_noise_counts_the_whole_generation():
+    """A difference of medians near zero once read as 7e9 decode tokens/s on a tiny model; now the rate counts
+    the whole generation and the report says the decode time was not resolved."""
+    from hfexport.validation.generation import speed_of
+
+    warnings: list[str] = []
+    resolved = speed_of("bundle", [2.0, 2.1, 1.9], [8.0, 8.2, 7.9], length=16, new_tokens=32, warnings=warnings)
+    assert warnings == [] and resolved["decode_tokens_per_s"] == pytest.approx(31 / 0.006)
+    drowned = speed_of("pytorch", [3.0, 3.2, 2.9], [3.0, 3.1, 2.8], length=16, new_tokens=32, warnings=warnings)
+    assert drowned["decode_tokens_per_s"] == pytest.approx(32 / 0.0030)
+    assert len(warnings) == 1 and "pytorch: decode time not resolved" in warnings[0]

@@ -217,12 +217,7 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
     full = time_alternating({k: (lambda r=r: r.timed(prompt, new_tokens)) for k, r in runners.items()}, runs,
                             warmup=1, block=3, progress=progress, what="decode")
     timing_warnings = watch.warnings(first)
-    speed = {}
-    for name in runners:
-        ttft = float(np.median(first[name]))
-        decode_ms = max(float(np.median(full[name])) - ttft, 1e-6)
-        speed[name] = {"time_to_first_token_ms": ttft, "prefill_tokens_per_s": length / (ttft / 1000),
-                       "decode_tokens_per_s": (new_tokens - 1) / (decode_ms / 1000), "new_tokens": new_tokens}
+    speed = {name: speed_of(name, first[name], full[name], length, new_tokens, timing_warnings) for name in runners}
 
     memory = {}
     if memory_paths and settings.memory:
@@ -244,3 +239,20 @@ def evaluate_generation(reference: TorchGeneration, tokenizer, candidates: list,
                             latency_runs=settings.latency_runs, threads=judging.threads, text_source=eval_set.source)
     return judged_report(judging, judging.model_info.get("task", "text-generation"), stages, evaluation,
                          stages[-1].throughput_per_s / stages[0].throughput_per_s, timing_warnings)
+
+
+def speed_of(name: str, first_ms: list[float], full_ms: list[float], length: int, new_tokens: int,
+             warnings: list[str]) -> dict:
+    """Time to first token, prefill and decode rates of one side from its timed runs (medians).
+
+    Decode time is the whole generation's median less the first token's; when that difference drowns in
+    run-to-run noise (a tiny model on a busy host: a difference near zero once read as 7e9 tokens/s), the rate
+    counts the whole generation instead and `warnings` says so."""
+    ttft, whole = float(np.median(first_ms)), float(np.median(full_ms))
+    decode_ms, decoded = whole - ttft, new_tokens - 1
+    if decode_ms <= 0.05 * whole:
+        warnings.append(f"{name}: decode time not resolved ({whole:.2f} ms for {new_tokens} tokens, {ttft:.2f} ms "
+                        "for the first); its decode rate counts the whole generation")
+        decode_ms, decoded = whole, new_tokens
+    return {"time_to_first_token_ms": ttft, "prefill_tokens_per_s": length / (ttft / 1000),
+            "decode_tokens_per_s": decoded / (decode_ms / 1000), "new_tokens": new_tokens}
