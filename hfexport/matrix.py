@@ -13,6 +13,7 @@ writes its bundle there (docs/decisions/0180-build-matrix-on-ray.md).
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -20,8 +21,9 @@ from pathlib import Path
 
 from hfexport.errors import ConfigError, FidelityError, HfExportError
 from hfexport.progress import Progress
+from hfexport.report.matrix_html import fidelity_metric, format_ratio, render_matrix
 
-__all__ = ["Combo", "MatrixRun", "Outcome", "plan_matrix", "run_matrix", "write_matrix_report"]
+__all__ = ["Combo", "MatrixRun", "Outcome", "fidelity_metric", "plan_matrix", "run_matrix", "write_matrix_report"]
 
 
 @dataclass(frozen=True)
@@ -84,13 +86,15 @@ def plan_matrix(models: list[str | None], targets: list[str], recipes: list[str 
 
 def build_one(combo: Combo, output: str, options: dict) -> Outcome:
     """One combination, in this process; never raises for a build that fails (it becomes an Outcome)."""
-    from hfexport.api import build
+    from hfexport._quiet import quiet_libraries
+    from hfexport.build.engine import run_build
 
     bundle = Path(output) / combo.slug
     started = time.perf_counter()
     try:
-        result = build(combo.model, target=combo.target, recipe=combo.recipe, output=bundle, force=True,
-                       progress=Progress("quiet"), **options)
+        with quiet_libraries():
+            result = run_build(combo.model, target=combo.target, recipe=combo.recipe, output=bundle, force=True,
+                               progress=Progress("quiet"), **options)
     except FidelityError as exc:
         report = _kept_report(exc)
         return Outcome(combo, "gates failed", time.perf_counter() - started, summary=_summary(report),
@@ -127,21 +131,25 @@ def run_matrix(combos: list[Combo], output: str | Path, *, ray: bool | None = No
     output = Path(output).expanduser().resolve()
     output.mkdir(parents=True, exist_ok=True)
     options = dict(options or {})
+    asked = ray
     if ray is None:
         ray = _ray_installed()
     elif ray and not _ray_installed():
         raise ConfigError("--ray needs Ray: pip install 'hfexport[scale]' (or run without --ray: one build at a time)")
-    if not ray:
-        outcomes = []
-        for i, combo in enumerate(combos, 1):
-            progress.info(f"[{i}/{len(combos)}] {combo.slug}: building in this process")
-            outcomes.append(build_one(combo, str(output), options))
-            progress.info(f"[{i}/{len(combos)}] {outcomes[-1].line()}")
-        return MatrixRun(outcomes, 1, "in this process, one build at a time")
-    from hfexport._ray import run_on_ray
-
-    return run_on_ray(combos, str(output), options, address=address, cpus_per_build=cpus_per_build,
-                      retries=retries, progress=progress)
+    if ray:
+        try:
+            return _run_on_ray(combos, str(output), options, address=address, cpus_per_build=cpus_per_build,
+                               retries=retries, progress=progress)
+        except _RayUnavailable as exc:
+            if asked:  # the user asked for Ray: say why it is not there
+                raise ConfigError(str(exc)) from None
+            progress.info(f"{exc}: building one at a time in this process")
+    outcomes = []
+    for i, combo in enumerate(combos, 1):
+        progress.info(f"[{i}/{len(combos)}] {combo.slug}: building in this process")
+        outcomes.append(build_one(combo, str(output), options))
+        progress.info(f"[{i}/{len(combos)}] {outcomes[-1].line()}")
+    return MatrixRun(outcomes, 1, "in this process, one build at a time")
 
 
 def _ray_installed() -> bool:
@@ -152,8 +160,6 @@ def _ray_installed() -> bool:
 
 def write_matrix_report(run: MatrixRun, output: str | Path) -> dict[str, Path]:
     """matrix.json, matrix.md (a table) and matrix.html (the table and speed vs fidelity plots per target)."""
-    from hfexport.report.matrix_html import render_matrix
-
     output, outcomes, concurrent = Path(output), run.outcomes, run.concurrent
     rows = [{**asdict(o), "combo": {**asdict(o.combo), "slug": o.combo.slug}} for o in outcomes]
     paths = {"json": output / "matrix.json", "md": output / "matrix.md", "html": output / "matrix.html"}
@@ -161,14 +167,6 @@ def write_matrix_report(run: MatrixRun, output: str | Path) -> dict[str, Path]:
     paths["md"].write_text(_markdown(outcomes, concurrent))
     paths["html"].write_text(render_matrix(outcomes, concurrent, run.where), encoding="utf-8")
     return paths
-
-
-def fidelity_metric(outcome: Outcome) -> tuple[str, float] | None:
-    """The first gated metric of a combination and its value (what the plots put against speed)."""
-    for gate in outcome.gates:
-        if isinstance(gate, dict) and isinstance(gate.get("value"), (int, float)):
-            return gate["metric"], float(gate["value"])
-    return None
 
 
 def _markdown(outcomes: list[Outcome], concurrent: int) -> str:
@@ -186,5 +184,70 @@ def _markdown(outcomes: list[Outcome], concurrent: int) -> str:
     return "\n".join(lines) + "\n" + note
 
 
-def format_ratio(value, unit: str = "x") -> str:
-    return f"{value:.2f}{unit}" if isinstance(value, (int, float)) else "–"
+# -- on Ray -----------------------------------------------------------------------------------------
+
+def _run_on_ray(combos, output: str, options: dict, *, address: str | None, cpus_per_build: float, retries: int,
+               progress: Progress):
+    """Every combination as a Ray task; results reported as they finish, returned in `combos` order."""
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        _init(ray, address, progress)
+    try:
+        resources = ray.cluster_resources()
+        progress.info(f"ray: {resources.get('CPU', 0):.0f} CPUs, {resources.get('GPU', 0):.0f} GPUs; "
+                      f"{len(combos)} builds, {cpus_per_build:g} CPU each, up to {retries} retries on worker loss")
+        # NOTE: max_retries retries a task whose worker process died (killed, OOM, node lost); a build that
+        # fails on its own returns an Outcome and is not retried (it would fail the same way again).
+        remote = ray.remote(build_one)
+        pending = {}
+        for combo in combos:
+            # A cuda target asks for a GPU where the cluster has one; elsewhere it builds and validates on the
+            # CPU provider, as a plain `hfexport build` does (a GPU request no node can meet would never run).
+            gpus = 1 if _wants_gpu(combo.target) and resources.get("GPU", 0) >= 1 else 0
+            ref = remote.options(num_cpus=cpus_per_build, num_gpus=gpus, max_retries=retries,
+                                 name=f"hfexport-build:{combo.slug}").remote(combo, output, options)
+            pending[ref] = combo
+        results: dict = {}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            combo = pending.pop(done[0])
+            try:
+                outcome = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # retries spent (worker lost each time) or the task failed
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                outcome = Outcome(combo, "error", 0.0, error=f"ray: {first}")
+            results[combo] = outcome
+            progress.info(f"[{len(results)}/{len(combos)}] {outcome.line()}")
+        slots = max(1, min(len(combos), int(resources.get("CPU", 1) // cpus_per_build)))
+        where = f"on Ray ({resources.get('CPU', 0):.0f} CPUs, {cpus_per_build:g} per build)"
+        return MatrixRun([results[c] for c in combos], slots, where)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _init(ray, address: str | None, progress: Progress) -> None:
+    # Telemetry to Ray's usage-stats endpoint stays off, as every other library's does in a build.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    try:
+        if address in (None, "local"):
+            ray.init(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        else:
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception as exc:  # noqa: BLE001 - ray.init raises plain Exception (a node that timed out starting)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        ray.shutdown()  # whatever half-started
+        raise _RayUnavailable(f"ray: cannot start or reach the cluster {address or '(local)'} ({first})") from None
+    progress.info(f"ray: {'local cluster' if address in (None, 'local') else address}")
+
+
+class _RayUnavailable(Exception):
+    """Ray is installed but its cluster cannot be started or reached."""
+
+
+def _wants_gpu(target: str) -> bool:
+    from hfexport.profiles import load_target
+
+    return load_target(target).device == "cuda"

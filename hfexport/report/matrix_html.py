@@ -10,8 +10,6 @@ from hfexport.report.html import PAGE_CSS
 
 
 def render_matrix(outcomes, concurrent: int = 1, where: str = "") -> str:
-    from hfexport.matrix import fidelity_metric, format_ratio
-
     passed = sum(o.status == "passed" for o in outcomes)
     head = ["model", "target", "recipe", "result", "speed vs PyTorch", "size ratio", "fidelity", "seconds"]
     rows = []
@@ -40,8 +38,6 @@ def render_matrix(outcomes, concurrent: int = 1, where: str = "") -> str:
 
 def _plots(outcomes) -> list[str]:
     """One scatter per target (and fidelity metric): speed vs PyTorch across, fidelity up."""
-    from hfexport.matrix import fidelity_metric
-
     groups: dict[tuple[str, str], list[Point]] = {}
     for o in outcomes:
         fid, speed = fidelity_metric(o), o.summary.get("speedup")
@@ -61,3 +57,14 @@ def _plots(outcomes) -> list[str]:
 def _recipe(outcome) -> str:
     return Path(outcome.combo.recipe).stem if outcome.combo.recipe else "default"
 
+
+def fidelity_metric(outcome) -> tuple[str, float] | None:
+    """The first gated metric of a combination and its value (what the plots put against speed)."""
+    for gate in outcome.gates:
+        if isinstance(gate, dict) and isinstance(gate.get("value"), (int, float)):
+            return gate["metric"], float(gate["value"])
+    return None
+
+
+def format_ratio(value, unit: str = "x") -> str:
+    return f"{value:.2f}{unit}" if isinstance(value, (int, float)) else "–"
