@@ -186,6 +186,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f}s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
+def _interleaved(matrix_rows: list[Row]) -> list[Row]:
+    """The rows in turn by family (an encoder, an LLM, a seq2seq model, ...), so a run stopped early, or its
+    table read while it runs, covers every family alike; the table keeps the rows' own order."""
+    by_family: dict[str, list[Row]] = {}
+    for row in matrix_rows:
+        by_family.setdefault(row.family, []).append(row)
+    queues = list(by_family.values())
+    order = []
+    while any(queues):
+        order += [queue.pop(0) for queue in queues if queue]
+    return order
+
+
 def run_matrix(matrix_rows: list[Row], targets: list[str], out: Path, jobs: int, timeout: float,
                quick: bool, on_result=None) -> list[Outcome]:
     """Every row on every target; `on_result(results so far)` after each build (the table is rewritten)."""
@@ -204,7 +217,7 @@ def run_matrix(matrix_rows: list[Row], targets: list[str], out: Path, jobs: int,
             made[row.name] = f"{type(exc).__name__}: {exc}"
         print(f"made {i}/{len(matrix_rows)} model folders ({row.name})", file=sys.stderr, flush=True)
 
-    work = [(row, target) for row in matrix_rows for target in targets]
+    work = [(row, target) for row in _interleaved(matrix_rows) for target in targets]
     results: list[Outcome] = []
     lock, started = threading.Lock(), time.perf_counter()
 
