@@ -95,6 +95,8 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
                     label_column: str | None = None, report_dir: str | Path | None = None,
                     threads: int | None = None, progress: Progress | None = None) -> Report:
     """Re-run validation of an existing bundle on this host; writes a fresh report outside the bundle."""
+    import transformers  # noqa: F401 - the reference needs it: the base install stops here, the CLI names the extra
+
     from hfexport import data
     from hfexport.loading import DEFAULT_MODEL_ID, load_torch_model, resolve_model
     from hfexport.recipes import Evaluation, Gates
