@@ -108,4 +108,4 @@ def quick_validation_note(settings) -> str | None:
     if getattr(settings, "mode", "full") != "quick":
         return None
     return (f"quick validation, not a benchmark: {settings.samples} samples, {settings.latency_runs} timed runs, "
-            "no memory; --validation full measures speed")
+            "no memory; build with --validation full to measure speed")
