@@ -30,8 +30,11 @@ def _config(family: str):
     if family == "mobilenet_v2":
         return transformers.MobileNetV2Config(image_size=32, depth_multiplier=0.25, **labels)
     if family == "efficientnet":
-        return transformers.EfficientNetConfig(image_size=32, width_coefficient=0.1, depth_coefficient=0.1,
-                                               hidden_dim=128, **labels)
+        # two stages of the seven (each random stage shrinks activations about 5x)
+        return transformers.EfficientNetConfig(image_size=32, width_coefficient=0.25, depth_coefficient=0.1,
+                                               kernel_sizes=[3, 3], in_channels=[32, 16], out_channels=[16, 24],
+                                               strides=[1, 2], num_block_repeats=[1, 1], expand_ratios=[1, 6],
+                                               depthwise_padding=[], hidden_dim=320, **labels)
     if family == "swin":
         return transformers.SwinConfig(image_size=32, patch_size=4, window_size=2, embed_dim=16, depths=[1, 1],
                                        num_heads=[2, 2], **labels)
@@ -68,6 +71,37 @@ def _processor(family: str, size: int = 32):
     raise ValueError(family)
 
 
+CNNS = ("convnext", "resnet", "mobilenet_v2", "efficientnet")
+
+
+def _spread(model, family: str) -> None:
+    """Weights that keep activations alive through a tiny random network, so outputs differ between images.
+
+    transformers initialises CNN convolutions with std 0.02 (or its config's range): through a dozen
+    batch-normed, ReLU6 layers of 8-32 channels that shrinks every image's output to 0 (MobileNetV2's and
+    EfficientNet's logits come out 1e-27 or exactly 0), and a test of them would compare zeros. He
+    initialisation (fan in, ReLU gain) and unit batch-norm scales keep the scale; transformer families keep
+    their own init but for the classifier head."""
+    import torch
+
+    with torch.no_grad():
+        head = getattr(model, "classifier", None)
+        if isinstance(head, torch.nn.Linear):
+            # A trained classifier separates its classes; a head at std 0.02 gives near-equal logits (ViT's
+            # std 0.06), and top-1 agreement would then measure ties, not fidelity.
+            torch.nn.init.kaiming_normal_(head.weight, nonlinearity="relu")
+        if family not in CNNS:
+            return
+        for module in model.modules():
+            if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    module.bias.zero_()
+            elif isinstance(module, torch.nn.BatchNorm2d):  # some families draw its scale at std 0.02 too
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+
+
 def make_tiny_vision_model(folder: Path, family: str, task: str = "image-classification", seed: int = 0) -> Path:
     import torch
     import transformers
@@ -77,7 +111,9 @@ def make_tiny_vision_model(folder: Path, family: str, task: str = "image-classif
     torch.manual_seed(seed)
     auto = transformers.AutoModelForImageClassification if task == "image-classification" else transformers.AutoModel
     if family == "deit" and task == "image-classification":  # two classes map to DeiT; Auto needs a name
-        auto = transformers.DeiTForImageClassification
-    auto.from_config(config).save_pretrained(str(folder))
+        config.architectures = ["DeiTForImageClassification"]
+    model = auto.from_config(config)
+    _spread(model, family)
+    model.save_pretrained(str(folder))
     _processor(family).save_pretrained(str(folder))
     return folder

@@ -1,8 +1,9 @@
 """int8 and int4 on openvino targets, with NNCF.
 
 - `mode: static` (the openvino target's int8): NNCF post-training quantisation of weights and
-  activations, calibrated on text, with `ModelType.TRANSFORMER` so attention's softmax and the layer
-  norms stay in float and SmoothQuant moves activation outliers into the weights first.
+  activations, calibrated on text (or images), with `ModelType.TRANSFORMER` where the graph has attention or
+  layer norms, so attention's softmax and the layer norms stay in float and SmoothQuant moves activation
+  outliers into the weights first; NNCF's default scheme for batch-normed convolutional networks.
   NOTE: the settings' measurements: docs/decisions/0046-nncf-post-training-settings.md.
 - `mode: dynamic` or `weights_only: true`: NNCF weight compression (int8 per channel, or int4 in groups
   with `ratio` of the layers in int4 and the rest in int8). No calibration; OpenVINO's CPU plugin
@@ -181,9 +182,17 @@ def _post_training(nncf, model, config: PostTrainingSettings, texts, encode, ign
         alpha = config.smooth_quant_alpha or -1
         extra["advanced_parameters"] = AdvancedQuantizationParameters(
             smooth_quant_alphas=AdvancedSmoothQuantParameters(matmul=alpha))
-    quantized = nncf.quantize(model, nncf.Dataset(texts, encode), model_type=nncf.ModelType.TRANSFORMER,
-                              preset=preset, subset_size=len(texts), ignored_scope=ignored, **extra)
-    return quantized, {"algorithm": "nncf.quantize", "mode": "static", "model_type": "transformer",
+    # NOTE: NNCF's transformer scheme where the graph has attention or layer norms (SoftMax, MVN): on
+    # batch-normed convolutional networks it cost top-1 agreement (tiny ResNet 0.84 vs 0.93 with NNCF's
+    # default scheme, MobileNetV2 0.31 vs 0.66), while ConvNeXt, layer-normed, needs it (0.92 vs 0.87);
+    # docs/decisions/0140-image-tasks.md. Every text encoder has both: no change there.
+    transformer = any(op.get_type_name() in ("Softmax", "SoftMax", "MVN") for op in model.get_ops())
+    if transformer:
+        extra["model_type"] = nncf.ModelType.TRANSFORMER
+    quantized = nncf.quantize(model, nncf.Dataset(texts, encode), preset=preset, subset_size=len(texts),
+                              ignored_scope=ignored, **extra)
+    return quantized, {"algorithm": "nncf.quantize", "mode": "static",
+                       "model_type": "transformer" if transformer else "default",
                        "preset": preset.value, "smooth_quant_alpha": config.smooth_quant_alpha,
                        "calibration_samples": len(texts)}
 
