@@ -260,6 +260,45 @@ def test_format_1_bundle_loads_and_gives_the_same_results(built_bundle, tmp_path
         assert got == expected
 
 
+def write_format_2(bundle: Path) -> None:
+    """The manifest as format 2 wrote it (before image bundles): a tokenizer always, no `processor` key."""
+    def change(data):
+        data["format_version"] = 2
+        data.pop("processor")
+    _rewrite(bundle, change)
+
+
+@pytest.mark.parametrize("task", ["feature-extraction", "text-classification"])
+def test_format_2_bundle_loads_and_gives_the_same_results(built_bundle, tmp_path, task):
+    bundle = built_bundle("bert", task)
+    old = _copy(bundle, tmp_path / "format-2")
+    write_format_2(old)
+    predictor, converted = load(bundle), load(old)
+    assert converted.manifest.format_version == 2 and converted.manifest.processor is None
+    assert converted.manifest.tokenizer == predictor.manifest.tokenizer
+    got, expected = converted(_INPUTS[task]), predictor(_INPUTS[task])
+    if isinstance(expected, np.ndarray):
+        np.testing.assert_array_equal(got, expected)
+    else:
+        assert got == expected
+
+
+def test_format_2_manifest_without_a_tokenizer_is_refused(built_bundle, tmp_path):
+    """Format 3 made the tokenizer optional (image bundles name a processor); formats 1 and 2 still need it."""
+    old = _copy(built_bundle("bert", "feature-extraction"), tmp_path / "format-2-no-tokenizer")
+    write_format_2(old)
+    _rewrite(old, lambda m: m.pop("tokenizer"))
+    with pytest.raises(BundleIntegrityError, match="invalid manifest: tokenizer is missing"):
+        load(old)
+
+
+def test_bundle_naming_neither_tokenizer_nor_processor_is_refused(built_bundle, tmp_path):
+    old = _copy(built_bundle("bert", "feature-extraction"), tmp_path / "no-preprocessing")
+    _rewrite(old, lambda m: m.update(tokenizer=None))
+    with pytest.raises(BundleIntegrityError, match="names neither a tokenizer nor a processor"):
+        load(old)
+
+
 def test_format_1_bundle_from_before_multi_file_models_loads(built_bundle, tmp_path):
     """The first format-1 writer (eb69cf5) named `model_file` only; the reader supplies `model_files`."""
     bundle = built_bundle("bert", "feature-extraction")
