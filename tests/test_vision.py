@@ -146,6 +146,31 @@ def test_more_families_build_on_cpu(vision_bundle, family):
     assert manifest["validation"]["passed"] and manifest["signature"]["inputs"][0]["name"] == "pixel_values"
 
 
+def test_efficientnet_whole_map_pool_exports_to_openvino(vision_model, tmp_path):
+    """EfficientNet's AvgPool2d(hidden_dim, ceil_mode=True) is refused by OpenVINO; the export pools the whole
+    map instead (the same numbers, checked against PyTorch), on a copy: the reference model is untouched."""
+    import torch
+    import transformers
+
+    from hfexport.api import build
+    from hfexport.backends._torch_graph import whole_map_pools
+    from hfexport.progress import Progress
+
+    model = transformers.AutoModelForImageClassification.from_pretrained(str(vision_model("efficientnet"))).eval()
+    swapped = whole_map_pools(model)
+    assert swapped is not model and isinstance(model.efficientnet.pooler, torch.nn.AvgPool2d)
+    assert isinstance(swapped.efficientnet.pooler, torch.nn.AdaptiveAvgPool2d)
+    pixels = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(swapped(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+    (tmp_path / "r.yaml").write_text(json.dumps(FAST_RECIPE))
+    result = build(str(vision_model("efficientnet")), target="openvino", recipe=str(tmp_path / "r.yaml"),
+                   output=tmp_path / "b", progress=Progress("quiet"), gates=False)
+    export = next(p for p in result.manifest.passes if p.name == "export")
+    assert export.stats["max_abs_diff_vs_torch"] < 1e-3
+    assert result.report.stages[-1].fidelity["top1_agreement"] >= 0.8  # 0.91 on 128 images (decision 0140)
+
+
 def test_bundle_matches_pytorch_through_transformers(vision_bundle, vision_model):
     """The runtime's probabilities against transformers' processor + the PyTorch model, image by image."""
     import torch

@@ -61,10 +61,43 @@ def task_graph(model, processor, task: str) -> TaskGraph:
         input_names = used_token_inputs(model, sample)
     outputs = spec.outputs
     output_names = [output.name for output in outputs]
+    model = whole_map_pools(model)
     wrapper = wrap(model, input_names, output_names, getattr(spec, "graph_outputs", None))
     with torch.inference_mode():
         expected = [t.numpy() for t in wrapper(*[sample[n] for n in input_names])]
     return TaskGraph(model, wrapper, sample, input_names, output_names, expected, outputs)
+
+
+def whole_map_pools(model):
+    """The model with every average pool whose window covers the whole feature map as a global average pool.
+
+    EfficientNet pools with `AvgPool2d(hidden_dim, ceil_mode=True)`: a 1280-wide window over a 7x7 map, which
+    PyTorch clips to the map and OpenVINO refuses ("Kernel ... larger than the data shape"). A window at least
+    the input image's size covers any feature map, so AdaptiveAvgPool2d(1) computes the same; the swap is made
+    on a copy (the reference stays the original) and the export is checked against PyTorch as always."""
+    import copy
+
+    import torch
+
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if not isinstance(size, int):
+        return model
+
+    def covers(module) -> bool:
+        if not isinstance(module, torch.nn.AvgPool2d):
+            return False
+        kernel = module.kernel_size if isinstance(module.kernel_size, int) else min(module.kernel_size)
+        return module.ceil_mode and kernel >= size and module.padding in (0, (0, 0))
+
+    if not any(covers(module) for module in model.modules()):
+        return model
+    model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        if covers(module):
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child,
+                    torch.nn.AdaptiveAvgPool2d(1))
+    return model
 
 
 def tokenizer_sample(tokenizer) -> dict:
