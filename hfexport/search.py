@@ -137,11 +137,14 @@ def auto_build(model: str | None, *, target: str, output: str | Path, task: str 
                             f"(search report: {work / 'search.html'})")
     bundles = {c.name: Path(o.bundle) for c, o in zip(candidates, run.outcomes, strict=True) if o.bundle}
     progress.info(f"timing the {len(passed)} passing candidates side by side")
-    for candidate, ms in _time_side_by_side(bundles, task).items():
+    timings, warnings = _time_side_by_side(bundles, task)
+    for candidate, ms in timings.items():
         next(c for c in candidates if c.name == candidate).latency_ms = ms
+    for warning in warnings:
+        progress.info(f"timing: {warning}")
     _mark_front(passed)
     best = min(passed, key=lambda c: c.latency_ms)
-    _write_search_report(candidates, best, work, run.where)
+    _write_search_report(candidates, best, work, run.where, warnings)
     if output.exists():
         shutil.rmtree(output)
     shutil.copytree(bundles[best.name], output)
@@ -169,21 +172,23 @@ def _candidate(path: Path, outcome) -> Candidate:
     return Candidate(path.stem, path, fidelity=fidelity_metric(outcome), status=outcome.status, error=outcome.error)
 
 
-def _time_side_by_side(bundles: dict[str, Path], task: str, runs: int = 30) -> dict[str, float]:
-    """Batch-1 p50 of each bundle, timed in alternating blocks in this process (one load for all)."""
+def _time_side_by_side(bundles: dict[str, Path], task: str, runs: int = 30) -> tuple[dict[str, float], list[str]]:
+    """Batch-1 p50 of each bundle, timed in alternating blocks in this process (one load for all), and why the
+    timing should not be trusted (a busy host: the ranking holds better than the milliseconds), if it should not."""
     import statistics
 
     from hfexport import data
     from hfexport.runtime import load
-    from hfexport.validation.timing import time_alternating
+    from hfexport.validation.timing import LoadWatch, time_alternating
 
     text = " ".join(data.default_calibration_texts()[:6])  # a few sentences: ~100 tokens
     loaded = {name: load(path, session_overrides={"allow_spinning": False}) for name, path in bundles.items()}
     generative = any(hasattr(p, "generate") for p in loaded.values())
     calls = {name: ((lambda p=p: p.generate(text, max_new_tokens=16, do_sample=False)) if generative
                     else (lambda p=p: p([text]))) for name, p in loaded.items()}
+    watch = LoadWatch()
     timed = time_alternating(calls, runs, settle=2)
-    return {name: float(statistics.median(samples)) for name, samples in timed.items()}
+    return {name: float(statistics.median(samples)) for name, samples in timed.items()}, watch.warnings(timed)
 
 
 def _mark_front(passed: list[Candidate]) -> None:
@@ -199,12 +204,13 @@ def _mark_front(passed: list[Candidate]) -> None:
         c.on_front = not any(dominates(o, c) for o in passed if o is not c)
 
 
-def _write_search_report(candidates: list[Candidate], best: Candidate, work: Path, where: str) -> None:
+def _write_search_report(candidates: list[Candidate], best: Candidate, work: Path, where: str,
+                         warnings: list[str]) -> None:
     from hfexport.report.search_html import render_search
 
     rows = [{"name": c.name, "recipe": str(c.path), "status": c.status, "error": c.error,
              "latency_ms": c.latency_ms, "fidelity": list(c.fidelity) if c.fidelity else None, "on_front": c.on_front}
             for c in candidates]
-    (work / "search.json").write_text(json.dumps({"chosen": best.name, "built": where, "candidates": rows},
-                                                 indent=2) + "\n")
-    (work / "search.html").write_text(render_search(candidates, best, where), encoding="utf-8")
+    (work / "search.json").write_text(json.dumps({"chosen": best.name, "built": where, "timing_warnings": warnings,
+                                                  "candidates": rows}, indent=2) + "\n")
+    (work / "search.html").write_text(render_search(candidates, best, where, warnings), encoding="utf-8")

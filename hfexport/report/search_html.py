@@ -8,7 +8,7 @@ from hfexport.report.charts import Point, fidelity_range, scatter
 from hfexport.report.html import PAGE_CSS
 
 
-def render_search(candidates, best, where: str) -> str:
+def render_search(candidates, best, where: str, warnings: list[str] | None = None) -> str:
     timed = [c for c in candidates if c.latency_ms is not None and c.fidelity]
     metric = timed[0].fidelity[0] if timed else "fidelity"
     points = [Point(c.name + (" (chosen)" if c is best else ""), c.latency_ms, c.fidelity[1],
@@ -34,6 +34,8 @@ def render_search(candidates, best, where: str) -> str:
         f"<style>{PAGE_CSS}</style></head><body><main><h1>--recipe auto: {escape(best.name)}</h1>",
         f"<p class='sub'>{len(candidates)} candidates built {escape(where)}; {len(timed)} passed the gates and were "
         f"timed side by side in one process; {front} on the front. The fastest that passed was installed.</p>",
+        *(f"<p class='note'>Timing: {escape(w)} (the ranking holds better than the milliseconds).</p>"
+          for w in warnings or []),
         f"<div class='charts'><div class='chart'>{chart}</div></div><h2>Candidates</h2>",
         f"<div class='wide'>{table}</div></main></body></html>",
     ])
