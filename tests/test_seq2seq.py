@@ -210,7 +210,6 @@ def test_damaged_decoder_graph_is_refused_at_load(seq2seq_bundle, tmp_path):
         load(copy)
 
 
-@pytest.mark.slow  # a fourth build with fusions and int8 (about a minute on a loaded 2-core host)
 def test_int8_cpu_default_quantises_both_graphs(seq2seq_bundle):
     import onnx
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.errors import BundleIntegrityError, HfExportError
+from hfexport.errors import BundleIntegrityError, HfExportError, first_line
 from hfexport.host import physical_cores
 from hfexport.runtime.paths import check_external_data
 
@@ -62,7 +62,7 @@ class OnnxRuntimeSession:
         try:
             values = self.session.run(self.output_names, {k: feeds[k] for k in self.input_names})
         except _ORT_INPUT_ERRORS as exc:  # the runtime made these feeds: a graph that refuses them is not this bundle's
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise BundleIntegrityError(f"the model refused the runtime's inputs ({first}): the model file does not "
                                        f"match this bundle") from exc
         return dict(zip(self.output_names, values))
@@ -102,10 +102,13 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     try:
         opened = ort.InferenceSession(str(model_path), options, providers=usable)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/RuntimeException types
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise BundleIntegrityError(f"{model_path}: ONNX Runtime cannot open the model ({first}); the file is "
                                    "corrupt or not built for this runtime: rebuild the bundle") from None
-    return OnnxRuntimeSession(opened, wanted)
+    result = OnnxRuntimeSession(opened, wanted)
+    # Another graph of the same bundle (an encoder-decoder's decoder) opens with exactly these settings.
+    result.open_sibling = lambda path: open_session(path, session, providers=providers, threads=threads)
+    return result
 
 
 def _check_session(model_path: Path, session: dict) -> None:

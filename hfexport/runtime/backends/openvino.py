@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.errors import HfExportError
+from hfexport.errors import HfExportError, first_line
 
 
 class OpenVINOSession:
@@ -114,8 +114,11 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     try:
         compiled = core.compile_model(str(model_path), device, config)
     except RuntimeError as exc:
-        raise HfExportError(f"OpenVINO cannot compile the bundle for {device}: {str(exc).splitlines()[0]}") from exc
-    return OpenVINOSession(compiled, device)
+        raise HfExportError(f"OpenVINO cannot compile the bundle for {device}: {first_line(exc)}") from exc
+    result = OpenVINOSession(compiled, device)
+    # Another graph of the same bundle (an encoder-decoder's decoder) compiles with exactly these settings.
+    result.open_sibling = lambda path: open_session(path, session, threads=threads, device=device)
+    return result
 
 
 def _step_feeds(input_ids, attention_mask, position_ids) -> dict[str, np.ndarray]:
