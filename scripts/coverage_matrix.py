@@ -148,7 +148,8 @@ def cell(result: Outcome) -> str:
         mark = "built" if result.gates_passed else "built, gates failed"
     else:
         mark = result.outcome.upper() if result.outcome == "crash" else result.outcome
-    reason = result.reason.replace("|", "\\|")
+    reason = re.sub(r"^[\w.-]+__[\w.-]+: ", "", result.reason)  # the folder's name: the row says it
+    reason = reason.replace("|", "\\|")
     return f"{mark}: {reason}" if reason else mark
 
 
@@ -248,6 +249,16 @@ def run_matrix(matrix_rows: list[Row], targets: list[str], out: Path, jobs: int,
     return sorted(results, key=lambda r: order[(r.row, r.target)])
 
 
+def render(data: dict) -> str:
+    """The markdown of a coverage.json, the rows in the matrix's order."""
+    results = [Outcome(**r) for r in data["results"]]
+    names = {r.row for r in results}
+    targets = list(dict.fromkeys(r.target for r in results))
+    state = ("" if data.get("done") == data.get("total")
+             else f"\n\n**Stopped after {data.get('done')} of {data.get('total')} builds.**")
+    return markdown(results, [row for row in rows() if row.name in names], targets, data["header"] + state)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true", help="print the rows and build nothing")
@@ -257,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=600, help="seconds per build [default: 600]")
     parser.add_argument("--out", type=Path, default=Path("coverage-out"), help="folder for models, logs, table")
     parser.add_argument("--quick", action="store_true", help="build with --validation quick")
+    parser.add_argument("--render", type=Path, default=None,
+                        help="print the table of a coverage.json again (after a stopped run, or a change here)")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(json.loads(args.render.read_text())))
+        return 0
 
     matrix_rows = rows()
     if args.only:

@@ -91,6 +91,12 @@ def test_a_real_refusal_is_classified_refused(matrix, tmp_path):
     assert result.outcome == "refused", log
     assert result.reason.startswith("zero-shot classification needs an NLI model")
     assert matrix.cell(result).startswith("refused: zero-shot")
+    # --render draws the table of a stopped run's coverage.json again
+    from dataclasses import asdict
+
+    table = matrix.render({"header": "h", "done": 1, "total": 2, "results": [asdict(result)]})
+    assert "| text-encoder | bert | zero-shot-classification | refused: zero-shot" in table
+    assert "**Stopped after 1 of 2 builds.**" in table and "cpu: built 0/1 (0%" in table
 
 
 def test_a_real_timeout_is_classified_crash_and_ends_the_build(matrix, tmp_path):
