@@ -245,3 +245,20 @@ def test_xla_decoder_refuses_past_its_static_cache(build_llm):
     ids = np.ones((1, 1), np.int64)
     with pytest.raises(HfExportError, match="static KV cache holds 256"):
         decoder.step(ids, np.ones((1, 257), np.int64), ids, decoder.empty_cache(1))
+
+
+def test_xla_text_generation_in_bf16_keeps_a_bf16_cache_and_is_judged_by_the_gates(build_llm):
+    """bf16 text generation (issue 15): weights, compute and KV cache in bf16, logits fp32; the export records how
+    many greedy tokens equal PyTorch's on the same bf16 weights, the gates judge against PyTorch fp32."""
+    bundle, _ = build_llm("llama", [{"type": "export", "precision": "bf16"}], gates={"top1_agreement": 0.5},
+                          target="tpu")
+    manifest = read_manifest(bundle)
+    stats = manifest.passes[0].stats
+    assert stats["precision"] == "bf16" and 0 <= stats["greedy_tokens_equal"] <= stats["greedy_tokens_checked"]
+    decoder = load(bundle).decoder
+    assert [str(c.dtype) for c in decoder.empty_cache(1)[:1]] == ["bfloat16"]
+    assert manifest.validation.passed
+    assert manifest.validation.summary["top1_agreement"] >= 0.5
+    out = subprocess.run([sys.executable, "-c", _GENERATE, str(bundle)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"text": True, "backend": "xla", "heavy": []}

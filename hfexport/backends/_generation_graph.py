@@ -151,7 +151,7 @@ def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[in
     with torch.inference_mode():
         want = model.generate(ids, attention_mask=mask, max_new_tokens=tokens, min_new_tokens=tokens,
                               do_sample=False, pad_token_id=0)[0, ids.shape[1]:].tolist()
-        reference = model(input_ids=ids, attention_mask=mask).logits.numpy()
+        reference = model(input_ids=ids, attention_mask=mask).logits.float().numpy()  # a bf16 model too
     # min_new_tokens makes `generate` mask the end-of-sequence ids at every step; the loop below masks the same
     # ones, or a trained model that wants to stop would fail the check on a token PyTorch was not allowed to pick.
     eos = model.generation_config.eos_token_id

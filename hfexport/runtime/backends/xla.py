@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.errors import HfExportError, first_line
+from hfexport.errors import BundleIntegrityError, HfExportError, first_line
 
 WEIGHTS_FILE = "weights.safetensors"
 _PLATFORMS = {"tpu": "tpu", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
@@ -121,12 +121,17 @@ class XlaDecoder:
         self.length = int(layout["cache_length"])
         self.shape = (int(layout["kv_heads"]), self.length, int(layout["head_dim"]))
         self.layers = int(layout["layers"])
+        # bf16 bundles keep the cache in bf16 (older bundles say nothing: fp32).
+        self.cache_dtype = layout.get("cache_dtype", "float32")
+        if not isinstance(self.cache_dtype, str) or self.cache_dtype not in ("float32", "bfloat16"):
+            raise BundleIntegrityError(f"the model's cache_dtype {self.cache_dtype!r} is not float32 or bfloat16: "
+                                       "rebuild the bundle")
 
     def empty_cache(self, batch: int) -> list:
         import jax
         import jax.numpy as jnp
 
-        zeros = jax.device_put(jnp.zeros((batch, *self.shape), jnp.float32), self.runtime.device)
+        zeros = jax.device_put(jnp.zeros((batch, *self.shape), jnp.dtype(self.cache_dtype)), self.runtime.device)
         return [zeros] * (2 * self.layers)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
