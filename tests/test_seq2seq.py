@@ -278,3 +278,21 @@ def test_a_target_without_an_encoder_decoder_export_refuses_at_plan_time(seq2seq
     assert result.exit_code == 1
     assert "has no encoder-decoder export yet; build it for --target cpu or --target openvino" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_min_length_and_no_repeat_ngram_follow_transformers():
+    import torch
+    from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor
+
+    from hfexport.runtime.seq2seq import Constraints
+
+    rules = Constraints.from_config({"decoder_start_token_id": 0, "eos_token_id": 1, "min_length": 3,
+                                     "no_repeat_ngram_size": 2}, {})
+    history = [[0, 4, 5, 4], [0, 6, 6, 7]]
+    scores = np.random.default_rng(0).normal(size=(2, 10)).astype(np.float32)
+    want = NoRepeatNGramLogitsProcessor(2)(torch.tensor(history), torch.tensor(scores)).numpy()
+    got = rules.apply(scores, 3, 10, history=history)
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+    assert np.isneginf(got[0, 5]) and np.isfinite(got[1]).all()  # row 0 saw (4, 5) after a 4; row 1 ends in a new 7
+    assert np.isneginf(rules.apply(scores, 1, 10)[:, 1]).all()  # decoder length 2 < min_length 3: no EOS yet
+    assert np.isfinite(rules.apply(scores, 2, 10)[:, 1]).all()

@@ -169,7 +169,7 @@ def greedy_check(model, tokenizer, graphs, tokens: int) -> tuple[list[int], list
     current = np.array([[rules.start]], np.int64)
     for step in range(tokens):
         logits, past = graphs.step(current, mask.numpy(), past, cross)
-        logits = rules.apply(logits, step, tokens, min_new_tokens=tokens)
+        logits = rules.apply(logits, step, tokens, min_new_tokens=tokens, history=[[rules.start, *got]])
         got.append(int(logits[0].argmax()))
         current = np.array([[got[-1]]], np.int64)
     return want, got, diff

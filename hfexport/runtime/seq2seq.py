@@ -23,13 +23,16 @@ from hfexport.runtime.sampling import choose
 @dataclass(frozen=True)
 class Constraints:
     """The logits rules of a generation config that `generate` applies in greedy and sampled decoding alike:
-    the start token, forced first/last tokens, suppressed single-token `bad_words_ids`, end-of-sequence ids."""
+    the start token, forced first/last tokens, suppressed single-token `bad_words_ids`, end-of-sequence ids,
+    `min_length` (of the decoder sequence, start token included) and `no_repeat_ngram_size`."""
 
     start: int
     eos: tuple[int, ...] = ()
     forced_bos: int | None = None
     forced_eos: int | None = None
     banned: tuple[int, ...] = ()
+    min_length: int = 0
+    no_repeat_ngram: int = 0
 
     @classmethod
     def from_config(cls, generation: dict, model: dict) -> Constraints:
@@ -47,15 +50,21 @@ class Constraints:
         bad = get("bad_words_ids") or []
         return cls(int(start), tuple(sorted({int(e) for e in eos})), _int_or_none(get("forced_bos_token_id")),
                    _forced_eos(get("forced_eos_token_id")),
-                   tuple(int(words[0]) for words in bad if isinstance(words, list) and len(words) == 1))
+                   tuple(int(words[0]) for words in bad if isinstance(words, list) and len(words) == 1),
+                   int(get("min_length") or 0), int(get("no_repeat_ngram_size") or 0))
 
-    def apply(self, logits: np.ndarray, step: int, budget: int, min_new_tokens: int = 0) -> np.ndarray:
-        """[batch, vocab] logits of new token `step` (0-based) of `budget` with these rules applied (a copy)."""
+    def apply(self, logits: np.ndarray, step: int, budget: int, min_new_tokens: int = 0,
+              history: list[list[int]] | None = None) -> np.ndarray:
+        """[batch, vocab] logits of new token `step` (0-based) of `budget` with these rules applied (a copy);
+        `history`: each row's decoder ids so far, start token first (for `no_repeat_ngram_size`)."""
         logits = np.array(logits, np.float32, copy=True)
         if self.banned:
             logits[:, list(self.banned)] = -np.inf
-        if step < min_new_tokens and self.eos:
-            logits[:, list(self.eos)] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
+        if (step < min_new_tokens or 1 + step < self.min_length) and self.eos:
+            logits[:, list(self.eos)] = -np.inf  # transformers' MinNewTokensLength / MinLength processors
+        if self.no_repeat_ngram and history is not None:
+            for row, ids in enumerate(history):
+                logits[row, _repeated_ngram_ends(ids, self.no_repeat_ngram)] = -np.inf
         forced = self.forced_bos if step == 0 else None
         if step == budget - 1 and self.forced_eos is not None:
             forced = self.forced_eos  # ForcedEOSTokenLogitsProcessor: the last token the length allows
@@ -63,6 +72,14 @@ class Constraints:
             logits[:] = -np.inf
             logits[:, forced] = 0.0
         return logits
+
+
+def _repeated_ngram_ends(ids: list[int], n: int) -> list[int]:
+    """Tokens that would complete an n-gram already in `ids` (transformers' NoRepeatNGramLogitsProcessor)."""
+    if len(ids) + 1 < n:
+        return []
+    prefix = tuple(ids[len(ids) - n + 1:])
+    return [ids[i + n - 1] for i in range(len(ids) - n + 1) if tuple(ids[i:i + n - 1]) == prefix]
 
 
 def _int_or_none(value) -> int | None:
@@ -170,13 +187,16 @@ class Seq2SeqGenerator(TextGenerator):
         tokens = np.full(batch, rules.start, np.int64)
         # transformers' repetition penalty reads the decoder's ids, start token included
         seen = [np.array([rules.start], np.int64) for _ in range(batch)]
+        history = [[rules.start] for _ in range(batch)]
         rng = np.random.default_rng(seed)
         eos = np.asarray(rules.eos, np.int64)
         done = np.zeros(batch, bool)
         for step in range(budget):
             logits, past = self.decoder.step(tokens[:, None], mask, past, cross)
-            tokens = choose(rules.apply(logits, step, budget, min_new_tokens), seen, settings, rng)
+            tokens = choose(rules.apply(logits, step, budget, min_new_tokens, history), seen, settings, rng)
             tokens[done] = self.pad_token_id
+            for row, token in enumerate(tokens):
+                history[row].append(int(token))
             active = ~done
             done = done | np.isin(tokens, eos)
             yield tokens, active & ~np.isin(tokens, eos)
