@@ -372,3 +372,13 @@ def test_token_inputs_follow_the_model():
         hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64, type_vocab_size=0))
     assert used_token_inputs(bert, sample) == ["input_ids", "attention_mask", "token_type_ids"]
     assert used_token_inputs(deberta, sample) == ["input_ids", "attention_mask"]
+
+
+def test_serve_refuses_an_image_bundle_in_one_line(vision_bundle):
+    """hfexport serve has no image route yet: one line naming the task, before any model is loaded."""
+    pytest.importorskip("uvicorn")
+    bundle = vision_bundle("vit", "image-classification", "cpu")
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "serve", str(bundle), "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no route for image-classification bundles" in out.stderr and "hfexport.runtime.load" in out.stderr

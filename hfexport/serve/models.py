@@ -14,6 +14,9 @@ from hfexport.serve.generation import GenerationQueue
 from hfexport.serve.metrics import Metrics
 
 GENERATIVE = "text-generation"
+# The tasks a route serves (hfexport/serve/routes_*.py); a bundle of another task is refused at start-up.
+SERVED_TASKS = frozenset({"feature-extraction", "text-classification", "token-classification", "question-answering",
+                          "fill-mask", GENERATIVE})
 # NOTE: ONNX Runtime's idle threads spin for the next call by default; in a server they would take
 # the cores the event loop needs between batches (docs/decisions/0090-serve-dynamic-batching.md).
 NO_SPIN = {"allow_spinning": False}
@@ -110,6 +113,7 @@ def load_models(bundles: list[str | Path], names: list[str] | None, config: Serv
                 metrics: Metrics) -> Models:
     """Load every bundle (checksums verified) and start its queue; names default to the folder names."""
     from hfexport.runtime import load
+    from hfexport.runtime.manifest import read_manifest
 
     names = list(names or [])
     if len(names) > len(bundles):
@@ -125,6 +129,11 @@ def load_models(bundles: list[str | Path], names: list[str] | None, config: Serv
     served: list[ServedModel] = []
     try:
         for path, name in zip(paths, names):
+            task = read_manifest(path).model.task
+            if task not in SERVED_TASKS:  # no route takes it yet (images, audio, text-to-text): say so, not crash
+                raise ConfigError(f"{path}: hfexport serve has no route for {task} bundles yet (it serves "
+                                  f"{', '.join(sorted(SERVED_TASKS))}); call hfexport.runtime.load(bundle) from "
+                                  "your app instead")
             runtime = load(path, threads=config.threads, session_overrides=None if config.spin else NO_SPIN)
             served.append(wrap(runtime, name, config, metrics))
     except BaseException:
