@@ -259,3 +259,16 @@ def test_compile_only_checks_are_shown_as_compile_only(report: Report) -> None:
 
 def test_no_compile_check_section_without_one(report: Report) -> None:
     assert "compile check" not in render_html(report)
+
+
+def test_image_reports_count_images_not_texts(report: Report) -> None:
+    report.model.task = "image-classification"
+    page = render_html(report)
+    assert "<th>images/s</th>" in page and "texts/s" not in page
+    assert "sequence length" not in page and "<dt>image source</dt>" in page
+
+
+def test_a_skipped_compile_check_shows_its_note_without_an_empty_table(report: Report) -> None:
+    report.compile_checks = {"tpu_compile_check": {"note": "skipped: libtpu is not installed"}}
+    page = render_html(report)
+    assert "skipped: libtpu is not installed" in page and "<th>topology</th>" not in page

@@ -55,7 +55,7 @@ def render_html(report: Report) -> str:
             "<h2>Gates</h2>",
             _gates_table(report),
             "<h2>Stages</h2>",
-            f"<div class='wide'>{_stages_table(report.stages)}</div>",
+            f"<div class='wide'>{_stages_table(report.stages, _inputs(report.model.task))}</div>",
             _task_metrics_table(report.stages),
             _compile_checks(report.compile_checks),
             "<h2>Plots</h2>",
@@ -67,6 +67,11 @@ def render_html(report: Report) -> str:
             "</main></body></html>\n",
         ]
     )
+
+
+def _inputs(task: str) -> str:
+    """What one input of the task is called in the report: texts, images or audio clips."""
+    return "images" if task.startswith("image-") else "clips" if "speech" in task or "audio" in task else "texts"
 
 
 def _compile_checks(checks: dict) -> str:
@@ -85,9 +90,10 @@ def _compile_checks(checks: dict) -> str:
                       _td(r.get("error") or "", "text")]
             rows.append(("", cells))
         title = name.replace("_", " ").replace("tpu", "TPU")
+        table = _table(["topology", "batch", "sequence", "compiled", "GFLOPs", "MB accessed", "memory MB", "error"],
+                       rows) if rows else ""  # skipped (no libtpu): the note says so
         out.append(f"<h2>{escape(title[:1].upper() + title[1:])}</h2><p class='note'>{escape(check.get('note', ''))}</p>"
-                   + _table(["topology", "batch", "sequence", "compiled", "GFLOPs", "MB accessed", "memory MB",
-                             "error"], rows))
+                   + table)
     return "".join(out)
 
 
@@ -162,12 +168,12 @@ def _gates_table(report: Report) -> str:
     return _table(["metric", "value", "threshold", "result"], rows)
 
 
-def _stages_table(stages: list[StageMetrics]) -> str:
+def _stages_table(stages: list[StageMetrics], inputs: str = "texts") -> str:
     metrics = _fidelity_keys(stages)
     # Text generation: latency is the time to first token and throughput is decode tokens/s.
     generative = any(s.generation for s in stages)
     timing = (["TTFT p50 ms", "TTFT p90 ms", "decode tok/s", "prefill tok/s"] if generative
-              else ["p50 ms", "p90 ms", "texts/s"])
+              else ["p50 ms", "p90 ms", f"{inputs}/s"])
     head = [
         "stage",
         "size MB",
@@ -212,8 +218,10 @@ def _facts(report: Report) -> str:
     items += [("target", target_text), ("execution providers", target.execution_providers)]
     # What the backend chose at load time (OpenVINO: device, inference precision, streams).
     items += [("runtime", target.runtime)]
-    items += [("samples", ev.samples), ("sequence length", ev.sequence_length), ("batch size", ev.batch_size)]
-    items += [("timed runs", ev.latency_runs), ("text source", ev.text_source)]
+    inputs = _inputs(report.model.task)
+    length = ("sequence length", ev.sequence_length) if inputs == "texts" else ("", None)  # images: fixed size
+    items += [("samples", ev.samples), length, ("batch size", ev.batch_size)]
+    items += [("timed runs", ev.latency_runs), (f"{inputs[:-1]} source", ev.text_source)]
     items += [(f"bundle on {source}", metrics) for source, metrics in report.other_fidelity.items()]
     items += [("model revision", report.model.revision), ("created", report.created)]
     items += [("signed by", f"{report.signed_by} (hfexport verify BUNDLE --public-key KEY.pub)" if report.signed_by
