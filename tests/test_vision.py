@@ -382,3 +382,10 @@ def test_serve_refuses_an_image_bundle_in_one_line(vision_bundle):
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert "no route for image-classification bundles" in out.stderr and "hfexport.runtime.load" in out.stderr
+
+
+def test_tpu_target_refuses_an_image_model_at_plan_time(vision_model, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "build", "-m", str(vision_model("vit", "image-classification")),
+                          "--target", "tpu", "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "unexpected" not in out.stderr
+    assert "does not export image models yet" in out.stderr and not (tmp_path / "b").exists()

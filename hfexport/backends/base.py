@@ -27,6 +27,8 @@ class Backend(ABC):
     quantize_options: ClassVar[frozenset[str]] = frozenset()
     # Why `optimize` has nothing to do on this backend (the plan leaves the step out), or None if it does.
     optimize_skipped: ClassVar[str | None] = None
+    # The inputs its export takes (a task's `modality`); another is refused at plan time, in one line.
+    modalities: ClassVar[frozenset[str]] = frozenset({"text", "image", "audio"})
 
     # -- export ------------------------------------------------------------------------------------
 
@@ -78,6 +80,8 @@ def text_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
     tokenised, or (image tasks) an image reference (data.load_image) through the image processor."""
     if ctx.modality == "image":
         return image_encoder(ctx, names)
+    if ctx.modality == "audio":
+        return audio_encoder(ctx, names)
     tokenizer, max_length = ctx.hf_tokenizer(), ctx.source.max_length
 
     def encode(text: str) -> dict:
@@ -98,5 +102,20 @@ def image_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
     def encode(reference) -> dict:
         pixels = processor(images=[load_image(reference)], return_tensors="np")["pixel_values"]
         return {n: pixels.astype("float32") for n in names}
+
+    return encode
+
+
+def audio_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
+    """A calibration clip (float array, or a .wav path) -> the feature extractor's feeds, batch of one."""
+    from hfexport.data import load_audio
+
+    extractor = ctx.hf_processor()
+    rate = extractor.sampling_rate
+
+    def encode(clip) -> dict:
+        samples = load_audio(clip, rate)
+        feeds = extractor([samples], sampling_rate=rate, return_tensors="np")
+        return {n: feeds[n].astype("int64" if n == "attention_mask" else "float32") for n in names}
 
     return encode

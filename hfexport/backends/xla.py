@@ -33,6 +33,7 @@ class XlaBackend(Backend):
     quantizer = "XLA"
     artifact = StableHLOModel
     optimize_skipped = "XLA fuses the module when it compiles it for the device, so there is nothing to do at build time"
+    modalities = frozenset({"text"})  # the export traces token inputs only (an image task: not built yet)
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return xla_generation.ExportXlaGenerationConfig if generative else xla_export.ExportXlaConfig

@@ -45,6 +45,10 @@ class ExportPass(Pass[ExportConfig]):
         if generative and plan.source.config.get("is_encoder_decoder") and backend.name not in _SEQ2SEQ_BACKENDS:
             raise PlanError(f"{plan.source.task}: the {backend.title} backend of target {plan.target.name!r} has no "
                             f"encoder-decoder export yet; build it for --target cpu or --target openvino")
+        modality = get_task(plan.source.task).modality
+        if modality not in backend.modalities:
+            raise PlanError(f"{plan.source.task}: the {backend.title} backend of target {plan.target.name!r} does not "
+                            f"export {modality} models yet; build it for --target cpu or --target openvino")
         route_config(self.config, backend, generative, plan.target.name)
 
     def for_target(self, plan: PlanContext) -> ExportPass:
