@@ -57,17 +57,18 @@ class BuildContext:
     def hf_processor(self):
         """The transformers image processor saved for the bundle (image tasks; `tokenizer_dir` holds it)."""
         if "processor" not in self._torch_cache:
-            from transformers import AutoImageProcessor
+            from transformers import AutoFeatureExtractor, AutoImageProcessor
 
             from hfexport._quiet import quiet_libraries
 
+            auto = AutoFeatureExtractor if self.modality == "audio" else AutoImageProcessor  # speech: waveform in
             with quiet_libraries():  # "requires torchvision ... falling back to the PIL backend"
-                self._torch_cache["processor"] = AutoImageProcessor.from_pretrained(str(self.tokenizer_dir))
+                self._torch_cache["processor"] = auto.from_pretrained(str(self.tokenizer_dir))
         return self._torch_cache["processor"]
 
     def input_processor(self):
         """What turns this task's inputs into the model's: the tokenizer, or the image processor."""
-        return self.hf_processor() if self.modality == "image" else self.hf_tokenizer()
+        return self.hf_processor() if self.modality != "text" else self.hf_tokenizer()
 
     def hf_tokenizer(self):
         if "tokenizer" not in self._torch_cache:

@@ -271,3 +271,74 @@ def image_examples(rows: list[dict], *, source: str = "data") -> tuple[list, lis
         raise DataError(f"{source}: image tasks take a folder of image files as --eval-data")
     labels = [row["label"] for row in rows] if all("label" in row for row in rows) else []
     return images, labels
+
+
+# -- audio --------------------------------------------------------------------------------------------
+
+AUDIO_SUFFIXES = (".wav",)
+
+
+def synthetic_audio(index: int, sampling_rate: int = 16000):
+    """A deterministic clip of 0.2-0.6 s: tones, a chirp, a noise burst and silence mixed by `index`, float32 in
+    [-1, 1] (for calibration and the held-out check: the input distribution, not speech)."""
+    import numpy as np
+
+    rng = np.random.default_rng(10_000 + index)
+    seconds = 0.2 + 0.4 * rng.random()
+    t = np.arange(int(seconds * sampling_rate)) / sampling_rate
+    f0, f1 = 80 + 400 * rng.random(), 200 + 3000 * rng.random()
+    clip = 0.3 * np.sin(2 * np.pi * f0 * t) + 0.2 * np.sin(2 * np.pi * (f0 + (f1 - f0) * t / seconds / 2) * t)
+    clip += 0.1 * np.sin(2 * np.pi * (2 + index % 7) * f0 * t)
+    start, width = rng.integers(0, len(t) // 2), len(t) // 4
+    clip[start:start + width] += 0.3 * rng.standard_normal(min(width, len(t) - start))
+    clip *= 0.5 + 0.5 * np.sin(np.pi * t / seconds) ** 2  # an envelope, like syllables
+    if index % 5 == 0:
+        clip[-len(t) // 5:] = 0.0  # trailing silence
+    return np.clip(clip, -1, 1).astype(np.float32)
+
+
+SYNTHETIC_AUDIO = "synthetic-audio:"
+
+
+def default_calibration_audio(count: int = 32) -> list[str]:
+    return [f"{SYNTHETIC_AUDIO}{i}" for i in range(count)]
+
+
+def load_audio(reference, sampling_rate: int = 16000):
+    """A calibration or evaluation clip by reference: "synthetic-audio:<n>", a .wav path, or the array itself."""
+    if isinstance(reference, str) and reference.startswith(SYNTHETIC_AUDIO):
+        return synthetic_audio(int(reference[len(SYNTHETIC_AUDIO):]), sampling_rate)
+    if isinstance(reference, (str, Path)):
+        from hfexport.runtime.audio import read_wav
+
+        try:
+            return read_wav(reference, sampling_rate)
+        except ValueError as exc:
+            raise DataError(str(exc).removeprefix("audio 0: ")) from None
+    return reference
+
+
+def default_eval_audio(count: int) -> list:
+    return [synthetic_audio(1000 + index) for index in range(count)]  # held out of calibration
+
+
+def audio_files(path: str | Path) -> list[Path]:
+    """Every .wav file in a folder (recursively), sorted."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"audio data should be a folder of .wav files (16-bit PCM mono): {path}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder}: no .wav files in the folder or below it")
+    return files
+
+
+def read_audio_records(path: str | Path) -> list[dict]:
+    """--eval-data for speech recognition: one row per .wav file; its transcript (the label) is the text of a
+    .txt file of the same name beside it, when there is one."""
+    rows = []
+    for file in audio_files(path):
+        transcript = file.with_suffix(".txt")
+        label = {"label": transcript.read_text(encoding="utf-8").strip()} if transcript.is_file() else {}
+        rows.append({"audio": str(file), **label})
+    return rows

@@ -38,6 +38,8 @@ class Gates(_Strict):
     span_agreement: float | None = Field(None, ge=0, le=1)
     top5_overlap: float | None = Field(None, ge=0, le=1)
     greedy_agreement: float | None = Field(None, ge=0, le=1)
+    ctc_token_agreement: float | None = Field(None, ge=0, le=1)  # speech (CTC): decoded tokens kept
+    frame_top1_agreement: float | None = Field(None, ge=0, le=1)
 
 
 class Evaluation(_Strict):

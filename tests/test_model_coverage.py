@@ -48,7 +48,7 @@ CLASSES = [
     ("ConvNextModel", "convnext", "image-feature-extraction", "vision"),
     (None, "vit", "image-feature-extraction", "vision"),  # no architectures: the model_type's base class
     ("Wav2Vec2ForCTC", "wav2vec2", "automatic-speech-recognition", "speech"),
-    ("WhisperForConditionalGeneration", "whisper", "automatic-speech-recognition", "speech"),
+    ("WhisperForConditionalGeneration", "whisper", "speech-seq2seq", "speech"),  # ASR here is CTC only
     ("CLIPModel", "clip", "zero-shot-image-classification", "dual encoder"),
     ("SiglipModel", "siglip", "zero-shot-image-classification", "dual encoder"),
     ("Gemma3ForConditionalGeneration", "gemma3", "image-text-to-text", "vision-language"),
@@ -226,6 +226,7 @@ def _wav2vec2(folder: Path) -> None:
                                          num_conv_pos_embedding_groups=2)
     transformers.Wav2Vec2ForCTC(config).save_pretrained(str(folder))
     transformers.Wav2Vec2FeatureExtractor().save_pretrained(str(folder))
+    (folder / "vocab.json").write_text(json.dumps({"<pad>": 0, "|": 1, **{c: 2 + i for i, c in enumerate("abc")}}))
 
 
 def _whisper(folder: Path) -> None:
@@ -279,7 +280,7 @@ FAST_RECIPE = {"schema_version": 1, "passes": [{"type": "export"}], "gates": {},
 FOLDERS = {  # maker, the task, words the refusal names while the task is not built
     "vit-image-classification": (_vit, "image-classification", "vision"),
     "wav2vec2-ctc": (_wav2vec2, "automatic-speech-recognition", "speech"),
-    "whisper": (_whisper, "automatic-speech-recognition", "speech"),
+    "whisper": (_whisper, "speech-seq2seq", "speech"),
     "clip": (_clip, "zero-shot-image-classification", "dual encoder"),
     "marian-mt": (_marian, "text2text-generation", "encoder-decoder"),
 }

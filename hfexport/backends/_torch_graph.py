@@ -50,7 +50,16 @@ def task_graph(model, processor, task: str) -> TaskGraph:
     import torch
 
     spec = get_task(task)
-    if getattr(spec, "modality", "text") == "image":
+    if getattr(spec, "modality", "text") == "audio":  # two clips of different lengths, padded
+        from hfexport.data import synthetic_audio
+
+        rate = processor.sampling_rate
+        sample = dict(processor([synthetic_audio(index, rate) for index in (0, 1)], sampling_rate=rate,
+                                padding=True, return_tensors="pt"))
+        if "attention_mask" in sample:
+            sample["attention_mask"] = sample["attention_mask"].long()  # the runtime feeds int64
+        input_names = ["input_values", *(["attention_mask"] if "attention_mask" in sample else [])]
+    elif getattr(spec, "modality", "text") == "image":
         from hfexport.data import synthetic_image
 
         sample = dict(processor(images=[synthetic_image(index) for index in (0, 1)], return_tensors="pt"))

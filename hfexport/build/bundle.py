@@ -21,7 +21,8 @@ __all__ = ["check_output", "install", "stage_bundle", "tool_versions", "write_ma
 # Files copied from the tokenizer folder: JSON only, so a bundle never holds a pickle.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 # Image tasks: the image processor's settings (runtime/image.py reads them), in processor/.
-PROCESSOR_FILES = ("preprocessor_config.json",)
+# Speech adds the CTC tokenizer's vocabulary (runtime/audio.py decodes with it).
+PROCESSOR_FILES = ("preprocessor_config.json", "vocab.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def check_output(output: Path, force: bool) -> None:
@@ -39,7 +40,7 @@ def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_c
     files = artifact.bundle_files()
     for name, source in files.items():
         shutil.copyfile(source, staging / name)
-    processor = all((tokenizer_dir / name).is_file() for name in PROCESSOR_FILES)
+    processor = (tokenizer_dir / PROCESSOR_FILES[0]).is_file()
     folder, names = ("processor", PROCESSOR_FILES) if processor else ("tokenizer", TOKENIZER_FILES)
     (staging / folder).mkdir()
     for name in names:

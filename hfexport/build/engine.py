@@ -55,8 +55,13 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
         signer = check_private_key(sign_with)
     source = resolve_model(model, task=task, revision=revision, trust_remote_code=trust_remote_code,
                            log=progress.info)
-    images = getattr(get_task(source.task), "modality", "text") == "image"
-    if images:  # image tasks: folders of image files, or the generated images
+    modality = getattr(get_task(source.task), "modality", "text")
+    images = modality != "text"  # images or audio: a processor, no tokenizer
+    if modality == "audio":  # speech: folders of .wav files, or the generated clips
+        calibration = ([str(p) for p in data.audio_files(calibration_data)] if calibration_data
+                       else data.default_calibration_audio())
+        records = data.read_audio_records(eval_data) if eval_data else None
+    elif images:  # image tasks: folders of image files, or the generated images
         calibration = (data.read_image_refs(calibration_data) if calibration_data
                        else data.default_calibration_images())
         records = data.read_image_records(eval_data) if eval_data else None
@@ -81,7 +86,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
 
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
-        tokenizer_dir = (_prepare_processor(source, workdir / "processor") if images
+        prepare = getattr(get_task(source.task), "prepare_processor", _prepare_processor)  # audio has its own
+        tokenizer_dir = (prepare(source, workdir / "processor") if images
                          else _prepare_tokenizer(source, workdir / "tokenizer"))
         ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress, train_texts)
         mask_token = None if images else ctx.hf_tokenizer().mask_token

@@ -81,9 +81,9 @@ class TokenizerInfo(_Section):
 
 
 class ProcessorInfo(_Section):
-    """How a non-text bundle turns its inputs into the graph's: images -> pixel_values."""
+    """How a non-text bundle turns its inputs into the graph's: images -> pixel_values, audio -> input_values."""
 
-    kind: Literal["image"]
+    kind: Literal["image", "audio"]
     file: str = Field(description="the processor's settings inside the bundle")
     input_name: str = Field(description="the graph input the processor makes, e.g. pixel_values")
     image_size: list[int] | None = Field(None, description="[height, width] of every preprocessed image")
@@ -145,7 +145,7 @@ class Manifest(_Section):
     model_file: str = Field(description="the file the runtime opens (model.onnx, model.xml)")
     model_files: list[str] = Field(description="every file of the model itself (e.g. model.xml and model.bin)")
     tokenizer: TokenizerInfo | None = Field(None, description="text bundles: the tokenizer the runtime uses")
-    processor: ProcessorInfo | None = Field(None, description="image bundles: the image preprocessing")
+    processor: ProcessorInfo | None = Field(None, description="image and audio bundles: their preprocessing")
     signature: Signature
     tools: dict[str, str] = Field(description="versions of the packages that built the bundle")
     build_host: BuildHost
@@ -180,7 +180,12 @@ def manifest_body(source, profile, recipe, records, artifact, model_files, token
 
 def _preprocessing(task: str, processor) -> dict:
     """The manifest section that names the bundle's preprocessing: the tokenizer, or an image processor."""
-    if getattr(get_task(task), "modality", "text") == "image":
+    modality = getattr(get_task(task), "modality", "text")
+    if modality == "audio":
+        from hfexport.runtime.audio import PROCESSOR_FILE as AUDIO_FILE
+
+        return {"processor": ProcessorInfo(kind="audio", file=AUDIO_FILE, input_name="input_values")}
+    if modality == "image":
         from hfexport.runtime.image import PROCESSOR_FILE, explicit_config, settings_from_config
 
         size = settings_from_config(explicit_config(processor)).output_size

@@ -1,7 +1,7 @@
 """Load a bundle: verify checksums, open the backend the manifest names, run inputs through the task.
 
 The manifest says how inputs become the graph's feeds: a `tokenizer` (text: input_ids, attention_mask,
-token_type_ids) or a `processor` (images: pixel_values); `open_encoder` opens that one.
+token_type_ids) or a `processor` (images: pixel_values; audio: input_values); `open_encoder` opens that one.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from hfexport.errors import BundleIntegrityError, HfExportError, first_line
+from hfexport.runtime.audio import AudioBatch, AudioEncoder, CTCVocabulary
 from hfexport.runtime.backends import open_backend
 from hfexport.runtime.image import ImageBatch, ImageEncoder
 from hfexport.runtime.manifest import Manifest, read_manifest, verify_files
@@ -25,7 +26,7 @@ from hfexport.runtime.tokenizer import Batch, TextEncoder
 class Predictor:
     """Text or images in, task results out. Safe to call from several threads at once."""
 
-    def __init__(self, manifest: Manifest, encoder: TextEncoder | ImageEncoder, backend, path: Path | None = None):
+    def __init__(self, manifest: Manifest, encoder: TextEncoder | ImageEncoder | AudioEncoder, backend, path: Path | None = None):
         self.path = path
         self.manifest = manifest
         self.task: str = manifest.model.task
@@ -42,13 +43,14 @@ class Predictor:
 
     # -- the steps, public so validation measures exactly what users run --------------------------
 
-    def encode(self, texts) -> Batch | ImageBatch:
+    def encode(self, texts) -> Batch | ImageBatch | AudioBatch:
         return self.encoder.encode(texts)
 
-    def forward(self, batch: Batch | ImageBatch) -> dict[str, np.ndarray]:
+    def forward(self, batch: Batch | ImageBatch | AudioBatch) -> dict[str, np.ndarray]:
         return self.backend.run(batch.feeds(self.backend.input_names))
 
-    def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch | ImageBatch, texts, **options) -> Any:
+    def postprocess(self, outputs: dict[str, np.ndarray], batch: Batch | ImageBatch | AudioBatch, texts,
+                    **options) -> Any:
         return self._post(outputs, batch, self.manifest.model, texts, self.encoder, **options)
 
     # -- the one call users make ---------------------------------------------------------------------
@@ -65,7 +67,7 @@ class Predictor:
         return [item for part in results for item in part]
 
 
-def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder:
+def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder | AudioEncoder:
     """What turns a user's inputs into the graph's feeds, as the manifest names it: tokenizer or processor."""
     if manifest.processor is not None:
         return _open_processor(bundle, manifest)
@@ -86,8 +88,14 @@ def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder
         return encoder
 
 
-def _open_processor(bundle: Path, manifest: Manifest) -> ImageEncoder:
+def _open_processor(bundle: Path, manifest: Manifest) -> ImageEncoder | AudioEncoder:
     processor = manifest.processor
+    if processor.kind == "audio" and processor.input_name in AudioEncoder.input_names:
+        fields = manifest.model.task_fields
+        with _bundle_errors(bundle / processor.file, "audio feature extractor"):
+            vocabulary = CTCVocabulary(bundle / processor.file.rsplit("/", 1)[0] / "vocab.json",
+                                       blank_id=fields["blank_id"], word_delimiter=fields.get("word_delimiter", "|"))
+            return AudioEncoder(bundle / processor.file, vocabulary)
     if processor.kind != "image" or processor.input_name not in ImageEncoder.input_names:
         raise BundleIntegrityError(f"{bundle}: manifest processor kind {processor.kind!r} making "
                                    f"{processor.input_name!r} is not supported by this runtime (upgrade hfexport)")
@@ -141,7 +149,7 @@ def load(path: str | Path, *, providers: list[str] | None = None, threads: int |
 
 def _check_inputs(model_path: Path, names: list[str], encoder) -> None:
     """The model asks only for inputs the encoder makes (a damaged model file can rename one)."""
-    if isinstance(encoder, ImageEncoder):
+    if isinstance(encoder, (ImageEncoder, AudioEncoder)):
         made, described = list(encoder.input_names), ", ".join(encoder.input_names)
     else:
         made, described = [item.name for item in dataclasses.fields(Batch)], "input_ids, attention_mask, token_type_ids"

@@ -120,7 +120,7 @@ class TokenizerInfo(_Section):
 class ProcessorInfo(_Section):
     """How a non-text bundle turns its inputs into the graph's (format 3): images -> pixel_values."""
 
-    kind: str  # image
+    kind: str  # image or audio
     file: str  # the processor's settings inside the bundle (processor/preprocessor_config.json)
     input_name: str  # the graph input it makes (pixel_values)
     image_size: list[int] | None = None  # [height, width] of every preprocessed image

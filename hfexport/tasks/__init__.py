@@ -52,7 +52,7 @@ def get_task(task: str) -> TaskSpec:
 _AUTO_TASKS = (
     ("ZERO_SHOT_IMAGE_CLASSIFICATION", "zero-shot-image-classification", "a CLIP-style image-text dual encoder"),
     ("IMAGE_TEXT_TO_TEXT", "image-text-to-text", "a vision-language model"),
-    ("SPEECH_SEQ_2_SEQ", "automatic-speech-recognition", "a speech model"),
+    ("SPEECH_SEQ_2_SEQ", "speech-seq2seq", "a speech model"),  # Whisper: automatic-speech-recognition is CTC
     ("CTC", "automatic-speech-recognition", "a speech model"),
     ("AUDIO_CLASSIFICATION", "audio-classification", "an audio model"),
     ("AUDIO_FRAME_CLASSIFICATION", "audio-frame-classification", "an audio model"),

@@ -35,7 +35,8 @@ class TaskSpec:
     architecture_suffixes: ClassVar[tuple[str, ...]] = ()
     pair_input: ClassVar[bool] = False  # inputs are (first, second) text pairs, e.g. (question, context)
     generative: ClassVar[bool] = False  # exported with a KV cache and run by the runtime's generation loop
-    modality: ClassVar[Literal["text", "image"]] = "text"  # what the inputs are: tokenised text, or images
+    # What the inputs are: tokenised text, images, or audio clips (raw waveforms).
+    modality: ClassVar[Literal["text", "image", "audio"]] = "text"
     # Fidelity gates: the defaults, and every metric a recipe may gate this task on.
     default_gates: ClassVar[dict[str, float]] = {}
     gate_metrics: ClassVar[frozenset[str]] = frozenset()

@@ -108,8 +108,9 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
     manifest = predictor.manifest
     meta = manifest.model
     spec = get_task(meta.task)
-    images = getattr(spec, "modality", "text") == "image"
-    records = (data.read_image_records(eval_data) if images else data.read_records(eval_data)) if eval_data else None
+    images = getattr(spec, "modality", "text") != "text"  # images or audio: a processor, no tokenizer
+    readers = {"image": data.read_image_records, "audio": data.read_audio_records}
+    records = readers.get(spec.modality, data.read_records)(eval_data) if eval_data else None
     settings = Evaluation(**manifest.recipe.evaluation)
     # The packaged default model is found again through its package; anything else by id and revision.
     packaged = meta.id == DEFAULT_MODEL_ID and str(meta.revision or "").startswith("gt-")
@@ -141,8 +142,10 @@ def validate_bundle(path: str | Path, *, eval_data: str | Path | None = None, te
 def _bundle_processor(bundle: Path, images: bool):
     """The transformers tokenizer or image processor a bundle ships, for the PyTorch reference."""
     if images:
-        from transformers import AutoImageProcessor
+        from transformers import AutoFeatureExtractor, AutoImageProcessor
 
+        if (bundle / "processor" / "vocab.json").is_file():  # speech: the feature extractor
+            return AutoFeatureExtractor.from_pretrained(str(bundle / "processor"))
         return AutoImageProcessor.from_pretrained(str(bundle / "processor"))
     from transformers import AutoTokenizer
 
@@ -195,6 +198,10 @@ def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
     from hfexport.validation.encoder import ImageTorchRunner, TorchRunner
 
     manifest = bundle.manifest
+    if getattr(spec, "modality", "text") == "audio":
+        from hfexport.validation.audio import AudioTorchRunner
+
+        return AudioTorchRunner(model, tokenizer, spec.name, manifest.model)
     if getattr(spec, "modality", "text") == "image":
         return ImageTorchRunner(model, tokenizer, spec.name, manifest.model)
     return TorchRunner(model, tokenizer, spec.name, manifest.model, manifest.model.max_length,

@@ -143,8 +143,9 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     inputs, texts = eval_set.inputs, eval_set.texts
     batch = settings.batch_size
 
-    images = getattr(spec, "modality", "text") == "image"
-    progress.info(f"fidelity on {len(inputs)} held-out {'images' if images else 'texts'}")
+    images = getattr(spec, "modality", "text") != "text"  # images or audio clips
+    unit = {"image": "images", "audio": "audio clips"}.get(spec.modality, "texts")
+    progress.info(f"fidelity on {len(inputs)} held-out {unit}")
     ref_values = batched(reference, inputs, batch)
     fid = {c.name: spec.fidelity(ref_values, batched(c.runner.comparable, inputs, batch)) for c in candidates}
 

@@ -25,6 +25,13 @@ def make_eval_set(task: str, records: list[dict] | None, *, samples: int, mask_t
     from hfexport import data
 
     spec = get_task(task)
+    if getattr(spec, "modality", "text") == "audio":
+        if records is None:
+            return EvalSet(data.default_eval_audio(samples), [], [], "hfexport generated clips (tones, chirps, "
+                                                                     "noise bursts; held out of calibration)")
+        inputs, labels = spec.labelled_examples(records[:samples], text_column=None, label_column=None,
+                                                source=source)
+        return EvalSet(inputs, [], labels, source, list(inputs))
     if getattr(spec, "modality", "text") == "image":
         return _image_eval_set(spec, records, samples, source)
     if records is None:

@@ -22,7 +22,12 @@ if kind == "torch":
     torch.set_num_threads(threads)
     task_class, tokenizer_dir = sys.argv[5], sys.argv[6]
     model = getattr(transformers, task_class).from_pretrained(path).eval()
-    if Path(tokenizer_dir, "preprocessor_config.json").is_file():  # an image task: inputs are image files
+    if Path(tokenizer_dir, "vocab.json").is_file() and Path(tokenizer_dir, "preprocessor_config.json").is_file():
+        from hfexport.runtime.audio import read_wav  # speech: inputs are .wav files
+        extractor = transformers.AutoFeatureExtractor.from_pretrained(tokenizer_dir)
+        rate = extractor.sampling_rate
+        enc = extractor([read_wav(p, rate) for p in inputs], sampling_rate=rate, padding=True, return_tensors="pt")
+    elif Path(tokenizer_dir, "preprocessor_config.json").is_file():  # an image task: inputs are image files
         from PIL import Image
         processor = transformers.AutoImageProcessor.from_pretrained(tokenizer_dir)
         enc = processor(images=[Image.open(p).convert("RGB") for p in inputs], return_tensors="pt")
@@ -79,6 +84,12 @@ def _as_json(inputs: list, scratch: Path) -> list:
 
     if not inputs or not isinstance(inputs[0], np.ndarray):
         return inputs
+    if inputs[0].ndim == 1:  # audio clips (16 kHz, the generated clips' rate) as .wav files
+        from hfexport.runtime.audio import write_wav
+
+        for index, clip in enumerate(inputs):
+            write_wav(scratch / f"memory-input-{index}.wav", clip, 16000)
+        return [str(scratch / f"memory-input-{index}.wav") for index in range(len(inputs))]
     from PIL import Image
 
     paths = []
