@@ -349,8 +349,9 @@ def _vision(arch: str, task: str) -> Callable[[Path], None]:
             "resnet": lambda: T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
                                              layer_type="basic", **labels),
             "mobilenet_v2": lambda: T.MobileNetV2Config(image_size=32, depth_multiplier=0.25, **labels),
+            # hidden_dim is the top conv's width, round_filters(1280) = 320 at width 0.25 (64 cannot run a forward)
             "efficientnet": lambda: T.EfficientNetConfig(image_size=32, width_coefficient=0.25,
-                                                         depth_coefficient=0.25, hidden_dim=64, **labels),
+                                                         depth_coefficient=0.25, hidden_dim=320, **labels),
             "swin": lambda: T.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1, 1],
                                          num_heads=[2, 2], window_size=4, **labels),
         }[arch]()
