@@ -49,8 +49,9 @@ def ctc_bundle(ctc_model, tmp_path_factory):
         key = (family, attention_mask, target)
         if key not in cache:
             out = tmp_path_factory.mktemp("asr-bundles") / "-".join(map(str, key))
+            # OpenVINO int8 (NNCF) measures under the default gate on these tiny models (decision 0141).
             build(str(ctc_model(family, attention_mask)), target=target, recipe=str(recipe), output=out,
-                  progress=Progress("quiet"))
+                  progress=Progress("quiet"), gates=target == "cpu")
             cache[key] = out
         return cache[key]
 
@@ -118,24 +119,28 @@ def test_synthetic_audio_is_deterministic_and_varied():
 # -- builds ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("family", "attention_mask"), [("wav2vec2", False), ("hubert", False),
-                                                        ("wav2vec2", True)])
-def test_ctc_model_builds_validates_and_transcribes(ctc_bundle, ctc_model, family, attention_mask, tmp_path):
+@pytest.mark.parametrize(("family", "attention_mask", "target"), [
+    ("wav2vec2", False, "cpu"), ("hubert", False, "cpu"), ("wav2vec2", True, "cpu"),
+    pytest.param("wav2vec2", False, "openvino", marks=pytest.mark.slow),
+    pytest.param("wav2vec2", True, "openvino", marks=pytest.mark.slow)])
+def test_ctc_model_builds_validates_and_transcribes(ctc_bundle, ctc_model, family, attention_mask, target,
+                                                    tmp_path):
     import torch
     import transformers
 
     from hfexport.runtime import load
 
-    bundle = ctc_bundle(family, attention_mask)
+    bundle = ctc_bundle(family, attention_mask, target)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["format_version"] == 3 and manifest["tokenizer"] is None
     assert manifest["processor"] == {"kind": "audio", "file": "processor/preprocessor_config.json",
                                      "input_name": "input_values", "image_size": None}
     inputs = [i["name"] for i in manifest["signature"]["inputs"]]
     assert inputs == (["input_values", "attention_mask"] if attention_mask else ["input_values"])
-    assert manifest["validation"]["passed"] and manifest["target"]["precision"] == "int8"
+    assert (manifest["validation"]["passed"] or target != "cpu") and manifest["target"]["precision"] == "int8"
     summary = manifest["validation"]["summary"]
-    assert summary["ctc_token_agreement"] >= 0.9 and summary["frame_top1_agreement"] >= 0.9
+    floor = 0.9 if target == "cpu" else 0.6  # openvino int8: 0.87-0.91 tokens, 0.61-0.81 frames (0141)
+    assert summary["ctc_token_agreement"] >= floor + 0.2 * (target != "cpu") and summary["frame_top1_agreement"] >= floor
     assert (bundle / "processor" / "vocab.json").is_file() and not (bundle / "tokenizer").exists()
 
     model = load(bundle)
@@ -156,7 +161,7 @@ def test_ctc_model_builds_validates_and_transcribes(ctc_bundle, ctc_model, famil
         assert text == text.strip()
         total += len(want)
         agree += len(want) - min(edit_distance(list(want), list(text)), len(want))
-    assert total > 20 and agree / total >= 0.9  # int8 weights: a few characters may differ
+    assert total > 20 and agree / total >= (0.9 if target == "cpu" else 0.75)  # int8: a few characters differ
 
     write_wav(tmp_path / "speech.wav", clips[0], 16000)
     assert model(str(tmp_path / "speech.wav"))[0]["text"] == model(np.round(clips[0] * 32767) / 32768)[0]["text"]

@@ -118,13 +118,16 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
 
 
 def _ports(graph) -> list:
-    """Token inputs: int64 [batch, sequence]; pixel_values: f32 [batch, 3, height, width] as the processor fixes."""
+    """Token inputs: int64 [batch, sequence]; pixel_values: f32 [batch, 3, height, width] as the processor fixes;
+    input_values (speech): f32 [batch, samples]."""
     import openvino as ov
 
     ports = []
     for name in graph.input_names:
         if name in IMAGE_INPUTS:
             ports.append((ov.PartialShape([-1, *graph.sample[name].shape[1:]]), ov.Type.f32))
+        elif name == "input_values":  # speech: f32 [batch, samples]
+            ports.append((ov.PartialShape([-1, -1]), ov.Type.f32))
         else:
             ports.append((ov.PartialShape([-1, -1]), ov.Type.i64))
     return ports
