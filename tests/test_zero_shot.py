@@ -106,3 +106,19 @@ def test_zero_shot_cli_run_takes_labels(zero_shot_bundle):
     assert result.exit_code == 0, result.output
     row = json.loads(result.output.split(": ", 1)[1])
     assert sorted(row["labels"]) == ["cooking", "sports"]
+
+
+def test_zero_shot_a_text_past_max_length_gives_way_not_the_hypothesis(zero_shot_bundle, tmp_path):
+    """A long text with a short hypothesis: cutting only the hypothesis (question answering's rule) cannot make room
+    and the tokenizer refused the pair; the text is cut instead, in the runtime and in validation alike."""
+    from hfexport.api import validate_bundle
+    from hfexport.runtime import load
+
+    _, result = zero_shot_bundle
+    long_text = " ".join(["the team won the final again"] * 60)  # far past the model's 128 positions
+    got = load(result.bundle)([long_text], candidate_labels=["sports", "cooking"])
+    assert {item["labels"][0] for item in got} <= {"sports", "cooking"}
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(f'{{"text": "{long_text} {i}"}}\n' for i in range(16)))
+    report = validate_bundle(result.bundle, eval_data=data, report_dir=tmp_path / "r", progress=Progress("quiet"))
+    assert report.stages[-1].fidelity["top1_agreement"] >= 0.9

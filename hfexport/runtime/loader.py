@@ -67,6 +67,12 @@ class Predictor:
         return [item for part in results for item in part]
 
 
+def pair_truncation(task: str) -> str:
+    """How the task's text pairs are cut past max_length (its runtime module's PAIR_TRUNCATION, else the
+    second text: question answering's context)."""
+    return getattr(task_module(task), "PAIR_TRUNCATION", "only_second")
+
+
 def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder | AudioEncoder:
     """What turns a user's inputs into the graph's feeds, as the manifest names it: tokenizer or processor."""
     if manifest.processor is not None:
@@ -83,7 +89,7 @@ def open_encoder(bundle: Path, manifest: Manifest) -> TextEncoder | ImageEncoder
                                    f"padding token, got {tok.pad_token_id!r} and {tok.pad_token!r}")
     with _bundle_errors(bundle / tok.file, "tokenizer"):
         encoder = TextEncoder(bundle / tok.file, max_length=manifest.model.max_length, pad_id=tok.pad_token_id,
-                              pad_token=tok.pad_token)
+                              pad_token=tok.pad_token, pair_truncation=pair_truncation(manifest.model.task))
         encoder.encode(["a"])  # a tokenizer.json that cannot encode at all fails here, not on a user's call
         return encoder
 

@@ -24,14 +24,17 @@ class Batch:
 
 
 class TextEncoder:
-    def __init__(self, tokenizer_file: Path, *, max_length: int, pad_id: int, pad_token: str):
+    def __init__(self, tokenizer_file: Path, *, max_length: int, pad_id: int, pad_token: str,
+                 pair_truncation: str = "only_second"):
+        """`pair_truncation`: which text of a pair gives way past max_length (question answering: the context,
+        "only_second"; zero-shot's (text, hypothesis): the longer, "longest_first")."""
         from tokenizers import Tokenizer
 
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.max_length = max_length
         # NOTE: configured once here and never changed, so encode() is safe to call from many threads.
         self.tokenizer.enable_padding(pad_id=pad_id, pad_token=pad_token)
-        self.tokenizer.enable_truncation(max_length=max_length, strategy="only_second")
+        self.tokenizer.enable_truncation(max_length=max_length, strategy=pair_truncation)
         self._single = Tokenizer.from_file(str(tokenizer_file))
         self._single.enable_padding(pad_id=pad_id, pad_token=pad_token)
         self._single.enable_truncation(max_length=max_length)

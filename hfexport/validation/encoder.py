@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from hfexport.report.schema import Evaluation, Report, StageMetrics
-from hfexport.runtime.loader import Predictor
+from hfexport.runtime.loader import Predictor, pair_truncation
 from hfexport.tasks import get_task
 from hfexport.tasks._labelled import batched
 from hfexport.validation.evalset import EvalSet
@@ -34,7 +34,7 @@ class TorchRunner:
     def raw(self, inputs: list):
         if inputs and isinstance(inputs[0], tuple):
             first, second = [q for q, _ in inputs], [c for _, c in inputs]
-            enc = self.tokenizer(first, second, padding=True, truncation="only_second",
+            enc = self.tokenizer(first, second, padding=True, truncation=pair_truncation(self.task),
                                  max_length=self.max_length, return_tensors="pt")
         else:
             enc = self.tokenizer(inputs, padding=True, truncation=True, max_length=self.max_length,
@@ -146,8 +146,10 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     images = getattr(spec, "modality", "text") != "text"  # images or audio clips
     unit = {"image": "images", "audio": "audio clips"}.get(spec.modality, "texts")
     progress.info(f"fidelity on {len(inputs)} held-out {unit}")
-    ref_values = batched(reference, inputs, batch)
-    fid = {c.name: spec.fidelity(ref_values, batched(c.runner.comparable, inputs, batch)) for c in candidates}
+    tick = progress.ticker("fidelity", len(inputs) * (1 + len(candidates)), unit)
+    ref_values = batched(tick.counting(reference), inputs, batch)
+    fid = {c.name: spec.fidelity(ref_values, batched(tick.counting(c.runner.comparable), inputs, batch))
+           for c in candidates}
 
     if images:  # one image: its size does not matter, the processor resizes every image alike
         progress.info(f"latency: batch 1 x one image, {settings.latency_runs} runs each")
@@ -157,15 +159,15 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
         watch = LoadWatch()
         long_text = text_of_length(reference.tokenizer, texts, settings.sequence_length)
         one = spec.eval_inputs([long_text], meta.mask_token)
-
     runners = {"pytorch": reference, **{c.name: c.runner for c in candidates}}
     latency = time_alternating({k: (lambda r=r: r(one)) for k, r in runners.items()}, settings.latency_runs,
-                               settle=3)
+                               settle=3, progress=progress, what="latency")
 
     runs = max(3, settings.latency_runs // 10)
     progress.info(f"throughput: batch {batch}, {runs} runs each")
     many = one * batch
-    throughput_ms = time_alternating({k: (lambda r=r: r(many)) for k, r in runners.items()}, runs, warmup=1)
+    throughput_ms = time_alternating({k: (lambda r=r: r(many)) for k, r in runners.items()}, runs, warmup=1,
+                                     progress=progress, what="throughput")
     per_s = {k: batch / (float(np.median(v)) / 1000) for k, v in throughput_ms.items()}
     timing_warnings = watch.warnings(latency)
 
@@ -173,7 +175,6 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
                            latency=latency_of(latency["pytorch"]), throughput_per_s=per_s["pytorch"],
                            notes=[f"reference: transformers {'image processor' if images else 'tokenizer'} + "
                                   "PyTorch fp32 eager"])]
-
     stages += [StageMetrics(name=c.name, kind=c.kind, size_bytes=c.size_bytes, pass_seconds=c.pass_seconds,
                             latency=latency_of(latency[c.name]), throughput_per_s=per_s[c.name], fidelity=fid[c.name],
                             notes=list(c.notes)) for c in candidates]

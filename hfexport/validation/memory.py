@@ -33,7 +33,8 @@ if kind == "torch":
         enc = processor(images=[Image.open(p).convert("RGB") for p in inputs], return_tensors="pt")
     elif isinstance(inputs[0], tuple):
         tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
-        enc = tokenizer([a for a, _ in inputs], [b for _, b in inputs], padding=True, truncation="only_second",
+        # longest_first: never refuses a pair (zero-shot's hypothesis is too short to take the whole cut)
+        enc = tokenizer([a for a, _ in inputs], [b for _, b in inputs], padding=True, truncation="longest_first",
                         return_tensors="pt")
     else:
         tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -7,6 +7,9 @@ import numpy as np
 from hfexport.runtime.tasks import softmax
 
 DEFAULT_TEMPLATE = "This example is {}."
+# A long text with a short hypothesis: the text gives way past max_length (cutting only the hypothesis, as question
+# answering cuts its context, fails: the hypothesis is too short to make room).
+PAIR_TRUNCATION = "longest_first"
 
 
 def _labels(candidate_labels) -> list[str]:
