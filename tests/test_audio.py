@@ -268,3 +268,33 @@ def test_whisper_is_refused_in_one_line_as_not_built(tmp_path):
                                                       "architectures": ["WhisperForConditionalGeneration"]}))
     with pytest.raises(ModelLoadError, match="speech-seq2seq.*not built yet"):
         infer_task_from_folder(tmp_path)
+
+
+def test_wav_folders_calibrate_and_evaluate_with_transcripts(ctc_model, tmp_path):
+    """--calibration-data and --eval-data folders of .wav files; a .txt beside a .wav is its transcript: WER
+    for PyTorch and the bundle (equal here: an fp32 export)."""
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    for folder, start in (("cal", 0), ("eval", 600)):
+        (tmp_path / folder).mkdir()
+        for index in range(8):
+            write_wav(tmp_path / folder / f"clip{index}.wav", synthetic_audio(start + index), 16000)
+            if folder == "eval":
+                (tmp_path / folder / f"clip{index}.txt").write_text("hello world\n")
+    recipe = dict(FAST_RECIPE, passes=[{"type": "export"}], evaluation=dict(FAST_RECIPE["evaluation"], samples=8))
+    (tmp_path / "r.yaml").write_text(json.dumps(recipe))
+    build(str(ctc_model()), target="cpu", recipe=str(tmp_path / "r.yaml"), output=tmp_path / "b",
+          calibration_data=tmp_path / "cal", eval_data=tmp_path / "eval", progress=Progress("quiet"))
+    stages = json.loads((tmp_path / "b" / "report" / "report.json").read_text())["stages"]
+    wer = {stage["name"]: stage["task_metrics"]["wer"] for stage in stages if stage.get("task_metrics")}
+    assert set(wer) == {"pytorch", "bundle"} and wer["pytorch"] == wer["bundle"] > 0  # a random model's words
+
+
+def test_audio_data_folder_errors_are_one_line(tmp_path):
+    from hfexport.data import DataError, audio_files
+
+    with pytest.raises(DataError, match="no .wav files"):
+        audio_files(tmp_path)
+    with pytest.raises(DataError, match="should be a folder of .wav files"):
+        audio_files(tmp_path / "missing")

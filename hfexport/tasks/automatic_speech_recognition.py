@@ -70,7 +70,8 @@ class AutomaticSpeechRecognition(TaskSpec):
     def labelled_metrics(self, runner, inputs, labels, meta, batch) -> dict[str, float]:
         from hfexport.tasks._labelled import batched
 
-        texts = [item["text"] for item in batched(runner, inputs, batch)]
+        # PyTorch's runner transcribes as the runtime decodes; a bundle's runner is the runtime itself.
+        texts = [item["text"] for item in batched(getattr(runner, "transcribe", runner), inputs, batch)]
         return {"wer": word_error_rate(labels, texts)}
 
     def graph_outputs(self, outputs) -> tuple:

@@ -201,7 +201,7 @@ def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
     if getattr(spec, "modality", "text") == "audio":
         from hfexport.validation.audio import AudioTorchRunner
 
-        return AudioTorchRunner(model, tokenizer, spec.name, manifest.model)
+        return AudioTorchRunner(model, tokenizer, spec.name, manifest.model, bundle.encoder.vocabulary)
     if getattr(spec, "modality", "text") == "image":
         return ImageTorchRunner(model, tokenizer, spec.name, manifest.model)
     return TorchRunner(model, tokenizer, spec.name, manifest.model, manifest.model.max_length,

@@ -10,8 +10,22 @@ class AudioTorchRunner:
 
     tokenizer = None
 
-    def __init__(self, model, extractor, task: str, meta):
+    def __init__(self, model, extractor, task: str, meta, vocabulary=None):
         self.model, self.extractor, self.task, self.meta = model, extractor, task, meta
+        self.vocabulary = vocabulary  # the bundle's CTC vocabulary: transcripts for WER
+
+    def transcribe(self, clips: list) -> list[dict]:
+        """{"text": ...} per clip, decoded over each clip's own frames as the runtime decodes."""
+        from hfexport.data import load_audio
+        from hfexport.runtime.audio import ctc_greedy_ids, frame_count
+
+        fields = self.meta.task_fields
+        logits = self.raw(clips)[0]["logits"]
+        rate = self.extractor.sampling_rate
+        lengths = [len(load_audio(c, rate)) for c in clips]
+        return [{"text": self.vocabulary.decode(ctc_greedy_ids(row, frame_count(n, fields["conv_kernel"],
+                                                                                 fields["conv_stride"])))}
+                for row, n in zip(logits, lengths)]
 
     def raw(self, clips: list):
         import torch
