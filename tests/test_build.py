@@ -8,7 +8,7 @@ import pytest
 from hfexport.errors import BundleIntegrityError, FidelityError, OutputExistsError
 from hfexport.progress import Progress
 from hfexport.runtime import load
-from hfexport.runtime.manifest import read_manifest
+from hfexport.runtime.manifest import FORMAT_VERSION, read_manifest
 from tests.conftest import INT8_PASSES
 
 TEXTS = ["The weather in Paris was lovely today.", "Ada Lovelace wrote the first program.", "ok"]
@@ -88,7 +88,7 @@ def test_build_fill_mask_top_k(built_bundle):
 def test_build_manifest_records_passes_checksums_and_signature(built_bundle):
     bundle = built_bundle("bert", "feature-extraction", passes=INT8_PASSES, gates={"cosine_min": 0.5})
     manifest = read_manifest(bundle)
-    assert manifest.format_version == 2
+    assert manifest.format_version == FORMAT_VERSION == 3
     assert [p.name for p in manifest.passes] == ["export_onnx", "optimize", "quantize"]
     assert all(p.seconds > 0 for p in manifest.passes)
     assert manifest.passes[1].stats["fused_operators"].get("Attention") == 2
