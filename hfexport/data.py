@@ -237,12 +237,9 @@ def load_image(reference):
 
 def image_files(path: str | Path) -> list[Path]:
     """Every image file under a folder (sorted, subfolders included); DataError naming the folder otherwise."""
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise DataError(f"image data should be a folder of image files ({', '.join(IMAGE_SUFFIXES)}): {path}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder or below it")
+    kinds = ", ".join(IMAGE_SUFFIXES)
+    files = _files_under(path, IMAGE_SUFFIXES, f"image data should be a folder of image files ({kinds})",
+                         f"no image files ({kinds})")
     for file in files:
         load_image(file)  # one unreadable file fails here, naming it, not in the middle of a pass
     return files
@@ -324,12 +321,19 @@ def default_eval_audio(count: int) -> list:
 
 def audio_files(path: str | Path) -> list[Path]:
     """Every .wav file in a folder (recursively), sorted."""
+    return _files_under(path, AUDIO_SUFFIXES, "audio data should be a folder of .wav files (16-bit PCM mono)",
+                        "no .wav files")
+
+
+def _files_under(path: str | Path, suffixes, wanted: str, none: str) -> list[Path]:
+    """The files with one of `suffixes` under a folder (sorted, subfolders included); DataError saying what was
+    wanted when `path` is not a folder, or `none` when it holds no such file."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise DataError(f"audio data should be a folder of .wav files (16-bit PCM mono): {path}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+        raise DataError(f"{wanted}: {path}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
     if not files:
-        raise DataError(f"{folder}: no .wav files in the folder or below it")
+        raise DataError(f"{folder}: {none} in the folder or below it")
     return files
 
 

@@ -74,30 +74,37 @@ class TorchRunner:
                              enc["special_tokens_mask"].numpy(), enc["offset_mapping"].numpy())
 
 
-class ImageTorchRunner:
-    """The original image model: transformers' image processor + PyTorch fp32 eager, the users' baseline."""
+class ProcessorTorchRunner:
+    """A non-text model as users run it in transformers: its processor's feeds into PyTorch fp32 eager.
+    Subclasses turn their inputs into feeds (`raw`); the forward and the comparison are shared."""
 
     tokenizer = None
+
+    def _forward(self, feeds: dict):
+        """The task's graph outputs (numpy, fp32) for torch feeds, in the shape `raw` returns."""
+        import torch
+
+        spec = get_task(self.task)
+        with torch.inference_mode():
+            out = self.model(**{name: value.to(self.model.device) for name, value in feeds.items()}, return_dict=True)
+            values = spec.graph_outputs(out)
+        return {name: v.float().cpu().numpy() for name, v in zip(spec.output_names, values)}, None, None, None
+
+    def __call__(self, inputs: list):
+        outputs, mask, ids, seq = self.raw(inputs)
+        return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
+
+    comparable = __call__
+
+
+class ImageTorchRunner(ProcessorTorchRunner):
+    """The original image model: transformers' image processor + PyTorch fp32 eager, the users' baseline."""
 
     def __init__(self, model, processor, task: str, meta):
         self.model, self.processor, self.task, self.meta = model, processor, task, meta
 
     def raw(self, images: list):
-        import torch
-
-        pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"]
-        spec = get_task(self.task)
-        with torch.inference_mode():
-            out = self.model(pixel_values=pixels.to(self.model.device), return_dict=True)
-            values = spec.graph_outputs(out)
-        outputs = {name: v.float().cpu().numpy() for name, v in zip(spec.output_names, values)}
-        return outputs, None, None, None
-
-    def __call__(self, images: list):
-        outputs, mask, ids, seq = self.raw(images)
-        return get_task(self.task).comparable(outputs, mask, ids, seq, self.meta)
-
-    comparable = __call__
+        return self._forward({"pixel_values": self.processor(images=list(images), return_tensors="pt")["pixel_values"]})
 
 
 def _token_labels(logits, attention_mask, special_tokens_mask, offsets) -> list[list[tuple[int, int, int]]]:
