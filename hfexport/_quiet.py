@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 
 
@@ -15,15 +16,12 @@ def quiet_libraries(enabled: bool = True):
         return
     root = logging.getLogger()
     saved_level = root.level
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import transformers
-
-        transformers.logging.set_verbosity_error()
-        transformers.logging.disable_progress_bar()
-    except ImportError:
-        pass
+    # transformers takes its verbosity from this variable when it is imported; importing it here instead would
+    # cost a rebuild that reuses every stage its only torch import before validation.
+    saved_verbosity = os.environ.get("TRANSFORMERS_VERBOSITY")
+    os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+    _quiet_transformers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # onnxruntime.quantization logs advice at WARNING on the root logger.
@@ -32,6 +30,18 @@ def quiet_libraries(enabled: bool = True):
             yield
         finally:
             root.setLevel(saved_level)
+            _quiet_transformers()  # imported meanwhile: stays quiet, as when it was imported here
+            if saved_verbosity is None:
+                os.environ.pop("TRANSFORMERS_VERBOSITY", None)
+            else:
+                os.environ["TRANSFORMERS_VERBOSITY"] = saved_verbosity
+
+
+def _quiet_transformers() -> None:
+    transformers = sys.modules.get("transformers")
+    if transformers is not None and hasattr(transformers, "logging"):
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
 
 
 def disable_telemetry() -> None:

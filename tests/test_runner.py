@@ -35,9 +35,12 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _entries() -> list[Path]:
+def _entries(kind: str = "passes") -> list[Path]:
+    """The cache's complete entries: the passes' stages, or (kind="tokenizer") the build's tokenizer folders."""
     folder = Path(os.environ["HFEXPORT_CACHE_DIR"]) / "stages"
-    return sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    found = sorted(p for p in folder.iterdir() if not p.name.startswith(".")) if folder.is_dir() else []
+    return [p for p in found if (json.loads((p / "entry.json").read_text()).get("name") == "tokenizer")
+            == (kind == "tokenizer")]
 
 
 def test_runner_reuses_every_stage_when_only_gates_change(tiny_model, fast_recipe, tmp_path):
@@ -69,6 +72,27 @@ def test_runner_reruns_only_the_changed_last_pass(tiny_model, fast_recipe, tmp_p
     second, _ = _build(tiny_model(), fast_recipe(changed, gates={"cosine_min": 0.5}), tmp_path / "b")
     assert _cached(second) == [True, True, False]
     assert second.manifest["passes"][2]["params"]["per_channel"] is True
+
+
+def test_rebuild_reuses_the_tokenizer_without_loading_it(tiny_model, fast_recipe, tmp_path, monkeypatch):
+    """A rebuild takes the saved tokenizer and its manifest facts from the cache: transformers' tokenizer is not
+    loaded before validation (with every stage reused, the build imports neither torch nor transformers until
+    validation; scripts/bench_rebuild.py measures it)."""
+    from hfexport.build import engine
+
+    recipe = fast_recipe(INT8_PASSES, gates={"cosine_min": 0.5})
+    first, _ = _build(tiny_model(), recipe, tmp_path / "a")
+    assert len(_entries("tokenizer")) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the tokenizer was loaded again")
+
+    monkeypatch.setattr(engine, "_prepare_tokenizer", refuse)
+    second, _ = _build(tiny_model(), recipe, tmp_path / "b")
+    assert second.manifest["tokenizer"] == first.manifest["tokenizer"]
+    for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):
+        assert _sha(tmp_path / "b" / name) == _sha(tmp_path / "a" / name)
+    assert os.access(tmp_path / "b" / "tokenizer" / "tokenizer.json", os.W_OK)  # the bundle's copy, not read-only
 
 
 def test_runner_cache_false_neither_reuses_nor_stores(tiny_model, fast_recipe, tmp_path):

@@ -82,10 +82,10 @@ def text_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
         return image_encoder(ctx, names)
     if ctx.modality == "audio":
         return audio_encoder(ctx, names)
-    tokenizer, max_length = ctx.hf_tokenizer(), ctx.source.max_length
+    max_length = ctx.source.max_length
 
-    def encode(text: str) -> dict:
-        encoded = tokenizer([text], truncation=True, max_length=max_length, return_tensors="np")
+    def encode(text: str) -> dict:  # the tokenizer loads at the first text: dynamic int8 calibrates on none
+        encoded = ctx.hf_tokenizer()([text], truncation=True, max_length=max_length, return_tensors="np")
         return {n: encoded[n].astype("int64") for n in names}
 
     return encode

@@ -143,6 +143,12 @@ class StageCache:
             "tools": tool_versions(), "code": code_fingerprint(),
         })  # fmt: skip
 
+    def preprocessing_key(self, source) -> str:
+        """The key of the build's tokenizer folder: the model files, and the code and libraries that save it."""
+        return _digest({"format": CACHE_FORMAT, "step": "tokenizer", "model_files": self.model_files(source.local_dir),
+                        "trust_remote_code": source.trust_remote_code, "tools": tool_versions(),
+                        "code": code_fingerprint()})
+
     @staticmethod
     def stage_key(previous: str, step, data: dict[str, str | None]) -> str | None:
         """The key of one pass on the previous stage; None when the pass's code cannot be pinned."""
@@ -161,6 +167,27 @@ class StageCache:
 
     def lookup(self, key: str) -> tuple[Artifact, dict] | None:
         """The stored artifact and its entry, or None; a damaged entry is a miss (and is removed)."""
+        found = self._entry(key, lambda entry, stage: _rebuild(entry, stage))
+        return None if found is None else (found[0], found[1])
+
+    def lookup_folder(self, key: str) -> tuple[Path, dict] | None:
+        """A stored plain folder (store_folder) and the facts stored with it, or None."""
+        found = self._entry(key, lambda entry, stage: stage)
+        return None if found is None else (found[0], found[1].get("facts", {}))
+
+    def store(self, key: str, name: str, artifact: Artifact, stage_dir: Path, seconds: float) -> bool:
+        """Copy a finished stage into the cache; False when this artifact cannot be stored faithfully."""
+        entry = _describe(artifact, stage_dir)
+        if entry is None:
+            return False
+        self._write(key, name, entry, stage_dir, seconds)
+        return True
+
+    def store_folder(self, key: str, name: str, folder: Path, facts: dict, seconds: float) -> None:
+        """Keep a folder that is not a model (the build's tokenizer) with a few JSON facts about it."""
+        self._write(key, name, {"kind": "folder", "facts": facts}, folder, seconds)
+
+    def _entry(self, key: str, open_stage):
         entry_dir = self.folder / key
         if not entry_dir.is_dir():
             return None
@@ -170,7 +197,7 @@ class StageCache:
             if entry.get("format") != CACHE_FORMAT or any(
                     (stage / name).stat().st_size != size for name, size in entry["files"].items()):
                 raise ValueError("entry does not match its files")
-            artifact = _rebuild(entry, stage)
+            value = open_stage(entry, stage)
         except (OSError, ValueError, KeyError, TypeError):
             self._remove(entry_dir)
             return None
@@ -178,13 +205,11 @@ class StageCache:
             os.utime(entry_dir)  # the last use, for eviction
         except OSError:
             pass
-        return artifact, entry
+        return value, entry
 
-    def store(self, key: str, name: str, artifact: Artifact, stage_dir: Path, seconds: float) -> bool:
-        """Copy a finished stage into the cache; False when this artifact cannot be stored faithfully."""
-        entry = _describe(artifact, stage_dir)
-        if entry is None or (self.folder / key).exists():
-            return entry is not None
+    def _write(self, key: str, name: str, entry: dict, stage_dir: Path, seconds: float) -> None:
+        if (self.folder / key).exists():
+            return
         temp = self.folder / f".tmp-{key[:16]}-{uuid.uuid4().hex[:8]}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -202,7 +227,6 @@ class StageCache:
             self._remove(temp)
             if not (self.folder / key).is_dir():  # not a lost race with a parallel build: a real failure
                 raise
-        return True
 
     def evict(self) -> list[str]:
         """Remove least recently used entries until the cache fits its size bound; return their keys."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -87,10 +88,12 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.build-", dir=output.parent))
     try:
         prepare = getattr(get_task(source.task), "prepare_processor", _prepare_processor)  # audio has its own
-        tokenizer_dir = (prepare(source, workdir / "processor") if images
-                         else _prepare_tokenizer(source, workdir / "tokenizer"))
+        if images:
+            tokenizer_dir, facts = prepare(source, workdir / "processor"), None
+        else:  # reused from the stage cache when the model's files are the same: no transformers import
+            tokenizer_dir, facts = _cached_tokenizer(source, workdir / "tokenizer", stage_cache)
         ctx = BuildContext(profile, chosen, source, workdir, tokenizer_dir, calibration, progress, train_texts)
-        mask_token = None if images else ctx.hf_tokenizer().mask_token
+        mask_token = None if images else facts.mask_token
         samples = chosen.evaluation.samples
         shipped = make_eval_set(source.task, None, samples=samples, mask_token=mask_token)
         if domain:
@@ -115,8 +118,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
                                            extra)
         precision = next((r["params"]["precision"] for r in reversed(pass_records)
                           if r["name"] in ("quantize", "export") and r["params"].get("precision")), "fp32")
-        body = manifest_body(source, profile, chosen, pass_records, artifact, model_files, ctx.input_processor(),
-                             precision)
+        body = manifest_body(source, profile, chosen, pass_records, artifact, model_files,
+                             facts or ctx.input_processor(), precision)
         bundles.write_manifest(staging, body)
 
         progress.start("validate", "validate against PyTorch fp32")
@@ -166,8 +169,42 @@ def _generation_config(source, workdir: Path) -> Path:
     return path
 
 
-def _prepare_tokenizer(source, folder: Path) -> Path:
-    """Save the model's fast tokenizer as tokenizer.json, which the torch-free runtime reads."""
+@dataclass(frozen=True)
+class TokenizerFacts:
+    """What the build reads from the transformers tokenizer besides its files (the manifest's tokenizer and
+    mask fields), kept with the files in the stage cache so a rebuild needs neither transformers nor torch
+    until validation."""
+
+    pad_token: str | None = None
+    pad_token_id: int | None = None
+    padding_side: str = "right"
+    mask_token: str | None = None
+    mask_token_id: int | None = None
+
+
+def _cached_tokenizer(source, folder: Path, cache: StageCache | None) -> tuple[Path, TokenizerFacts]:
+    import time
+
+    key = cache.preprocessing_key(source) if cache is not None else None
+    hit = cache.lookup_folder(key) if key else None
+    if hit:
+        shutil.copytree(hit[0], folder)
+        for path in folder.rglob("*"):
+            path.chmod(0o755 if path.is_dir() else 0o644)  # cache entries are read-only; this copy is the build's
+        return folder, TokenizerFacts(**hit[1])
+    started = time.perf_counter()
+    tokenizer = _prepare_tokenizer(source, folder)
+    facts = TokenizerFacts(**{name: getattr(tokenizer, name, None) for name in TokenizerFacts.__dataclass_fields__})
+    if key and cache.writable:
+        try:
+            cache.store_folder(key, "tokenizer", folder, dataclasses.asdict(facts), time.perf_counter() - started)
+        except OSError:
+            pass  # the cache only saves time
+    return folder, facts
+
+
+def _prepare_tokenizer(source, folder: Path):
+    """Save the model's fast tokenizer as tokenizer.json, which the torch-free runtime reads; return it."""
     from transformers import AutoTokenizer
 
     try:
@@ -179,7 +216,7 @@ def _prepare_tokenizer(source, folder: Path) -> Path:
     tokenizer.save_pretrained(str(folder))
     if not (folder / "tokenizer.json").is_file():
         raise ModelLoadError(f"{source.model_id}: the tokenizer did not produce tokenizer.json")
-    return folder
+    return tokenizer
 
 
 def _prepare_processor(source, folder: Path) -> Path:
