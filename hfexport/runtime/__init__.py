@@ -6,13 +6,17 @@ Imports only the standard library, numpy, tokenizers and the bundle's backend (l
 from __future__ import annotations
 
 from hfexport.errors import BundleIntegrityError
-from hfexport.runtime.loader import Predictor, load
 
 __all__ = ["BundleIntegrityError", "Predictor", "TextGenerator", "load"]
 
 
 def __getattr__(name: str):
-    # Lazy, so encoder-only apps never import the generation loop (or jinja2 with it).
+    # Lazy, so encoder-only apps never import the generation loop (or jinja2 with it), and the tools that read
+    # only manifests and signatures (hfexport verify, inspect) never import numpy.
+    if name in ("Predictor", "load"):
+        from hfexport.runtime import loader
+
+        return getattr(loader, name)
     if name == "TextGenerator":
         from hfexport.runtime.generation import TextGenerator
 
