@@ -11,6 +11,7 @@ families' own.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -98,6 +99,32 @@ def _unigram(specials: tuple[str, ...], unk: str = "<unk>") -> list[tuple[str, f
     trainer = SentencePieceUnigramTokenizer()
     trainer.train_from_iterator(_texts(), vocab_size=600, special_tokens=list(specials), unk_token=unk)
     return [(piece, float(score)) for piece, score in json.loads(trainer._tokenizer.to_str())["model"]["vocab"]]
+
+
+@cache
+def _clip_bpe() -> tuple[dict, list]:
+    """(vocab, merges) of a CLIP-style BPE: lowercased words, byte-level alphabet, `</w>` ending each word.
+
+    NOTE: not _bpe's GPT-2 vocabulary, which has no `</w>` pieces: CLIPTokenizer would map most words to its unk
+    token, <|endoftext|>, which is also the end-of-text id CLIP pools at, so every text would embed alike."""
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    backend = Tokenizer(models.BPE(unk_token="<|endoftext|>", end_of_word_suffix="</w>"))
+    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                               normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"),
+                             behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=1200, special_tokens=["<|startoftext|>", "<|endoftext|>"],
+                                  end_of_word_suffix="</w>", initial_alphabet=alphabet)
+    backend.train_from_iterator(_texts(), trainer)
+    model = json.loads(backend.to_str())["model"]
+    vocab = model["vocab"]
+    for piece in [*alphabet, *(a + "</w>" for a in alphabet)]:  # every byte, inside and at the end of a word
+        vocab.setdefault(piece, len(vocab))
+    return vocab, [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
 
 
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -421,7 +448,7 @@ def _dual(arch: str) -> Callable[[Path], None]:
                   "num_attention_heads": 4, "intermediate_size": 64}
         torch.manual_seed(0)
         if arch == "clip":
-            vocab, merges = _bpe(("<|startoftext|>", "<|endoftext|>"))
+            vocab, merges = _clip_bpe()
             tokenizer = T.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
             text = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
                     "intermediate_size": 64, "max_position_embeddings": 77,
@@ -437,7 +464,11 @@ def _dual(arch: str) -> Callable[[Path], None]:
                 "intermediate_size": 64, "max_position_embeddings": 64, "pad_token_id": tokenizer.pad_token_id,
                 "eos_token_id": tokenizer.eos_token_id}
         config = T.SiglipConfig(text_config=text, vision_config=vision)
-        _save(folder, T.SiglipModel(config), T.SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
+        model = T.SiglipModel(config)
+        with torch.no_grad():  # a trained SigLIP's scale and bias are learned; its init (exp(0), 0) hides the bias
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-2.0)
+        _save(folder, model, T.SiglipImageProcessor(size={"height": 32, "width": 32}), tokenizer)
 
     return make
 

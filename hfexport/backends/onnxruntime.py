@@ -48,6 +48,10 @@ class OnnxRuntimeBackend(Backend):
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
 
     def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext, out_dir: Path) -> OnnxModel:
+        if _dual_encoder(ctx):  # CLIP, SigLIP: the image and the text tower as two graphs
+            from hfexport.backends._dual_encoder import export_onnx
+
+            return export_onnx(config, artifact, ctx, out_dir)
         if generative and ctx.source.config.get("is_encoder_decoder"):  # T5, BART, Marian: two graphs
             from hfexport.backends._onnx.seq2seq import export_seq2seq
 
@@ -93,6 +97,15 @@ class OnnxRuntimeBackend(Backend):
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own
             from hfexport.backends._seq2seq_graph import for_each_graph
 
+            if _dual_encoder(ctx) and isinstance(settings, Int8Settings):  # each tower calibrated on its own inputs
+                from hfexport.backends._dual_encoder import quantize_towers
+
+                def one_tower(graph, folder, items, encode):
+                    out = folder / "model.onnx"
+                    stats = quantize_int8(settings, graph.path, out, items, encode)
+                    return OnnxModel(out, graph.inputs, graph.outputs, stats=stats)
+
+                return quantize_towers(artifact, out_dir, ctx, one_tower)
             if getattr(settings, "int4_top1_target", None) is not None or getattr(settings, "mode", "") == "static":
                 from hfexport.errors import ExportError
 
@@ -113,6 +126,12 @@ class OnnxRuntimeBackend(Backend):
             stats = quantize_int8(settings, artifact.path, out, ctx.calibration_texts,
                                   text_encoder(ctx, artifact.inputs))
         return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
+
+
+def _dual_encoder(ctx: BuildContext) -> bool:
+    from hfexport.tasks import get_task
+
+    return bool(getattr(get_task(ctx.source.task), "dual_encoder", False))
 
 
 def _search_settings(settings: WeightOnlySettings, ctx: BuildContext) -> SearchSettings | None:

@@ -44,6 +44,10 @@ class OpenVINOBackend(Backend):
 
     def export(self, config, generative: bool, artifact: TorchModel, ctx: BuildContext,
                out_dir: Path) -> OpenVINOModel:
+        if _dual_encoder(ctx):  # CLIP, SigLIP: the image and the text tower as two graphs
+            from hfexport.backends._dual_encoder import export_openvino
+
+            return export_openvino(config, artifact, ctx, out_dir)
         if generative and ctx.source.config.get("is_encoder_decoder"):  # T5, BART, Marian: two graphs
             from hfexport.backends._openvino.seq2seq import export_seq2seq
 
@@ -77,6 +81,11 @@ class OpenVINOBackend(Backend):
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own, weights only
             from hfexport.backends._seq2seq_graph import for_each_graph
 
+            if _dual_encoder(ctx):  # each tower calibrated on its own inputs (images; text)
+                from hfexport.backends._dual_encoder import quantize_towers
+
+                return quantize_towers(artifact, out_dir, ctx, lambda one, folder, items, encode: quantize_openvino(
+                    settings, one, folder, *((items, encode) if isinstance(settings, PostTrainingSettings) else ())))
             if isinstance(settings, PostTrainingSettings):
                 from hfexport.errors import ExportError
 
@@ -88,3 +97,9 @@ class OpenVINOBackend(Backend):
             return quantize_openvino(settings, artifact, out_dir, ctx.calibration_texts,
                                      text_encoder(ctx, artifact.inputs))
         return quantize_openvino(settings, artifact, out_dir)
+
+
+def _dual_encoder(ctx: BuildContext) -> bool:
+    from hfexport.tasks import get_task
+
+    return bool(getattr(get_task(ctx.source.task), "dual_encoder", False))

@@ -46,6 +46,12 @@ def stage_bundle(staging: Path, artifact: Artifact, tokenizer_dir: Path, model_c
     for name in names:
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, staging / folder / name)
+    text = tokenizer_dir / "tokenizer"  # a dual encoder (CLIP) reads text too: its tokenizer beside the processor
+    if processor and (text / TOKENIZER_FILES[0]).is_file():
+        (staging / "tokenizer").mkdir()
+        for name in TOKENIZER_FILES:
+            if (text / name).is_file():
+                shutil.copyfile(text / name, staging / "tokenizer" / name)
     shutil.copyfile(model_config_file, staging / "config.json")
     for name, source in (extra_files or {}).items():
         shutil.copyfile(source, staging / name)

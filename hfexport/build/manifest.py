@@ -156,7 +156,10 @@ class Manifest(_Section):
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
     """Every section but the header and the file table, typed (write_manifest adds those and validates
     the whole); `validation` is added once the bundle has been validated."""
-    fields = get_task(source.task).manifest_fields(source.config, tokenizer, source.pooling)
+    spec = get_task(source.task)
+    fields = spec.manifest_fields(source.config, tokenizer, source.pooling)
+    if hasattr(spec, "recorded_fields"):  # values a pass read from the weights (a dual encoder's logit_scale)
+        fields.update(spec.recorded_fields(records))
     typed = {k: v for k, v in fields.items() if k in ModelInfo.model_fields}
     return {
         "model": ModelInfo(id=source.model_id, revision=source.revision, task=source.task,
@@ -171,15 +174,16 @@ def manifest_body(source, profile, recipe, records, artifact, model_files, token
         "passes": [PassRecord(**record) for record in records],
         "model_file": model_files[0],
         "model_files": model_files,
-        **_preprocessing(source.task, tokenizer),
+        **_preprocessing(source.task, tokenizer, source),
         "signature": Signature(**artifact.signature()),
         "tools": tool_versions(),
         "build_host": BuildHost(**host.host_summary()),
     }
 
 
-def _preprocessing(task: str, processor) -> dict:
-    """The manifest section that names the bundle's preprocessing: the tokenizer, or an image processor."""
+def _preprocessing(task: str, processor, source=None) -> dict:
+    """The manifest sections that name the bundle's preprocessing: the tokenizer, or an image processor, or both
+    (a dual encoder reads images and text)."""
     modality = getattr(get_task(task), "modality", "text")
     if modality == "audio":
         from hfexport.runtime.audio import PROCESSOR_FILE as AUDIO_FILE
@@ -189,10 +193,16 @@ def _preprocessing(task: str, processor) -> dict:
         from hfexport.runtime.image import PROCESSOR_FILE, explicit_config, settings_from_config
 
         size = settings_from_config(explicit_config(processor)).output_size
-        return {"processor": ProcessorInfo(kind="image", file=PROCESSOR_FILE, input_name="pixel_values",
-                                           image_size=list(size) if size else None)}
-    return {"tokenizer": TokenizerInfo(file="tokenizer/tokenizer.json", pad_token=processor.pad_token,
-                                       pad_token_id=processor.pad_token_id, padding_side=processor.padding_side)}
+        image = {"processor": ProcessorInfo(kind="image", file=PROCESSOR_FILE, input_name="pixel_values",
+                                            image_size=list(size) if size else None)}
+        text = getattr(get_task(task), "text_tokenizer", None)
+        return image if text is None or source is None else {**image, **_tokenizer_section(text(source))}
+    return _tokenizer_section(processor)
+
+
+def _tokenizer_section(tokenizer) -> dict:
+    return {"tokenizer": TokenizerInfo(file="tokenizer/tokenizer.json", pad_token=tokenizer.pad_token,
+                                       pad_token_id=tokenizer.pad_token_id, padding_side=tokenizer.padding_side)}
 
 
 def tool_versions() -> dict[str, str]:

@@ -198,6 +198,8 @@ def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
     from hfexport.validation.encoder import ImageTorchRunner, TorchRunner
 
     manifest = bundle.manifest
+    if hasattr(spec, "reference_runner"):  # a dual encoder: both towers, its tokenizer beside the image processor
+        return spec.reference_runner(model, tokenizer, bundle)
     if getattr(spec, "modality", "text") == "audio":
         from hfexport.validation.audio import AudioTorchRunner
 
@@ -214,6 +216,8 @@ def _runner(spec: TaskSpec, predictor):
         from hfexport.validation.generation import BundleGeneration
 
         return BundleGeneration(predictor)
+    if hasattr(spec, "bundle_runner"):  # a dual encoder: its two graphs through the runtime's embed and score
+        return spec.bundle_runner(predictor)
     from hfexport.validation.encoder import PredictorRunner
 
     return PredictorRunner(predictor, predictor.manifest.model)
@@ -237,6 +241,8 @@ def _stage_candidate(ctx, spec: TaskSpec, staging: Path, bundle, name: str, arti
             from hfexport.validation.generation import stage_generator
 
             stage = stage_generator(manifest, staging, model, artifact)
+        elif hasattr(spec, "stage_predictor"):  # a dual encoder's two graphs
+            stage = spec.stage_predictor(manifest, staging, model, artifact)
         else:
             stage = Predictor(manifest, open_encoder(staging, manifest), model)
         runner = _runner(spec, stage)

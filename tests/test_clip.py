@@ -1,0 +1,191 @@
+"""Image-text dual encoders (CLIP, SigLIP) end to end: tiny random-init models (scripts/coverage_models.py's dual
+rows: a CLIP-style BPE tokenizer and a T5-style one trained with `tokenizers`, the families' image processors)
+inferred as zero-shot-image-classification, built on cpu and openvino as two graphs, checked against PyTorch and
+transformers' zero-shot-image-classification pipeline, and run torch-free."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hfexport.data import synthetic_image
+from tests.conftest import TORCH_BLOCKER
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+FP32_RECIPE = {"schema_version": 1, "gates": {"cosine_min": 0.9999, "top1_agreement": 1.0},
+               "passes": [{"type": "export"}, {"type": "optimize"}],
+               "evaluation": {"samples": 16, "batch_size": 8, "latency_runs": 5, "memory": False}}
+LABELS = ["a cat", "a dog", "a red square", "a blue circle", "noise"]
+
+
+@pytest.fixture(scope="session")
+def dual_model(tmp_path_factory):
+    """dual_model("clip" | "siglip") -> a saved tiny model folder (the coverage matrix's maker)."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import coverage_models
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    cache: dict = {}
+
+    def factory(arch: str) -> Path:
+        if arch not in cache:
+            folder = tmp_path_factory.mktemp(arch) / "model"
+            coverage_models._dual(arch)(folder)
+            cache[arch] = folder
+        return cache[arch]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def dual_bundle(dual_model, tmp_path_factory):
+    """dual_bundle(arch, target, recipe) -> a bundle: recipe "fp32" (export + optimize, fp32 gates) or
+    "default" (the target's int8, --validation quick); one build per request."""
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    recipe = tmp_path_factory.mktemp("dual-recipe") / "fp32.yaml"
+    recipe.write_text(json.dumps(FP32_RECIPE))
+    cache: dict = {}
+
+    def factory(arch: str = "clip", target: str = "cpu", which: str = "fp32"):
+        key = (arch, target, which)
+        if key not in cache:
+            out = tmp_path_factory.mktemp("dual-bundles") / "-".join(key)
+            options = {"recipe": str(recipe)} if which == "fp32" else {"validation": "quick"}
+            cache[key] = build(str(dual_model(arch)), target=target, output=out, progress=Progress("quiet"),
+                               **options)
+        return cache[key]
+
+    return factory
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_dual_encoder_folder_is_inferred_as_zero_shot_image_classification(dual_model, arch):
+    from hfexport.tasks import get_task, infer_task_from_folder
+
+    assert infer_task_from_folder(dual_model(arch)) == "zero-shot-image-classification"
+    assert get_task("image-text-embedding").name == "zero-shot-image-classification"
+
+
+def _torch_reference(folder: Path, images: list, texts: list[str]):
+    """transformers' own embeddings and its zero-shot pipeline's ranking for the first image."""
+    import torch
+    from transformers import AutoImageProcessor, AutoModel, AutoTokenizer, pipeline
+
+    model = AutoModel.from_pretrained(str(folder)).eval()
+    processor, tokenizer = AutoImageProcessor.from_pretrained(str(folder)), AutoTokenizer.from_pretrained(str(folder))
+    siglip = model.config.model_type == "siglip"
+    padding = {"padding": "max_length", "max_length": 64, "truncation": True} if siglip else {"padding": True}
+    with torch.inference_mode():
+        image = model.get_image_features(**processor(images=images, return_tensors="pt")).pooler_output.numpy()
+        text = model.get_text_features(**tokenizer(texts, return_tensors="pt", **padding)).pooler_output.numpy()
+    classify = pipeline("zero-shot-image-classification", model=model, tokenizer=tokenizer, image_processor=processor)
+    from PIL import Image
+
+    ranked = classify(Image.fromarray(images[0]), candidate_labels=LABELS)
+    return image, text, ranked
+
+
+@pytest.mark.parametrize("target", ["cpu", "openvino"])
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_fp32_bundle_equals_pytorch_and_the_transformers_pipeline(dual_bundle, dual_model, arch, target):
+    from hfexport.runtime import load
+
+    result = dual_bundle(arch, target)
+    fidelity = result.report.stages[-1].fidelity
+    assert result.report.passed
+    assert fidelity["image_cosine_min"] >= 0.9999 and fidelity["text_cosine_min"] >= 0.9999
+    assert fidelity["top1_agreement"] == 1.0
+    manifest = result.manifest
+    assert manifest.tokenizer.file == "tokenizer/tokenizer.json" and manifest.processor.kind == "image"
+    assert len({Path(name).stem for name in manifest.model_files}) == 2  # image_model and text_model
+    assert manifest.model.task_fields["score"] == ("sigmoid" if arch == "siglip" else "softmax")
+
+    images = [synthetic_image(5000 + i) for i in range(3)]
+    texts = ["This is a photo of a cat.", "a dog", "Zebra crossing, #42!"]
+    want_image, want_text, want_ranked = _torch_reference(dual_model(arch), images, texts)
+    model = load(result.bundle)
+    np.testing.assert_allclose(model.embed_image(images), want_image, atol=1e-4)
+    np.testing.assert_allclose(model.embed_text(texts), want_text, atol=1e-4)
+    got = model(images[0], candidate_labels=LABELS)[0]
+    assert [r["label"] for r in got] == [r["label"] for r in want_ranked]
+    np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want_ranked], atol=1e-5)
+    if arch == "siglip":  # padded to 64 tokens, as SiglipProcessor's pipeline pads
+        assert model.text_encoder.encode(["a"]).input_ids.shape == (1, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["cpu", "openvino"])
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_default_int8_passes_the_task_gates(dual_bundle, arch, target):
+    result = dual_bundle(arch, target, "default")
+    fidelity = result.report.stages[-1].fidelity
+    assert result.manifest.target.precision == "int8" and result.report.passed
+    assert fidelity["image_cosine_min"] >= 0.98 and fidelity["text_cosine_min"] >= 0.98
+    assert fidelity["top1_agreement"] >= 0.8
+    quantize = next(p for p in result.manifest.passes if p.name == "quantize")
+    assert set(quantize.stats["graphs"]) == {"image_model", "text_model"}  # each tower quantised on its own
+
+
+_ISOLATED = TORCH_BLOCKER + """
+from hfexport.runtime import load
+model = load(sys.argv[1])
+image = model.embed_image([sys.argv[2], sys.argv[2]])
+text = model.embed_text(["a cat", "a dog"])
+ranked = model(sys.argv[2], candidate_labels=["a cat", "a dog"])
+scores = model.scores(image[:1], text)[0].tolist()
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
+print(json.dumps({"image": list(image.shape), "text": list(text.shape), "labels": len(ranked[0]),
+                  "same": sorted(scores, reverse=True) == [r["score"] for r in ranked[0]], "heavy": heavy}))
+"""
+
+
+def test_runtime_embeds_and_classifies_without_torch_or_transformers(dual_bundle, tmp_path):
+    from PIL import Image
+
+    result = dual_bundle("clip", "cpu")
+    Image.fromarray(synthetic_image(7)).save(tmp_path / "x.png")
+    out = subprocess.run([sys.executable, "-c", _ISOLATED, str(result.bundle), str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"image": [2, 16], "text": [2, 16], "labels": 2,
+                                                               "same": True, "heavy": []}
+
+
+@pytest.mark.parametrize(("call", "message"), [
+    ({}, "needs candidate_labels"),
+    ({"candidate_labels": []}, "needs candidate_labels"),
+    ({"candidate_labels": ["a cat"], "hypothesis_template": "no slot"}, "needs a {}"),
+])
+def test_bad_call_is_one_value_error_line(dual_bundle, call, message):
+    from hfexport.runtime import load
+
+    model = load(dual_bundle("clip", "cpu").bundle)
+    with pytest.raises(ValueError, match=message) as info:
+        model(synthetic_image(1), **call)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ValueError, match="a string or a list of strings"):
+        model.embed_text([1, 2])
+
+
+def test_serve_refuses_a_dual_encoder_bundle_in_one_line(dual_bundle):
+    pytest.importorskip("uvicorn")
+    bundle = dual_bundle("clip", "cpu").bundle
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "serve", str(bundle), "--port", "0"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "no route for zero-shot-image-classification bundles" in out.stderr
+
+
+def test_tpu_target_refuses_a_dual_encoder_at_plan_time(dual_model, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "build", "-m", str(dual_model("clip")),
+                          "--target", "tpu", "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "unexpected" not in out.stderr
+    assert "does not export image models yet" in out.stderr and not (tmp_path / "b").exists()
