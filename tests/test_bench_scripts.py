@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
@@ -12,6 +13,7 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 def _script(name: str):
     spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
     spec.loader.exec_module(module)
     return module
 
@@ -43,3 +45,16 @@ def test_bench_generation_trains_its_model_as_a_causal_lm(tmp_path):
     with torch.no_grad():
         logits = after(input_ids=torch.tensor([prefix])).logits[0, -1]
     assert int(logits.argmax()) == full[len(prefix)]
+
+
+def test_bench_peers_dry_run_plans_without_installing(tmp_path, capsys):
+    bench = _script("bench_peers")
+    venvs = tmp_path / "venvs"
+    assert bench.main(["--dry-run", "--venvs", str(venvs), "--threads", "1", "2", "--processes", "3"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert [v["peer"] for v in plan["venvs"]] == ["optimum-onnx"] and not plan["venvs"][0]["exists"]
+    assert any("torch==2.13.0" == p for p in plan["venvs"][0]["pip"])  # the local CPU wheel, never CUDA's
+    assert plan["sides"] == ["hfexport default", "hfexport int8-small", "optimum-onnx"]
+    assert plan["timings"]["processes_total"] == 3 * 2 * 3
+    assert plan["builds"][-1]["isa_preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    assert not venvs.exists()  # nothing installed, nothing made

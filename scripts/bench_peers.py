@@ -1,0 +1,289 @@
+#!/usr/bin/env python
+"""hfexport against the engines users would pick instead, side by side on this machine.
+
+    python scripts/bench_peers.py --dry-run                  # the plan: virtual environments, builds, timings
+    python scripts/bench_peers.py                            # MiniLM: hfexport default + int8-small vs optimum-onnx
+    python scripts/bench_peers.py --threads 1 2 --processes 3 --markdown
+
+Each peer gets its own virtual environment (made on demand under --venvs, reused after; the peers pin other
+transformers versions than hfexport), builds its best artifact from the same local model folder, and every
+side is timed in fresh processes, alternating sides, --processes per side and thread count: text in, sentence
+vector out (tokenisation included), batch 1 (one ~128-token text, median of --runs calls after warm-up) and
+batch 32. ONNX Runtime's spinning is off on every side. Fidelity is measured the same way for all: cosine of each
+side's vectors to PyTorch fp32's (mean pooling, L2-normalised, as sentence-transformers does) on the 128 shipped
+held-out texts. Check `uptime` first: a busy machine changes every number.
+
+Peers built so far: optimum-onnx (export -> ORTOptimizer O3 -> ORTQuantizer dynamic int8, per channel, the host's
+AVX preset). onnxruntime-genai, optimum-intel, openvino-genai and llama.cpp are issue 17's next rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str
+    packages: tuple[str, ...]  # pip requirements of its virtual environment (torch pinned to the local CPU wheel)
+    build: str  # Python run in that environment: argv = model folder, output folder, host ISA preset
+    artifact: str  # the ONNX file it builds, relative to the output folder
+    what: str
+
+
+_OPTIMUM_ONNX_BUILD = r'''
+import sys
+from pathlib import Path
+
+import onnx
+import optimum.onnxruntime.quantization as quantization
+from optimum.onnxruntime import ORTModelForFeatureExtraction, ORTOptimizer, ORTQuantizer
+from optimum.onnxruntime.configuration import AutoOptimizationConfig, AutoQuantizationConfig
+
+model, out, isa = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+
+
+class Quantizer(quantization.ONNXQuantizer):
+    # onnxruntime >= 1.2x cannot infer tensor types after O3's contrib operators; its error message names this
+    # option as the fix, and optimum-onnx 0.1.0 does not pass it.
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("extra_options", {})["DefaultTensorType"] = onnx.TensorProto.FLOAT
+        super().__init__(*args, **kwargs)
+
+
+quantization.ONNXQuantizer = Quantizer
+exported = ORTModelForFeatureExtraction.from_pretrained(model, export=True)
+ORTOptimizer.from_pretrained(exported).optimize(save_dir=out / "o3", optimization_config=AutoOptimizationConfig.O3())
+preset = getattr(AutoQuantizationConfig, isa)(is_static=False, per_channel=True)
+ORTQuantizer.from_pretrained(out / "o3", file_name="model_optimized.onnx").quantize(save_dir=out / "int8",
+                                                                                      quantization_config=preset)
+'''
+
+PEERS = {
+    "optimum-onnx": Peer("optimum-onnx", ("torch==2.13.0", "optimum-onnx[onnxruntime]==0.1.0"), _OPTIMUM_ONNX_BUILD,
+                         "int8/model_optimized_quantized.onnx",
+                         "optimum-onnx export, ORTOptimizer O3, ORTQuantizer dynamic int8 per channel"),
+}
+
+# Run by every side's own interpreter: load, embed the held-out texts, time batch 1 and batch 32.
+_TIMER = r'''
+import json, statistics, sys, time
+import numpy as np
+
+kind, path, threads, runs, texts_file, vectors_out = sys.argv[1:7]
+threads, runs = int(threads), int(runs)
+spec = json.loads(open(texts_file).read())
+if kind == "hfexport":
+    from hfexport.runtime import load
+    model = load(path, threads=threads, session_overrides={"allow_spinning": False, "intra_op_threads": threads})
+    embed = lambda texts: np.asarray(model(texts))
+else:  # an ONNX encoder with a last_hidden_state output: tokenizer.json, mean pooling, L2 norm
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tokenizer = Tokenizer.from_file(spec["tokenizer"])
+    tokenizer.enable_truncation(spec["max_length"])
+    tokenizer.enable_padding()
+    def embed(texts):
+        encoded = tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encoded], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encoded], dtype=np.int64)
+        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        hidden = session.run(None, {n: feed[n] for n in names})[0]
+        pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+held_out = spec["held_out"]
+np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
+def timed(texts, calls, warmup):
+    for _ in range(warmup):
+        embed(texts)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        embed(texts)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+print(json.dumps({"b1_ms": timed([spec["long_text"]], runs, 10),
+                  "b32_ms": timed([spec["long_text"]] * 32, max(3, runs // 20), 1)}))
+'''
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="local model folder [default: the packaged all-MiniLM-L6-v2]")
+    parser.add_argument("--peers", nargs="+", default=list(PEERS), choices=sorted(PEERS))
+    parser.add_argument("--recipes", nargs="+", default=["default", "int8-small"],
+                        help="hfexport cpu recipes (names or YAML paths)")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per side and thread count")
+    parser.add_argument("--runs", type=int, default=100, help="batch-1 calls timed in each process")
+    parser.add_argument("--venvs", type=Path, default=Path(tempfile.gettempdir()) / "hfexport-peers",
+                        help="where the peers' virtual environments live (made on demand, then reused)")
+    parser.add_argument("--work", type=Path, default=None, help="builds go here [default: a temporary folder]")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true")
+    return parser.parse_args(argv)
+
+
+def host_isa_preset() -> str:
+    """optimum's AutoQuantizationConfig preset for this CPU (the one its docs pick per host)."""
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if "avx512_vnni" in flags:
+        return "avx512_vnni"
+    return "avx512" if "avx512f" in flags else ("avx2" if "avx2" in flags else "arm64")
+
+
+def plan(args) -> dict:
+    model = args.model or "the packaged all-MiniLM-L6-v2"
+    venv_steps = [{"peer": p, "venv": str(args.venvs / p), "pip": list(PEERS[p].packages),
+                   "exists": (args.venvs / p / "bin" / "python").is_file()} for p in args.peers]
+    builds = ([{"side": f"hfexport {r}", "how": f"hfexport build --target cpu --recipe {r} --model {model}"}
+               for r in args.recipes] + [{"side": p, "how": PEERS[p].what, "isa_preset": host_isa_preset()}
+                                        for p in args.peers])
+    sides = [f"hfexport {Path(r).stem}" for r in args.recipes] + list(args.peers)
+    return {"model": model, "venvs": venv_steps, "builds": builds, "sides": sides,
+            "timings": {"threads": args.threads, "processes_per_side": args.processes, "batch1_runs": args.runs,
+                        "processes_total": len(sides) * len(args.threads) * args.processes}}
+
+
+def _venv_python(args, peer: Peer) -> Path:
+    folder = args.venvs / peer.name
+    python = folder / "bin" / "python"
+    if not python.is_file():
+        print(f"making {folder} ({' '.join(peer.packages)}) ...", file=sys.stderr)
+        subprocess.run([sys.executable, "-m", "venv", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.packages], check=True)
+    return python
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    the_plan = plan(args)
+    if args.dry_run:
+        print(json.dumps(the_plan, indent=1), flush=True)
+        return 0
+    import numpy as np
+
+    from hfexport.api import build
+    from hfexport.data import default_eval_texts
+    from hfexport.loading import packaged_default_model, resolve_model
+    from hfexport.progress import Progress
+    from hfexport.validation.timing import text_of_length
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-peers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_dir = Path(args.model) if args.model else packaged_default_model()[0]
+    source = resolve_model(str(model_dir), log=lambda _m: None)
+    sides: dict[str, tuple[str, str, str]] = {}  # name -> (python, kind, artifact)
+    for recipe in args.recipes:
+        out = work / f"hfexport-{Path(recipe).stem}"
+        if not (out / "manifest.json").is_file():
+            print(f"building hfexport {recipe} ...", file=sys.stderr)
+            build(str(model_dir), target="cpu", recipe=recipe, output=out, gates=False, validation="quick",
+                  progress=Progress("quiet"), force=True)
+        sides[f"hfexport {Path(recipe).stem}"] = (sys.executable, "hfexport", str(out))
+    for name in args.peers:
+        peer = PEERS[name]
+        python, out = _venv_python(args, peer), work / name
+        if not (out / peer.artifact).is_file():
+            print(f"building {name} ...", file=sys.stderr)
+            script = work / f"build-{name}.py"
+            script.write_text(peer.build)
+            subprocess.run([str(python), str(script), str(model_dir), str(out), host_isa_preset()], check=True,
+                           stdout=subprocess.DEVNULL)
+        sides[name] = (str(python), "onnx", str(out / peer.artifact))
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    held_out = default_eval_texts()[:128]
+    spec = {"held_out": held_out, "long_text": text_of_length(tokenizer, default_eval_texts(), 128),
+            "tokenizer": str(next(model_dir.glob("tokenizer.json"))), "max_length": source.max_length}
+    (work / "texts.json").write_text(json.dumps(spec))
+    (work / "timer.py").write_text(_TIMER)
+    reference = _reference_vectors(source, tokenizer, held_out)
+
+    load_before = os.getloadavg()[0]
+    times: dict[tuple[str, int], list[dict]] = {}
+    fidelity: dict[str, dict] = {}
+    for threads in args.threads:
+        for round_number in range(args.processes):
+            order = list(sides) if round_number % 2 == 0 else list(reversed(sides))  # alternate who goes first
+            for name in order:
+                python, kind, artifact = sides[name]
+                vectors = work / f"vectors-{name.replace(' ', '-')}.npy"
+                done = subprocess.run([python, str(work / "timer.py"), kind, artifact, str(threads), str(args.runs),
+                                       str(work / "texts.json"), str(vectors)], check=True, capture_output=True,
+                                      text=True, cwd=_REPO)
+                times.setdefault((name, threads), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
+                if name not in fidelity:
+                    cos = (np.load(vectors) * reference).sum(1)
+                    fidelity[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    rows = []
+    for name, (_, kind, artifact) in sides.items():
+        size = sum(p.stat().st_size for p in Path(artifact).parent.glob("*.onnx*")) if kind == "onnx" else \
+            sum(p.stat().st_size for p in Path(artifact).glob("model*.onnx*"))
+        for threads in args.threads:
+            runs = times[(name, threads)]
+            b1 = [r["b1_ms"] for r in runs]
+            b32 = [r["b32_ms"] for r in runs]
+            rows.append({"side": name, "threads": threads, "b1_ms": statistics.median(b1),
+                         "b1_range": [min(b1), max(b1)], "b32_texts_per_s": 32000 / statistics.median(b32),
+                         "b32_range": [32000 / max(b32), 32000 / min(b32)], "size_mb": size / 1e6,
+                         **fidelity[name]})
+    result = {"model": str(model_dir), "isa_preset": host_isa_preset(), "load_before": load_before,
+              "load_after": os.getloadavg()[0], "processes": args.processes, "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    if args.markdown:
+        print(f"load average {load_before:.2f} before, {result['load_after']:.2f} after; ISA preset "
+              f"{result['isa_preset']}; medians of {args.processes} processes (range)\n")
+        print("| side | threads | b1 ms | b32 texts/s | cosine mean / min vs PyTorch | size MB |")
+        print("|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['side']} | {r['threads']} | {r['b1_ms']:.2f} ({r['b1_range'][0]:.2f}-{r['b1_range'][1]:.2f})"
+                  f" | {r['b32_texts_per_s']:.0f} ({r['b32_range'][0]:.0f}-{r['b32_range'][1]:.0f}) | "
+                  f"{r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {r['size_mb']:.1f} |")
+    else:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+def _reference_vectors(source, tokenizer, texts):
+    """PyTorch fp32 sentence vectors: mean pooling over the attention mask, L2-normalised."""
+    import torch
+
+    from hfexport.loading import load_torch_model
+
+    model = load_torch_model(source)
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(texts), 32):
+            batch = tokenizer(texts[i:i + 32], padding=True, truncation=True, max_length=source.max_length,
+                              return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=1).numpy())
+    import numpy as np
+
+    return np.concatenate(out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
