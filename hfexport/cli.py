@@ -165,7 +165,7 @@ def inspect(bundle, as_json) -> None:
 @click.argument("bundle", type=click.Path())
 @click.argument("texts", nargs=-1)
 @click.option("--question", default=None, help="Question answering: the question (TEXTS is the context).")
-@click.option("--label", "labels", multiple=True, help="Zero-shot classification: a candidate label (repeat it).")
+@click.option("--label", "labels", multiple=True, help="Zero-shot (image) classification: a candidate label (repeat it).")
 @click.option("--top-k", type=int, default=None, help="Classification / fill-mask: results per text; "
               "text generation: sample from the k most likely tokens.")
 @click.option("--max-new-tokens", type=int, default=None, help="Text generation: tokens to generate at most.")
@@ -203,6 +203,8 @@ def run(bundle, texts, question, labels, top_k, max_new_tokens, chat, do_sample,
     if not texts:
         raise click.UsageError("give at least one text")
     options = {"top_k": top_k} if top_k else {}
+    if predictor.task.startswith("zero-shot") and not labels:  # text (NLI) or images (CLIP): labels at call time
+        raise click.UsageError(f"a {predictor.task} bundle needs --label (repeat it for each candidate label)")
     if labels:
         options["candidate_labels"] = list(labels)
     if predictor.task == "question-answering":

@@ -135,15 +135,17 @@ def test_default_int8_passes_the_task_gates(dual_bundle, arch, target):
 
 
 _ISOLATED = TORCH_BLOCKER + """
+import numpy as np
 from hfexport.runtime import load
 model = load(sys.argv[1])
 image = model.embed_image([sys.argv[2], sys.argv[2]])
-text = model.embed_text(["a cat", "a dog"])
+text = model.embed_text(["This is a photo of a cat.", "This is a photo of a dog."])  # the default template
 ranked = model(sys.argv[2], candidate_labels=["a cat", "a dog"])
 scores = model.scores(image[:1], text)[0].tolist()
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))
 print(json.dumps({"image": list(image.shape), "text": list(text.shape), "labels": len(ranked[0]),
-                  "same": sorted(scores, reverse=True) == [r["score"] for r in ranked[0]], "heavy": heavy}))
+                  "same": bool(np.allclose(sorted(scores, reverse=True), [r["score"] for r in ranked[0]], atol=1e-6)),
+                  "heavy": heavy}))
 """
 
 
@@ -189,3 +191,20 @@ def test_tpu_target_refuses_a_dual_encoder_at_plan_time(dual_model, tmp_path):
                           "--target", "tpu", "-o", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr and "unexpected" not in out.stderr
     assert "does not export image models yet" in out.stderr and not (tmp_path / "b").exists()
+
+
+def test_cli_run_ranks_labels_for_an_image_and_asks_for_labels(dual_bundle, tmp_path):
+    from PIL import Image
+
+    bundle = str(dual_bundle("clip", "cpu").bundle)
+    Image.fromarray(synthetic_image(8)).save(tmp_path / "x.png")
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "run", bundle, str(tmp_path / "x.png"),
+                          "--label", "a cat", "--label", "a dog", "--label", "noise", "--top-k", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    ranked = json.loads(out.stdout.split(": ", 1)[1])
+    assert len(ranked) == 2 and ranked[0]["score"] >= ranked[1]["score"]
+    assert {r["label"] for r in ranked} <= {"a cat", "a dog", "noise"}
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "run", bundle, str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "needs --label" in out.stderr and "Traceback" not in out.stderr

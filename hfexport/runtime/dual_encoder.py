@@ -96,14 +96,14 @@ class DualEncoder:
         return 1.0 / (1.0 + np.exp(-logits)) if self.sigmoid else softmax(logits)
 
     def __call__(self, images, *, candidate_labels=None, hypothesis_template: str = DEFAULT_TEMPLATE,
-                 batch_size: int = 32) -> list[list[dict]]:
-        """For each image, the candidate labels ranked by score: [{"label": ..., "score": ...}, ...]."""
+                 top_k: int | None = None, batch_size: int = 32) -> list[list[dict]]:
+        """For each image, the candidate labels ranked by score (the `top_k` best): [{"label", "score"}, ...]."""
         labels = _labels(candidate_labels)
         if not isinstance(hypothesis_template, str) or "{}" not in hypothesis_template:
             raise ValueError("hypothesis_template needs a {} where the label goes")
         text = self.embed_text([hypothesis_template.format(label) for label in labels], batch_size=batch_size)
         scores = self.scores(self.embed_image(images, batch_size=batch_size), text)
-        return [[{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")]
+        return [[{"label": labels[i], "score": float(row[i])} for i in np.argsort(-row, kind="stable")[:top_k]]
                 for row in scores]
 
 
