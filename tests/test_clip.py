@@ -208,3 +208,46 @@ def test_cli_run_ranks_labels_for_an_image_and_asks_for_labels(dual_bundle, tmp_
     out = subprocess.run([sys.executable, "-m", "hfexport.cli", "run", bundle, str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "needs --label" in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_labelled_image_folders_give_zero_shot_accuracy_and_static_int8_calibrates_each_tower(dual_model, tmp_path):
+    """--eval-data class folders: zero-shot accuracy with the folder names as labels, on PyTorch and the bundle;
+    --calibration-data images calibrate the image tower, the shipped text the text tower (static int8)."""
+    from PIL import Image
+
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    for index in range(12):
+        label = ("red", "blue", "green")[index % 3]
+        (tmp_path / "eval" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(synthetic_image(500 + index)).save(tmp_path / "eval" / label / f"{index}.png")
+        (tmp_path / "calib").mkdir(exist_ok=True)
+        Image.fromarray(synthetic_image(700 + index)).save(tmp_path / "calib" / f"{index}.jpg")
+    recipe = dict(FP32_RECIPE, gates={}, passes=[{"type": "export"},
+                                                 {"type": "quantize", "precision": "int8", "mode": "static"}])
+    (tmp_path / "static.yaml").write_text(json.dumps(recipe))
+    result = build(str(dual_model("clip")), target="cpu", recipe=str(tmp_path / "static.yaml"),
+                   output=tmp_path / "bundle", calibration_data=str(tmp_path / "calib"),
+                   eval_data=str(tmp_path / "eval"), progress=Progress("quiet"), gates=False)
+    graphs = next(p for p in result.manifest.passes if p.name == "quantize").stats["graphs"]
+    assert graphs["image_model"]["calibration_samples"] == 12 and graphs["text_model"]["calibration_samples"] > 12
+    stages = result.report.stages
+    for stage in (stages[0], stages[-1]):
+        assert 0.0 <= stage.task_metrics["zero_shot_accuracy"] <= 1.0
+    assert result.report.evaluation.labelled_examples == 12
+
+
+@pytest.mark.slow
+def test_peak_memory_is_measured_for_the_image_tower_on_both_sides(dual_model, tmp_path):
+    from hfexport.api import build
+    from hfexport.progress import Progress
+
+    recipe = dict(FP32_RECIPE, evaluation=dict(FP32_RECIPE["evaluation"], memory=True))
+    (tmp_path / "memory.yaml").write_text(json.dumps(recipe))
+    result = build(str(dual_model("clip")), target="cpu", recipe=str(tmp_path / "memory.yaml"),
+                   output=tmp_path / "bundle", progress=Progress("quiet"))
+    peaks = {stage.name: stage.peak_rss_mb for stage in result.report.stages}
+    assert all(isinstance(peak, float) and peak > 0 for peak in peaks.values()), peaks
+    assert peaks["bundle"] < peaks["pytorch"]  # the bundle's process imports neither torch nor transformers

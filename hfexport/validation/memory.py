@@ -39,8 +39,8 @@ if kind == "torch":
     else:
         tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
         enc = tokenizer(inputs, padding=True, truncation=True, return_tensors="pt")
-    with torch.inference_mode():
-        model(**enc)
+    with torch.inference_mode():  # a dual encoder (CLIP): its image tower, as the bundle's embed_image
+        (model.get_image_features if hasattr(model, "get_text_features") else model)(**enc)
 else:
     from hfexport.runtime import load
     from hfexport.runtime.loader import Predictor, open_encoder, open_model
@@ -50,9 +50,14 @@ else:
     else:
         bundle, backend = sys.argv[5], sys.argv[6]
         manifest = read_manifest(Path(bundle))
-        predictor = Predictor(manifest, open_encoder(Path(bundle), manifest),
-                              open_model(Path(path), manifest, threads=threads, backend=backend))
-    predictor(inputs)
+        model = open_model(Path(path), manifest, threads=threads, backend=backend)
+        if manifest.tokenizer is not None and manifest.processor is not None:  # a dual encoder's two graphs
+            from hfexport.runtime.dual_encoder import open_dual_encoder
+            text = Path(path).with_name("text_model" + Path(path).suffix)
+            predictor = open_dual_encoder(manifest, Path(bundle), model, text)
+        else:
+            predictor = Predictor(manifest, open_encoder(Path(bundle), manifest), model)
+    getattr(predictor, "embed_image", predictor)(inputs)  # a dual encoder: the image tower
 # NOTE: VmHWM, not ru_maxrss (docs/decisions/0002-peak-memory-in-a-fresh-process.md).
 peak = None
 try:
