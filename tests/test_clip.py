@@ -251,3 +251,19 @@ def test_peak_memory_is_measured_for_the_image_tower_on_both_sides(dual_model, t
     peaks = {stage.name: stage.peak_rss_mb for stage in result.report.stages}
     assert all(isinstance(peak, float) and peak > 0 for peak in peaks.values()), peaks
     assert peaks["bundle"] < peaks["pytorch"]  # the bundle's process imports neither torch nor transformers
+
+
+def test_explicit_tasks_that_do_not_fit_are_refused_in_one_line(dual_model, tmp_path):
+    import transformers
+
+    from hfexport.errors import ModelLoadError
+    from hfexport.loading import resolve_model
+
+    transformers.ViTConfig(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, architectures=["ViTModel"]).save_pretrained(str(tmp_path / "vit"))
+    with pytest.raises(ModelLoadError, match="not an image-text dual encoder") as info:
+        resolve_model(str(tmp_path / "vit"), task="zero-shot-image-classification")
+    assert "\n" not in str(info.value)
+    with pytest.raises(ModelLoadError, match="reading images and text.*leave out --task"):
+        resolve_model(str(dual_model("clip")), task="image-classification")
+    assert resolve_model(str(dual_model("clip")), task="image-text-embedding").task == "zero-shot-image-classification"
