@@ -267,3 +267,14 @@ def test_explicit_tasks_that_do_not_fit_are_refused_in_one_line(dual_model, tmp_
     with pytest.raises(ModelLoadError, match="reading images and text.*leave out --task"):
         resolve_model(str(dual_model("clip")), task="image-classification")
     assert resolve_model(str(dual_model("clip")), task="image-text-embedding").task == "zero-shot-image-classification"
+
+
+def test_distillation_is_refused_at_plan_time(dual_model, tmp_path):
+    (tmp_path / "distill.yaml").write_text(json.dumps({"schema_version": 1, "passes": [{"type": "distill"},
+                                                                                       {"type": "export"}]}))
+    out = subprocess.run([sys.executable, "-m", "hfexport.cli", "build", "-m", str(dual_model("clip")), "--target",
+                          "cpu", "--recipe", str(tmp_path / "distill.yaml"), "-o", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr and "unexpected" not in out.stderr
+    assert "distillation has no loss for task 'zero-shot-image-classification'" in out.stderr
+    assert not (tmp_path / "b").exists()
