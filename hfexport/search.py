@@ -179,13 +179,19 @@ def _time_side_by_side(bundles: dict[str, Path], task: str, runs: int = 30) -> t
 
     from hfexport import data
     from hfexport.runtime import load
+    from hfexport.tasks import get_task
     from hfexport.validation.timing import LoadWatch, time_alternating
 
     text = " ".join(data.default_calibration_texts()[:6])  # a few sentences: ~100 tokens
     loaded = {name: load(path, session_overrides={"allow_spinning": False}) for name, path in bundles.items()}
     generative = any(hasattr(p, "generate") for p in loaded.values())
-    calls = {name: ((lambda p=p: p.generate(text, max_new_tokens=16, do_sample=False)) if generative
-                    else (lambda p=p: p([text]))) for name, p in loaded.items()}
+    spec = get_task(task)
+    if spec.modality != "text":  # an image or a clip, called as the task's apps call it (CLIP: with labels)
+        sample = data.synthetic_image(0) if spec.modality == "image" else data.synthetic_audio(0)
+        calls = {name: (lambda p=p: spec.call(p, [sample])) for name, p in loaded.items()}
+    else:
+        calls = {name: ((lambda p=p: p.generate(text, max_new_tokens=16, do_sample=False)) if generative
+                        else (lambda p=p: p([text]))) for name, p in loaded.items()}
     watch = LoadWatch()
     timed = time_alternating(calls, runs, settle=2)
     return {name: float(statistics.median(samples)) for name, samples in timed.items()}, watch.warnings(timed)

@@ -278,3 +278,17 @@ def test_distillation_is_refused_at_plan_time(dual_model, tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr and "unexpected" not in out.stderr
     assert "distillation has no loss for task 'zero-shot-image-classification'" in out.stderr
     assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_recipe_auto_times_dual_encoder_candidates_with_labels(dual_model, tmp_path):
+    """--recipe auto times the passing candidates as an app calls them (an image against labels); it called every
+    bundle with a text before, which no image bundle takes."""
+    out = tmp_path / "auto"
+    done = subprocess.run([sys.executable, "-m", "hfexport.cli", "build", "-m", str(dual_model("clip")), "--target",
+                           "cpu", "--recipe", "auto", "--validation", "quick", "-q", "-o", str(out)],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    search = json.loads((tmp_path / "auto.search" / "search.json").read_text())
+    timed = [c for c in search["candidates"] if c["latency_ms"] is not None]
+    assert timed and json.loads((out / "manifest.json").read_text())["recipe"]["name"] == search["chosen"]

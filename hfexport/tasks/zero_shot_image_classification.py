@@ -84,6 +84,12 @@ class ZeroShotImageClassification(TaskSpec):
 
         return zero_shot_accuracy(runner, inputs, labels, batch)
 
+    def call(self, predictor, inputs: list):
+        """An app's call: the images against one label set (what a search's side-by-side timing runs)."""
+        from hfexport.validation.dual_encoder import LABEL_SETS
+
+        return predictor(inputs, candidate_labels=list(LABEL_SETS[0]))
+
     def reference_runner(self, model, processor, bundle):
         """PyTorch fp32 behind transformers' image processor and the bundle's tokenizer, as the pipeline runs it."""
         from transformers import AutoTokenizer
