@@ -292,3 +292,13 @@ def test_recipe_auto_times_dual_encoder_candidates_with_labels(dual_model, tmp_p
     search = json.loads((tmp_path / "auto.search" / "search.json").read_text())
     timed = [c for c in search["candidates"] if c["latency_ms"] is not None]
     assert timed and json.loads((out / "manifest.json").read_text())["recipe"]["name"] == search["chosen"]
+
+
+def test_validate_rechecks_a_bundle_against_pytorch(dual_bundle, tmp_path):
+    from hfexport.api import validate_bundle
+    from hfexport.progress import Progress
+
+    report = validate_bundle(dual_bundle("siglip", "cpu").bundle, report_dir=tmp_path / "r", progress=Progress("quiet"))
+    fidelity = report.stages[-1].fidelity
+    assert report.passed and fidelity["cosine_min"] >= 0.9999 and fidelity["top1_agreement"] == 1.0
+    assert (tmp_path / "r" / "report.json").is_file()
