@@ -49,9 +49,10 @@ def test_openvino_generation_greedy_tokens_equal_pytorch_generate(ov_llm_bundle,
     stats = result.manifest.passes[0].stats
     assert stats["stateful"] and stats["max_abs_logit_diff_vs_torch"] < 1e-4
     # The cache lives in the request: no past/present ports, only the beam order the CPU plugin's fused
-    # attention needs.
+    # attention needs, and the positions whose logits the LM head computes.
     signature = result.manifest.signature
-    assert [i.name for i in signature.inputs] == ["input_ids", "attention_mask", "position_ids", "beam_idx"]
+    assert [i.name for i in signature.inputs] == ["input_ids", "attention_mask", "position_ids", "logits_to_keep",
+                                                  "beam_idx"]
     assert [o.name for o in signature.outputs] == ["logits"]
     assert result.manifest.model_files == ["model.xml", "model.bin"]
 

@@ -4,8 +4,14 @@ and the greedy check of an exported graph against PyTorch `generate`, run throug
 The graph's layout (ONNX and OpenVINO alike):
 
     inputs   input_ids [batch, sequence], attention_mask [batch, past + sequence],
-             position_ids [batch, sequence], past_key_values.<i>.key/value [batch, kv_heads, past, head_dim]
-    outputs  logits [batch, sequence, vocab], present.<i>.key/value [batch, kv_heads, past + sequence, head_dim]
+             position_ids [batch, sequence], logits_to_keep [] (int64),
+             past_key_values.<i>.key/value [batch, kv_heads, past, head_dim]
+    outputs  logits [batch, kept, vocab], present.<i>.key/value [batch, kv_heads, past + sequence, head_dim]
+
+`logits_to_keep` = k computes the LM head for the last k positions only (0: every position), so a prefill
+that wants the next token costs one position's LM head, not the prompt's (docs/decisions/0171-last-position-
+lm-head.md). A model whose forward takes no `logits_to_keep`, and every bundle built before it, has no such
+input and returns every position; the runtime feeds it only to graphs that have it.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from hfexport.errors import ExportError, first_line
 
 SAMPLE_PROMPT = "hfexport checks the exported graph by greedy decoding this prompt"
 FIXED_INPUTS = ("input_ids", "attention_mask", "position_ids")
+KEEP_INPUT = "logits_to_keep"
 
 
 def past_names(layers: int) -> list[str]:
@@ -34,8 +41,22 @@ def cache_layout(model) -> tuple[int, int, int]:
     return len(cache.layers), int(keys.shape[1]), int(keys.shape[3])
 
 
-def generation_wrapper(model, layers: int, *, past_4d: bool = False):
+def keeps_logits(model) -> bool:
+    """Whether the model's forward takes transformers' `logits_to_keep` (every causal LM of transformers 5 but a
+    few speech and music decoders)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+def graph_inputs(layers: int, keep: bool) -> list[str]:
+    """The graph's input names in the wrapper's argument order."""
+    return [*FIXED_INPUTS, *([KEEP_INPUT] if keep else []), *past_names(layers)]
+
+
+def generation_wrapper(model, layers: int, *, past_4d: bool = False, keep: bool = False):
     """Tensors in, tensors out: the cache object exists only inside forward, where tracing sees through it.
+    With `keep` the fourth argument is `logits_to_keep` (a 0-D int64 tensor; see the module docstring).
 
     NOTE: `past_4d`: a fresh cache layer starts from a 1-D empty tensor, and the first `update` concatenates
     the past onto it. The ONNX exporter drops that empty constant; OpenVINO's converter rejects the Concat
@@ -57,7 +78,9 @@ def generation_wrapper(model, layers: int, *, past_4d: bool = False):
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids, attention_mask, position_ids, *past):
+        def forward(self, input_ids, attention_mask, position_ids, *rest):
+            past = rest[1:] if keep else rest
+            extra = {"logits_to_keep": kept_positions(input_ids, rest[0])} if keep else {}
             cache = full_layers(DynamicCache(config=self.model.config))  # the window lives in the mask
             for i in range(layers):
                 key, value = past[2 * i], past[2 * i + 1]
@@ -67,11 +90,22 @@ def generation_wrapper(model, layers: int, *, past_4d: bool = False):
                     layer.keys, layer.values = key[:, :, :0], value[:, :, :0]
                 cache.update(key, value, i)
             out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             past_key_values=cache, use_cache=True, return_dict=True)
+                             past_key_values=cache, use_cache=True, return_dict=True, **extra)
             present = out.past_key_values.layers
             return (out.logits, *[t for i in range(layers) for t in (present[i].keys, present[i].values)])
 
     return GenerationGraph().eval()
+
+
+def kept_positions(input_ids, logits_to_keep):
+    """The positions whose logits the graph computes, as a 1-D tensor (transformers slices the hidden states
+    with it before the LM head): the last `logits_to_keep`, or every one for 0 or more than the sequence.
+    NOTE: a Range from a traced start, so one graph serves every k; an int would be baked in by tracing."""
+    import torch
+
+    length = input_ids.shape[1]
+    count = torch.where(logits_to_keep > 0, torch.clamp(logits_to_keep, max=length), length)
+    return torch.arange(length - count, length, device=input_ids.device)
 
 
 def full_layers(cache):
@@ -83,8 +117,9 @@ def full_layers(cache):
     return cache
 
 
-def sample_inputs(model, layers: int, kv_heads: int, head_dim: int) -> tuple:
-    """Distinct batch (2), past (3) and sequence (5) lengths keep every dynamic axis apart."""
+def sample_inputs(model, layers: int, kv_heads: int, head_dim: int, *, keep: bool = False) -> tuple:
+    """Distinct batch (2), past (3) and sequence (5) lengths keep every dynamic axis apart; with `keep`, a
+    `logits_to_keep` of 2 (neither 0 nor 1, nor the sequence)."""
     import torch
 
     vocab = int(model.get_output_embeddings().weight.shape[0])
@@ -93,6 +128,7 @@ def sample_inputs(model, layers: int, kv_heads: int, head_dim: int) -> tuple:
     return (torch.randint(0, vocab, (batch, seq), generator=generator),
             torch.ones(batch, past + seq, dtype=torch.long),
             torch.arange(past, past + seq).unsqueeze(0).expand(batch, -1).contiguous(),
+            *([torch.tensor(2, dtype=torch.long)] if keep else []),
             *[torch.randn(batch, kv_heads, past, head_dim, generator=generator) for _ in range(2 * layers)])
 
 
@@ -158,10 +194,12 @@ def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[in
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
     length, got = ids.shape[1], []
     try:
-        logits, cache = decoder.step(ids.numpy(), mask.numpy(), np.arange(length, dtype=np.int64)[None],
-                                     decoder.empty_cache(1), all_logits=True)
-        diff = float(np.abs(logits - reference).max())
-        got.append(_greedy(logits[0, -1], eos))
+        positions = np.arange(length, dtype=np.int64)[None]
+        every, _ = decoder.step(ids.numpy(), mask.numpy(), positions, decoder.empty_cache(1), all_logits=True)
+        # The decode below starts from the prefill the runtime runs: the last position's logits only.
+        logits, cache = decoder.step(ids.numpy(), mask.numpy(), positions, decoder.empty_cache(1))
+        diff = max(float(np.abs(every - reference).max()), float(np.abs(logits - reference[:, -1]).max()))
+        got.append(_greedy(logits[0], eos))
         for step in range(1, tokens):
             total = length + step
             logits, cache = decoder.step(np.array([[got[-1]]], np.int64), np.ones((1, total), np.int64),

@@ -19,10 +19,11 @@ from pydantic import Field
 
 from hfexport.artifacts import OnnxModel, TorchModel
 from hfexport.backends._generation_graph import (
-    FIXED_INPUTS,
     cache_layout,
     generation_wrapper,
+    graph_inputs,
     greedy_check,
+    keeps_logits,
     past_names,
     present_names,
     raise_on_mismatch,
@@ -118,12 +119,13 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
 
     model = ctx.torch_module(artifact.path)
     layers, kv_heads, head_dim = cache_layout(model)
-    wrapper = generation_wrapper(model, layers)
-    sample = sample_inputs(model, layers, kv_heads, head_dim)
-    inputs = [*FIXED_INPUTS, *past_names(layers)]
+    keep = keeps_logits(model)
+    wrapper = generation_wrapper(model, layers, keep=keep)
+    sample = sample_inputs(model, layers, kv_heads, head_dim, keep=keep)
+    inputs = graph_inputs(layers, keep)
     outputs = ["logits", *present_names(layers)]
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "kept" if keep else "sequence"}}
     axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})
     axes.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
     path = out_dir / "model.onnx"

@@ -184,7 +184,8 @@ class _Probe:
         """A prefill of whole windows: no padding, positions from 0, an empty past."""
         ids = np.asarray(windows, np.int64)
         known = {"input_ids": ids, "attention_mask": np.ones_like(ids),
-                 "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()}
+                 "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy(),
+                 "logits_to_keep": np.array(0, np.int64)}  # every position's logits (a graph that has the input)
         feeds = {}
         for value in self.session.get_inputs():
             if value.name in known:

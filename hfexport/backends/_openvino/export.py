@@ -23,7 +23,9 @@ from hfexport.backends._generation_graph import (
     FIXED_INPUTS,
     cache_layout,
     generation_wrapper,
+    graph_inputs,
     greedy_check,
+    keeps_logits,
     past_names,
     present_names,
     raise_on_mismatch,
@@ -91,14 +93,16 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
     model = ctx.torch_module(artifact.path)
     layers, kv_heads, head_dim = cache_layout(model)
     past, present = past_names(layers), present_names(layers)
-    inputs, outputs = [*FIXED_INPUTS, *past], ["logits", *present]
+    keep = keeps_logits(model)
+    inputs, outputs = graph_inputs(layers, keep), ["logits", *present]
     ports = ([(ov.PartialShape([-1, -1]), ov.Type.i64)] * len(FIXED_INPUTS)
+             + [(ov.PartialShape([]), ov.Type.i64)] * keep
              + [(ov.PartialShape([-1, kv_heads, -1, head_dim]), ov.Type.f32)] * len(past))
     path = out_dir / "model.xml"
     try:
         with torch.inference_mode():
-            ir = ov.convert_model(generation_wrapper(model, layers, past_4d=True),
-                                  example_input=sample_inputs(model, layers, kv_heads, head_dim), input=ports)
+            ir = ov.convert_model(generation_wrapper(model, layers, past_4d=True, keep=keep), input=ports,
+                                  example_input=sample_inputs(model, layers, kv_heads, head_dim, keep=keep))
         _name_ports(ir, inputs, outputs)
         if config.stateful:
             make_stateful(ir, past, present, kv_heads, head_dim)

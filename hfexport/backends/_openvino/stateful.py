@@ -1,7 +1,8 @@
 """Make an OpenVINO KV-cache graph stateful: the past/present pairs become variables of the InferRequest.
 
-After this the graph's inputs are input_ids, attention_mask, position_ids and beam_idx; its only output
-is logits. Each request keeps its own cache; `reset_state()` (or a fresh request) starts a new sequence.
+After this the graph's inputs are input_ids, attention_mask, position_ids, logits_to_keep (where the export
+made one) and beam_idx; its only output is logits. Each request keeps its own cache; `reset_state()` (or a
+fresh request) starts a new sequence.
 
 A beam_idx input although hfexport never reorders beams: the runtime feeds arange(batch).
 NOTE: the CPU plugin's in-place cache append needs that Gather (docs/decisions/0043-openvino-stateful-kv-cache.md).

@@ -27,6 +27,7 @@ def _ort_input_errors() -> tuple[type[BaseException], ...]:
 
 
 _ORT_INPUT_ERRORS = _ort_input_errors()
+_KEEP_ALL, _KEEP_LAST = np.array(0, np.int64), np.array(1, np.int64)
 
 
 class OnnxRuntimeSession:
@@ -129,7 +130,8 @@ class OnnxRuntimeDecoder:
 
     NOTE: the cache stays inside ONNX Runtime. Each step binds the previous step's `present` OrtValues
     as this step's `past` through IOBinding, so no cache tensor is converted to numpy or copied on the
-    host between steps; only the last position's logits come back. The graph's Concat still writes
+    host between steps; only the last position's logits come back, and a graph with a `logits_to_keep`
+    input computes only those (older bundles compute every position's). The graph's Concat still writes
     past + new into a fresh `present` (O(past) per token, as in every concat-cache ONNX graph); a
     shared-buffer GroupQueryAttention graph would remove that too.
     """
@@ -139,6 +141,7 @@ class OnnxRuntimeDecoder:
         inputs = runtime.session.get_inputs()
         self.past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
         self.present_names = [o.name for o in runtime.session.get_outputs() if o.name.startswith("present.")]
+        self.keeps_logits = any(i.name == "logits_to_keep" for i in inputs)  # absent from bundles before it
         past = next(i for i in inputs if i.name in self.past_names)
         self.kv_heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
         self.cache_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
@@ -158,6 +161,8 @@ class OnnxRuntimeDecoder:
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        if self.keeps_logits:  # 0: every position, 1: the last one
+            binding.bind_cpu_input("logits_to_keep", _KEEP_ALL if all_logits else _KEEP_LAST)
         for name, value in zip(self.past_names, cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")

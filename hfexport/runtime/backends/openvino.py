@@ -121,11 +121,22 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     return result
 
 
-def _step_feeds(input_ids, attention_mask, position_ids) -> dict[str, np.ndarray]:
+_KEEP_ALL, _KEEP_LAST = np.array(0, np.int64), np.array(1, np.int64)
+
+
+def _keeps_logits(compiled) -> bool:
+    """Whether the graph takes `logits_to_keep` (bundles built before it compute every position's logits)."""
+    return any("logits_to_keep" in port.get_names() for port in compiled.inputs)
+
+
+def _step_feeds(input_ids, attention_mask, position_ids, keep: bool, all_logits: bool) -> dict[str, np.ndarray]:
     # Contiguous int64, so OpenVINO can read the arrays in place (share_inputs) instead of copying them.
-    return {"input_ids": np.ascontiguousarray(input_ids, np.int64),
-            "attention_mask": np.ascontiguousarray(attention_mask, np.int64),
-            "position_ids": np.ascontiguousarray(position_ids, np.int64)}
+    feeds = {"input_ids": np.ascontiguousarray(input_ids, np.int64),
+             "attention_mask": np.ascontiguousarray(attention_mask, np.int64),
+             "position_ids": np.ascontiguousarray(position_ids, np.int64)}
+    if keep:  # 0: every position, 1: the last one, so a prefill computes one position's LM head
+        feeds["logits_to_keep"] = _KEEP_ALL if all_logits else _KEEP_LAST
+    return feeds
 
 
 def _logits(request, all_logits: bool) -> np.ndarray:
@@ -152,6 +163,7 @@ class OpenVINOStatefulDecoder:
 
     def __init__(self, runtime: OpenVINOSession):
         self.compiled = runtime.compiled
+        self.keeps_logits = _keeps_logits(runtime.compiled)
 
     def empty_cache(self, batch: int) -> StatefulCache:
         return StatefulCache(self.compiled.create_infer_request(), np.arange(batch, dtype=np.int32))
@@ -159,7 +171,7 @@ class OpenVINOStatefulDecoder:
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: StatefulCache, all_logits: bool = False) -> tuple[np.ndarray, StatefulCache]:
         """One forward over `input_ids`; returns logits (last position, or every position) and the cache."""
-        feeds = _step_feeds(input_ids, attention_mask, position_ids)
+        feeds = _step_feeds(input_ids, attention_mask, position_ids, self.keeps_logits, all_logits)
         cache.request.infer({**feeds, "beam_idx": cache.beam_idx}, share_inputs=True, share_outputs=True)
         return _logits(cache.request, all_logits), cache
 
@@ -183,6 +195,7 @@ class OpenVINODecoder:
         self.present_names = [n for n in runtime.output_names if n.startswith("present.")]
         shape = self.compiled.input(self.past_names[0]).get_partial_shape()
         self.kv_heads, self.head_dim = shape[1].get_length(), shape[3].get_length()
+        self.keeps_logits = _keeps_logits(runtime.compiled)
 
     def empty_cache(self, batch: int) -> ExplicitCache:
         import openvino as ov
@@ -195,7 +208,7 @@ class OpenVINODecoder:
         request = self.compiled.create_infer_request()
         for name, tensor in zip(self.past_names, cache.tensors):
             request.set_tensor(name, tensor)
-        request.infer(_step_feeds(input_ids, attention_mask, position_ids), share_inputs=True,
-                      share_outputs=True)
+        request.infer(_step_feeds(input_ids, attention_mask, position_ids, self.keeps_logits, all_logits),
+                      share_inputs=True, share_outputs=True)
         return _logits(request, all_logits), ExplicitCache([request.get_tensor(n) for n in self.present_names],
                                                            request)
