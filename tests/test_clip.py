@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from hfexport.data import synthetic_image
-from tests.conftest import TORCH_BLOCKER
+from tests.conftest import TORCH_BLOCKER, assert_thread_safe
 
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 FP32_RECIPE = {"schema_version": 1, "gates": {"cosine_min": 0.9999, "top1_agreement": 1.0},
@@ -302,3 +302,18 @@ def test_validate_rechecks_a_bundle_against_pytorch(dual_bundle, tmp_path):
     fidelity = report.stages[-1].fidelity
     assert report.passed and fidelity["cosine_min"] >= 0.9999 and fidelity["top1_agreement"] == 1.0
     assert (tmp_path / "r" / "report.json").is_file()
+
+
+def test_embeddings_are_thread_safe(dual_bundle):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hfexport.runtime import load
+
+    model = load(dual_bundle("siglip", "cpu").bundle)
+    assert_thread_safe(model.embed_text)  # the fixed-length SigLIP tokenizer and the text graph
+    images = [synthetic_image(900 + i) for i in range(8)]
+    expected = [model.embed_image(image)[0] for image in images]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda image: model.embed_image(image)[0], images * 3))
+    for index, vector in enumerate(got):
+        np.testing.assert_allclose(vector, expected[index % len(images)], atol=1e-5)
