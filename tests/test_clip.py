@@ -119,6 +119,9 @@ def test_fp32_bundle_equals_pytorch_and_the_transformers_pipeline(dual_bundle, d
     np.testing.assert_allclose([r["score"] for r in got], [r["score"] for r in want_ranked], atol=1e-5)
     if arch == "siglip":  # padded to 64 tokens, as SiglipProcessor's pipeline pads
         assert model.text_encoder.encode(["a"]).input_ids.shape == (1, 64)
+    long_text = " ".join(["a photo of a zebra crossing at night"] * 40)  # far past the text tower's positions
+    assert model.text_encoder.encode([long_text]).input_ids.shape[1] <= manifest.model.task_fields["text_max_length"]
+    assert model.embed_text([long_text]).shape == (1, want_text.shape[1])
 
 
 @pytest.mark.slow

@@ -126,8 +126,9 @@ def open_dual_encoder(manifest, bundle: Path, image_backend, text_path: Path | N
     with _bundle_errors(bundle / processor.file, "image processor"):
         images = ImageEncoder(bundle / processor.file)
     pad_to = fields.get("text_padding")
+    longest = min(manifest.model.max_length, int(fields.get("text_max_length") or manifest.model.max_length))
     with _bundle_errors(bundle / tokenizer.file, "tokenizer"):
-        text = TextEncoder(bundle / tokenizer.file, max_length=int(pad_to or manifest.model.max_length),
+        text = TextEncoder(bundle / tokenizer.file, max_length=int(pad_to or longest),
                            pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token)
         if pad_to:  # SigLIP: every text padded to the same length (its pooled vector is the last position's)
             text._single.enable_padding(pad_id=tokenizer.pad_token_id, pad_token=tokenizer.pad_token,

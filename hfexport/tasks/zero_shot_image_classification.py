@@ -55,8 +55,11 @@ class ZeroShotImageClassification(TaskSpec):
         from hfexport.backends._dual_encoder import text_padding
 
         model_type = config.get("model_type")
+        positions = (config.get("text_config") or {}).get("max_position_embeddings")
         return {"score": "sigmoid" if "siglip" in str(model_type) else "softmax",
                 "text_padding": text_padding(model_type), "hypothesis_template": "This is a photo of {}.",
+                # the text tower's positions: model.max_length reads the top-level config, which has none
+                "text_max_length": int(positions) if isinstance(positions, int) else None,
                 "graphs": {"image": "model_file", "text": "the other graph of model_files"}}
 
     def recorded_fields(self, records: list[dict]) -> dict:
