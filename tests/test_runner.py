@@ -87,7 +87,7 @@ def test_rebuild_reuses_the_tokenizer_without_loading_it(tiny_model, fast_recipe
     def refuse(*args, **kwargs):
         raise AssertionError("the tokenizer was loaded again")
 
-    monkeypatch.setattr(engine, "_prepare_tokenizer", refuse)
+    monkeypatch.setattr(engine, "_save_tokenizer", refuse)
     second, _ = _build(tiny_model(), recipe, tmp_path / "b")
     assert second.manifest["tokenizer"] == first.manifest["tokenizer"]
     for name in ("tokenizer/tokenizer.json", "tokenizer/tokenizer_config.json"):

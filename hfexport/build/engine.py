@@ -193,7 +193,7 @@ def _cached_tokenizer(source, folder: Path, cache: StageCache | None) -> tuple[P
             path.chmod(0o755 if path.is_dir() else 0o644)  # cache entries are read-only; this copy is the build's
         return folder, TokenizerFacts(**hit[1])
     started = time.perf_counter()
-    tokenizer = _prepare_tokenizer(source, folder)
+    tokenizer = _save_tokenizer(source, folder)
     facts = TokenizerFacts(**{name: getattr(tokenizer, name, None) for name in TokenizerFacts.__dataclass_fields__})
     if key and cache.writable:
         try:
@@ -203,8 +203,14 @@ def _cached_tokenizer(source, folder: Path, cache: StageCache | None) -> tuple[P
     return folder, facts
 
 
-def _prepare_tokenizer(source, folder: Path):
-    """Save the model's fast tokenizer as tokenizer.json, which the torch-free runtime reads; return it."""
+def _prepare_tokenizer(source, folder: Path) -> Path:
+    """Save the model's fast tokenizer as tokenizer.json, which the torch-free runtime reads; return the folder."""
+    _save_tokenizer(source, folder)
+    return folder
+
+
+def _save_tokenizer(source, folder: Path):
+    """_prepare_tokenizer's work; returns the transformers tokenizer it saved."""
     from transformers import AutoTokenizer
 
     try:
