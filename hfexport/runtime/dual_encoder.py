@@ -15,6 +15,7 @@ import numpy as np
 
 from hfexport.errors import BundleIntegrityError
 from hfexport.runtime.image import ImageEncoder, as_image_list
+from hfexport.runtime.paths import second_graph
 from hfexport.runtime.tasks import softmax
 from hfexport.runtime.tokenizer import TextEncoder
 
@@ -24,12 +25,7 @@ IMAGE_OUTPUT, TEXT_OUTPUT = "image_embeds", "text_embeds"
 
 def text_graph(manifest) -> str:
     """The text tower's file name in the bundle: the other graph of model_files with the model file's suffix."""
-    suffix = Path(manifest.model_file).suffix
-    others = [n for n in manifest.model_files if n != manifest.model_file and Path(n).suffix == suffix]
-    if len(others) != 1:
-        raise BundleIntegrityError(f"manifest model_files should name one text graph ({suffix}) beside the image "
-                                   f"graph {manifest.model_file!r}, found {others or 'none'}: rebuild the bundle")
-    return others[0]
+    return second_graph(manifest, "text graph", "image graph")
 
 
 def _labels(candidate_labels) -> list[str]:
@@ -65,21 +61,11 @@ class DualEncoder:
 
     def embed_image(self, images, *, batch_size: int = 32) -> np.ndarray:
         """[images, embed] float32: an image (path, PIL.Image, HxWx3 uint8 array) or a list of them."""
-        images = as_image_list(images)
-        parts = []
-        for start in range(0, len(images), batch_size):
-            batch = self.encoder.encode(images[start:start + batch_size])
-            parts.append(self.backend.run(batch.feeds(self.backend.input_names))[IMAGE_OUTPUT])
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return _embed(as_image_list(images), self.encoder, self.backend, IMAGE_OUTPUT, batch_size)
 
     def embed_text(self, texts, *, batch_size: int = 32) -> np.ndarray:
         """[texts, embed] float32: a string or a list of strings, tokenised as the model's pipeline does."""
-        texts = _texts(texts)
-        parts = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.text_encoder.encode(texts[start:start + batch_size])
-            parts.append(self.text_backend.run(batch.feeds(self.text_backend.input_names))[TEXT_OUTPUT])
-        return np.concatenate(parts).astype(np.float32, copy=False)
+        return _embed(_texts(texts), self.text_encoder, self.text_backend, TEXT_OUTPUT, batch_size)
 
     def logits(self, image_embeds: np.ndarray, text_embeds: np.ndarray) -> np.ndarray:
         """[images, texts]: logit_scale x cosine (+ logit_bias), transformers' logits_per_image."""
@@ -137,3 +123,12 @@ def open_dual_encoder(manifest, bundle: Path, image_backend, text_path: Path | N
     with _bundle_errors(bundle):
         text_backend = image_backend.open_sibling(text_path or bundle / text_graph(manifest))
     return DualEncoder(manifest, bundle, image_backend, text_backend, images, text)
+
+
+def _embed(items: list, encoder, backend, output: str, batch_size: int) -> np.ndarray:
+    """One tower over `items` in batches: its encoder makes the feeds, its graph the embeddings."""
+    parts = []
+    for start in range(0, len(items), batch_size):
+        batch = encoder.encode(items[start:start + batch_size])
+        parts.append(backend.run(batch.feeds(backend.input_names))[output])
+    return np.concatenate(parts).astype(np.float32, copy=False)

@@ -163,3 +163,14 @@ def check_external_data(model_path: Path, root: Path | None = None) -> None:
         path = confined(root, name, f"{model_path.name}'s external data")
         if not path.is_file():
             raise BundleIntegrityError(f"{root}: {model_path.name}'s external data {location!r} is missing")
+
+
+def second_graph(manifest, what: str, beside: str) -> str:
+    """The bundle's other graph (an encoder-decoder's decoder, a dual encoder's text tower): the one name of
+    model_files besides model_file with the same suffix; BundleIntegrityError naming `what` otherwise."""
+    suffix = Path(manifest.model_file).suffix
+    others = [n for n in manifest.model_files if n != manifest.model_file and Path(n).suffix == suffix]
+    if len(others) != 1:
+        raise BundleIntegrityError(f"manifest model_files should name one {what} ({suffix}) beside the {beside} "
+                                   f"{manifest.model_file!r}, found {others or 'none'}: rebuild the bundle")
+    return others[0]

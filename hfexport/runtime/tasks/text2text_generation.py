@@ -5,17 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hfexport.errors import BundleIntegrityError
+from hfexport.runtime.paths import second_graph
 
 
 def decoder_file(manifest) -> str:
     """The decoder graph's file name in the bundle."""
-    suffix = Path(manifest.model_file).suffix
-    others = [name for name in manifest.model_files if name != manifest.model_file and Path(name).suffix == suffix]
-    if len(others) != 1:
-        raise BundleIntegrityError(f"manifest model_files should name one decoder graph ({suffix}) beside the encoder "
-                                   f"{manifest.model_file!r}, found {others or 'none'}: rebuild the bundle")
-    return others[0]
+    return second_graph(manifest, "decoder graph", "encoder")
 
 
 def open_predictor(manifest, bundle: Path, backend, decoder_path: Path | None = None):
