@@ -144,8 +144,10 @@ class Manifest(_Section):
     passes: list[PassRecord]
     model_file: str = Field(description="the file the runtime opens (model.onnx, model.xml)")
     model_files: list[str] = Field(description="every file of the model itself (e.g. model.xml and model.bin)")
-    tokenizer: TokenizerInfo | None = Field(None, description="text bundles and dual encoders: the tokenizer the runtime uses")
-    processor: ProcessorInfo | None = Field(None, description="image, audio and dual-encoder bundles: their preprocessing")
+    tokenizer: TokenizerInfo | None = Field(
+        None, description="text bundles and dual encoders: the tokenizer the runtime uses")
+    processor: ProcessorInfo | None = Field(
+        None, description="image, audio and dual-encoder bundles: their preprocessing")
     signature: Signature
     tools: dict[str, str] = Field(description="versions of the packages that built the bundle")
     build_host: BuildHost
