@@ -48,6 +48,14 @@ class BuildContext:
             self._torch_cache[path] = load_torch_model(self.source, path)
         return self._torch_cache[path]
 
+    def release_torch_module(self, path: Path) -> None:
+        """Forget the PyTorch model of `path` (a large model's export frees its weights before quantisation); a
+        later `torch_module` loads it again."""
+        import gc
+
+        if self._torch_cache.pop(path, None) is not None:
+            gc.collect()
+
     @property
     def modality(self) -> str:
         from hfexport.tasks import get_task

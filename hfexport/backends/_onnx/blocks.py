@@ -39,6 +39,34 @@ def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray,
 
 def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> np.ndarray:
     """The float weight the quantised node computes with: the same quantiser calls as `_apply`, undone."""
+    return rounded(weight, matrix, precision, group_size).values()
+
+
+@dataclass(frozen=True)
+class Rounded:
+    """A weight as the quantised node stores it, one uint8 code per value (a quarter of the float's bytes):
+    what the int4 search keeps between trials instead of the float it computes with."""
+
+    codes: np.ndarray  # [rows, cols] uint8
+    scales: np.ndarray
+    zero_points: np.ndarray
+    group_size: int
+    shape: tuple[int, ...]  # the weight's
+    transposed: bool  # MatMul: rows are B's columns
+
+    def values(self) -> np.ndarray:
+        undone = _undo(self.codes, self.scales, self.zero_points, self.group_size)
+        if self.transposed:
+            return np.ascontiguousarray(undone[:, :self.shape[-2]].T).reshape(self.shape)
+        return undone.astype(np.float32, copy=False).reshape(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.nbytes + self.scales.nbytes + self.zero_points.nbytes
+
+
+def rounded(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> Rounded:
+    """`weight` quantised as `_apply` will: MatMulNBits' blocks (MatMul), GatherBlockQuantized's rows (Gather)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
@@ -46,15 +74,16 @@ def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_
 
     if matrix.op == "Gather":
         if precision == "int8":
-            codes, scales, zero_points = quantize_rows_uint8(weight, group_size)
+            codes, scales, zero_points = quantize_rows_uint8(np.asarray(weight, np.float32), group_size)
         else:
-            packed, scales, zero_points = DefaultWeightOnlyQuantizer.quantize_ndarray(weight, 1, group_size, False)
+            packed, scales, zero_points = DefaultWeightOnlyQuantizer.quantize_ndarray(
+                np.asarray(weight, np.float32), 1, group_size, False)
             # packed over the flattened table, so pairs can straddle rows: unpack flat, then reshape
             codes = _unpack4(packed[None], weight.size).reshape(weight.shape)
             zero_points = _unpack4(zero_points[None], scales.size).reshape(scales.shape)
-        return _undo(codes, scales, zero_points, group_size).astype(np.float32)
+        return Rounded(codes, scales, zero_points, group_size, tuple(weight.shape), False)
     bits = int(precision[3:])
-    b = weight.reshape(weight.shape[-2:]).astype(np.float32)
+    b = np.asarray(weight, np.float32).reshape(weight.shape[-2:])
     config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=False, bits=bits)
     packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(b)
     columns, blocks = scales.shape  # one row of blocks per output column: B transposed
@@ -63,7 +92,8 @@ def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_
         zero_points = _unpack4(zero_points, blocks)
     else:
         codes, zero_points = packed.reshape(columns, -1), zero_points[:, :blocks]
-    return _undo(codes, scales, zero_points, group_size)[:, :b.shape[0]].T.reshape(weight.shape)
+    return Rounded(np.ascontiguousarray(codes), scales, np.ascontiguousarray(zero_points), group_size,
+                   tuple(weight.shape), True)
 
 
 def _unpack4(packed: np.ndarray, count: int) -> np.ndarray:

@@ -29,6 +29,7 @@ from hfexport.backends._generation_graph import (
     raise_on_mismatch,
     sample_inputs,
 )
+from hfexport.backends._onnx.external import gather_external_data
 from hfexport.backends._torch_graph import check_against_torch, keep_file_inputs, task_graph
 from hfexport.context import BuildContext
 from hfexport.errors import ExportError, first_line
@@ -137,18 +138,31 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
     except Exception as exc:  # exporters raise anything; the first line is what the user needs
         raise ExportError(f"ONNX export of {ctx.source.model_type} for generation failed: "
                           f"{first_line(exc)}") from exc
+    del wrapper
+    external = gather_external_data(path)  # a model past 2 GB: one `model.onnx.data` sidecar, not a file per tensor
     want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
     raise_on_mismatch(want, got, diff, "ONNX")
+    # The PyTorch model is not needed until validation, which loads it again: one copy of the weights in memory
+    # while later passes read the graph (docs/decisions/0183-models-past-2gb.md).
+    del model
+    ctx.release_torch_module(artifact.path)
     graph = onnx.load(str(path), load_external_data=False).graph
     return OnnxModel(path, tuple(inputs), tuple(outputs),
                      stats={"nodes": len(graph.node), "opset": opset, "exporter": "torchscript",
                             "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
-                            "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
+                            "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff,
+                            "external_data": external})
 
 
 def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[int], float]:
     """PyTorch `generate` vs the runtime's ONNX Runtime decoder over the graph."""
+    import gc
+
     from hfexport.runtime.backends.onnxruntime import open_session
 
     decoder = open_session(path, {"execution_providers": ["CPUExecutionProvider"]}).decoder()
-    return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+    try:
+        return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+    finally:
+        del decoder  # the session holds the graph's weights: gone before the next pass opens them
+        gc.collect()

@@ -18,8 +18,12 @@ The probe is the float graph with the candidate weights turned into graph inputs
 trial, each fed the weights dequantised exactly as MatMulNBits / GatherBlockQuantized will compute with them.
 It computes in float: the kernels' int8 rounding of activations (accuracy_level 4) is not part of the search,
 so the target needs headroom over the recipe's gate. Cost: one forward pass over the calibration windows per
-candidate, plus about 8; each candidate is quantised twice (int4, int8) and the dequantised copies are kept for
-the search's length.
+candidate, plus about 8; each candidate is quantised twice (int4, int8) and kept as uint8 codes (a quarter of
+its float bytes each) for the search's length, dequantised again for each trial.
+
+Memory (docs/decisions/0183-models-past-2gb.md): the search reads the graph without its external weights and
+memory-maps them; the probe holds only the weights that are not candidates. The float originals are dropped
+once every candidate's sensitivity is known, so a mixed trial holds the codes and one dequantised set.
 
 NOTE: why a measured split, and the numbers behind the 0.93 default: docs/decisions/0048-int4-int8-split-search.md.
 """
@@ -28,10 +32,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
-from hfexport.backends._onnx.blocks import WeightMatrix, dequantized
+from hfexport.backends._onnx.blocks import Rounded, WeightMatrix, rounded
 from hfexport.errors import ExportError
 
 _BATCH = 4  # windows per probe call: bounds the [batch, tokens, vocab] logits held at once
@@ -64,26 +69,30 @@ class SearchResult:
                 "most_sensitive": {n: float(f"{self.sensitivity[n]:.3g}") for n in worst}}
 
 
-def search_int4(model, candidates: list[WeightMatrix], settings: SearchSettings, *, group_size: int) -> SearchResult:
+def search_int4(model, candidates: list[WeightMatrix], settings: SearchSettings, *, group_size: int,
+                folder: Path | None = None) -> SearchResult:
+    """`model`: the graph, its external weights (if any) not loaded; `folder`: where they are."""
     started = time.perf_counter()
     if not candidates:
         return SearchResult([], [], settings.target, 1.0, 1.0)
-    probe = _Probe(model, candidates, settings)
-    # Each matrix's int4 and int8 versions are quantised once, not once per trial.
-    rounded: dict[tuple[str, str], np.ndarray] = {}
+    probe = _Probe(model, candidates, settings, folder or Path("."))
+    # Each matrix's int4 and int8 versions are quantised once, not once per trial, and kept as codes.
+    codes: dict[tuple[str, str], Rounded] = {}
 
     def version(m: WeightMatrix, precision: str) -> np.ndarray:
-        if (m.weight, precision) not in rounded:
-            rounded[m.weight, precision] = dequantized(probe.weights[m.weight], m, precision, group_size)
-        return rounded[m.weight, precision]
+        if (m.weight, precision) not in codes:
+            codes[m.weight, precision] = rounded(probe.weights[m.weight], m, precision, group_size)
+        return codes[m.weight, precision].values()
 
     def trial(int4: set[str]) -> tuple[float, float]:
         return probe.compare({m.weight: version(m, "int4" if m.node in int4 else "int8") for m in candidates})
 
     def single(m: WeightMatrix) -> float:
+        version(m, "int8")  # while the float original is at hand
         return probe.compare({m.weight: version(m, "int4")})[0]
 
     sensitivity = {m.node: single(m) for m in candidates}
+    probe.drop_weights()  # every trial from here feeds codes only
     trials = len(candidates)
     everything = {m.node for m in candidates}
     _, all_int4 = trial(everything)
@@ -149,36 +158,54 @@ def _bisect_budget(order, sensitivity, trial, known: dict[frozenset, float], tar
 class _Probe:
     """The float graph with the candidates' weights as inputs, and its reference logits."""
 
-    def __init__(self, model, candidates: list[WeightMatrix], settings: SearchSettings):
+    def __init__(self, model, candidates: list[WeightMatrix], settings: SearchSettings, folder: Path):
         import onnx
         import onnxruntime as ort
         from onnx import helper, numpy_helper
 
+        from hfexport.backends._onnx.external import external_info, weight_array
+
+        # The probe is built from the graph's metadata, not a copy of the model: initializers are added one by one,
+        # each external one that stays in the graph read from its file (the candidates become inputs instead).
         probe = onnx.ModelProto()
-        probe.CopyFrom(model)
+        for name in ("ir_version", "producer_name", "producer_version", "domain", "model_version"):
+            setattr(probe, name, getattr(model, name))
+        probe.opset_import.extend(model.opset_import)
+        source = model.graph
+        for name in ("node", "input", "output", "value_info", "sparse_initializer"):
+            getattr(probe.graph, name).extend(getattr(source, name))
+        probe.graph.name = source.name
         names = {m.weight for m in candidates}
         listed = {value.name for value in probe.graph.input}  # old IRs list initializers as inputs too
         self.weights: dict[str, np.ndarray] = {}
-        kept = []
-        for init in probe.graph.initializer:
+        for init in source.initializer:
             if init.name in names:
-                self.weights[init.name] = numpy_helper.to_array(init)
+                self.weights[init.name] = weight_array(init, folder)
                 if init.name not in listed:
                     probe.graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, list(init.dims)))
+            elif external_info(init) is not None:
+                probe.graph.initializer.append(numpy_helper.from_array(np.asarray(weight_array(init, folder)),
+                                                                       init.name))
             else:
-                kept.append(init)
-        probe.graph.ClearField("initializer")
-        probe.graph.initializer.extend(kept)
+                probe.graph.initializer.append(init)
         if probe.ByteSize() > 2_000_000_000:
             raise ExportError("int4_top1_target: the graph without its quantisable weights is still over 2 GB, "
                               "which the sensitivity search cannot open; drop int4_top1_target")
         options = ort.SessionOptions()
         options.intra_op_num_threads = settings.threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        serialized = probe.SerializeToString()
+        del probe
+        self.session = ort.InferenceSession(serialized, options, providers=["CPUExecutionProvider"])
+        del serialized
         self.batches = [self._feeds(settings.windows[i:i + _BATCH]) for i in range(0, len(settings.windows), _BATCH)]
         self.reference = [self._logits(feeds, {}) for feeds in self.batches]
         self.positions = sum(r.shape[0] * r.shape[1] for r in self.reference)
+
+    def drop_weights(self) -> None:
+        """Forget the float originals (memory-mapped pages go back to the kernel); every later `compare` must
+        feed every candidate."""
+        self.weights = dict.fromkeys(self.weights)
 
     def _feeds(self, windows: list[list[int]]) -> dict[str, np.ndarray]:
         """A prefill of whole windows: no padding, positions from 0, an empty past."""
@@ -201,7 +228,8 @@ class _Probe:
         return feeds
 
     def _logits(self, feeds: dict, weights: dict[str, np.ndarray]) -> np.ndarray:
-        full = {**feeds, **{name: weights.get(name, value) for name, value in self.weights.items()}}
+        full = {**feeds, **{name: weights[name] if name in weights else np.ascontiguousarray(value)
+                            for name, value in self.weights.items()}}
         return self.session.run(["logits"], full)[0]
 
     def compare(self, weights: dict[str, np.ndarray]) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from hfexport.backends._onnx.blocks import WeightMatrix, quantize_rows_uint8
+from hfexport.backends._onnx.external import external_info, load_graph
 from hfexport.backends._onnx.int4_search import SearchSettings, search_int4
 from hfexport.errors import ExportError, first_line
 
@@ -121,9 +122,14 @@ def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int
 
 def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_precision, accuracy_level,
               exclude_nodes, search) -> dict:
+    import gc
+
     import onnx
 
-    model = onnx.load(str(source))
+    # The graph first, its external weights (a model past 2 GB) left on disk: the search memory-maps them, and
+    # only the quantiser below, after the search has let go of everything, reads them all.
+    model = load_graph(source)
+    external = any(external_info(init) is not None for init in model.graph.initializer)
     _name_nodes(model.graph)
     lm_head = find_lm_head(model.graph)
     matrices = weight_matrices(model.graph, exclude_nodes)
@@ -132,12 +138,18 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
     found = None
     if search is not None:
         candidates = [m for m in matrices if precisions[m.node] == "int4"]
-        found = search_int4(model, candidates, search, group_size=group_size)
+        found = search_int4(model, candidates, search, group_size=group_size, folder=source.parent)
         precisions.update({node: "int8" for node in found.int8})
+        gc.collect()
     try:
+        if external:  # the quantiser reads weights from the proto (numpy_helper.to_array without a folder)
+            model = onnx.load(str(source))
+            _name_nodes(model.graph)  # the same names: unnamed nodes are named by position
         model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level)
         onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > 2_000_000_000,
-                        location=out.name + ".data")
+                        all_tensors_to_one_file=True, location=out.name + ".data")
+        del model
+        gc.collect()
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -87,6 +87,8 @@ def export_encoder(config: ExportOpenVINOConfig, artifact: TorchModel, ctx: Buil
 
 def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchModel, ctx: BuildContext,
                       out_dir: Path) -> OpenVINOModel:
+    import gc
+
     import openvino as ov
     import torch
 
@@ -110,15 +112,21 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
     except Exception as exc:  # the converter raises anything; the first line is what the user needs
         raise ExportError(f"OpenVINO export of {ctx.source.model_type} for generation failed: "
                           f"{first_line(exc)}") from exc
+    # The converted model's constants share the PyTorch weights or copy them: what the IR file needs is on disk.
+    names = (tuple(p.get_any_name() for p in ir.inputs), tuple(p.get_any_name() for p in ir.outputs))
+    stats = {"nodes": len(ir.get_ops()), "stateful": config.stateful, "layers": layers, "kv_heads": kv_heads,
+             "head_dim": head_dim, "attention_ops": _count(ir, "ScaledDotProductAttention"),
+             "weights": "fp16" if config.compress_to_fp16 else "fp32"}
+    del ir
+    gc.collect()
     want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
     raise_on_mismatch(want, got, diff, "OpenVINO")
-    return OpenVINOModel(path, tuple(p.get_any_name() for p in ir.inputs),
-                         tuple(p.get_any_name() for p in ir.outputs),
-                         stats={"nodes": len(ir.get_ops()), "stateful": config.stateful, "layers": layers,
-                                "kv_heads": kv_heads, "head_dim": head_dim,
-                                "attention_ops": _count(ir, "ScaledDotProductAttention"),
-                                "weights": "fp16" if config.compress_to_fp16 else "fp32",
-                                "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
+    # Validation loads the PyTorch model again: one copy of the weights while NNCF compresses the IR
+    # (docs/decisions/0183-models-past-2gb.md).
+    del model
+    ctx.release_torch_module(artifact.path)
+    return OpenVINOModel(path, *names,
+                         stats={**stats, "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
 
 
 def _ports(graph) -> list:
@@ -151,7 +159,13 @@ def _count(model, op_type: str) -> int:
 
 def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[int], float]:
     """PyTorch `generate` vs the runtime's OpenVINO decoder, at f32 with an f32 cache (see profiles.py)."""
+    import gc
+
     from hfexport.runtime.backends.openvino import open_session
 
     decoder = open_session(path, {"openvino": {"inference_precision": "f32", "kv_cache_precision": "f32"}}).decoder()
-    return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+    try:
+        return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+    finally:
+        del decoder  # the compiled model holds the weights: gone before NNCF reads the IR
+        gc.collect()
