@@ -2,7 +2,7 @@
 
 Candidates: every shipped recipe written for the target and the model's kind (encoder or LLM) that plans for
 this model and needs no training data, plus variants of the quantising ones along the knobs that move speed
-and fidelity on that backend. Every candidate is judged by the SAME gates: the target's default recipe's
+and fidelity on that backend, and the default recipe with its most error-prone MatMuls kept in float. Every candidate is judged by the SAME gates: the target's default recipe's
 (the task's defaults unless that recipe sets its own). They build as one `hfexport matrix` (on Ray when it is
 installed), then every candidate that passed is timed again side by side in this process, alternating, so
 that the ranking never compares builds timed under different load. The fastest is installed at `output`;
@@ -29,6 +29,9 @@ _VARIANTS = {
     "openvino": [("no-smoothquant", {"quantize": {"mode": "static", "smooth_quant_alpha": 0.0}})],
 }
 _INT4_GROUPS = (32, 64, 128)  # LLM int4 variants: weights per scale
+# The target's default int8 recipe with its most error-prone MatMuls kept in float: the points between int8 and
+# fp32 on the front (all-MiniLM-L6-v2, 18 MatMuls: docs/decisions/0184-int8-float-fallback.md).
+_FALLBACKS = {"onnxruntime": (3, 6)}
 
 
 @dataclass
@@ -50,7 +53,8 @@ def candidate_recipes(target: str, task: str, folder: Path, *, model: str | None
 
     profile = load_target(target)
     generative = get_task(task).generative
-    gates = load_recipe(profile.recipe_for(task)).gates.model_dump(exclude_none=True)
+    default = load_recipe(profile.recipe_for(task))
+    gates = default.gates.model_dump(exclude_none=True)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for recipe in list_recipes():
@@ -66,6 +70,9 @@ def candidate_recipes(target: str, task: str, folder: Path, *, model: str | None
         if quantize and quantize.get("precision") == "int8" and not quantize.get("weights_only"):
             for suffix, overrides in _VARIANTS.get(profile.backend, []):
                 bodies[f"{recipe.name}+{suffix}"] = _with(body, overrides)
+            if recipe.name == default.name and not generative:
+                for count in _FALLBACKS.get(profile.backend, ()):
+                    bodies[f"{recipe.name}+float{count}"] = _with(body, {"quantize": {"float_fallback": count}})
         if quantize and quantize.get("precision") == "int4" and profile.backend == "onnxruntime":
             for group in _INT4_GROUPS:
                 bodies[f"{recipe.name}+g{group}"] = _with(body, {"quantize": {"group_size": group}})

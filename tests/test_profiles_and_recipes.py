@@ -138,7 +138,7 @@ _FUSE = ("optimize", {"fusions": True, "model_type": None, "level": 0, "attentio
 def _int8(mode="dynamic", op_types=("MatMul",)):
     return ("Int8Settings", {"mode": mode, "op_types": list(op_types), "exclude_nodes": [],
                              "calibration_method": "minmax", "calibration_samples": 100,
-                             "symmetric_activations": False, "precision": "int8"})
+                             "symmetric_activations": False, "float_fallback": 0, "precision": "int8"})
 
 
 def _matmul_nbits(precision, group, lm_head, embedding, search=None):

@@ -30,6 +30,7 @@ from hfexport.backends.base import Backend, text_encoder
 from hfexport.backends.options import OptimizeConfig, QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
 from hfexport.data import token_windows
+from hfexport.errors import PlanError
 from hfexport.passes.base import PassConfig
 
 # The int4_top1_target search: calibration windows of this many tokens (fewer if the model's context is shorter).
@@ -42,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
     quantizer = "ONNX Runtime quantiser"
     artifact = OnnxModel
     quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
-                                  "int4_top1_target"})
+                                  "int4_top1_target", "float_fallback"})
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
@@ -71,7 +72,12 @@ class OnnxRuntimeBackend(Backend):
                     attention=config.attention, use_gpu=ctx.target.device != "cpu")
 
     def check_quantize(self, config: QuantizeConfig, plan: PlanContext) -> None:
-        """Everything ONNX Runtime's quantisers cannot do is refused by the generic checks already."""
+        """What the generic checks leave: float_fallback ranks MatMuls on encoder feeds, not a decoder's."""
+        from hfexport.tasks import get_task
+
+        if config.float_fallback and get_task(plan.source.task).generative:
+            raise PlanError(f"float_fallback ranks MatMuls on encoder inputs; {plan.source.task} graphs take a KV "
+                            f"cache (remove float_fallback)")
 
     def quantize_settings(self, config: QuantizeConfig, plan: PlanContext | BuildContext):
         excluded = tuple(config.exclude_nodes)
@@ -91,7 +97,8 @@ class OnnxRuntimeBackend(Backend):
             reduce_range=preset.reduce_range if config.reduce_range is None else config.reduce_range,
             weight_type=preset.weight_type, activation_type=preset.activation_type, isa=preset.isa,
             exclude_nodes=excluded, calibration_method=config.calibration_method,
-            calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations)
+            calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations,
+            float_fallback=config.float_fallback)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own

@@ -63,6 +63,9 @@ class QuantizeConfig(PassConfig):
     op_types: list[str] = Field(default_factory=lambda: ["MatMul"], min_length=1,
                                 description="operator types to quantise")
     exclude_nodes: list[str] = Field(default_factory=list, description="node names kept in float")
+    # NOTE: ranked by each MatMul's own int8 error (docs/decisions/0184-int8-float-fallback.md).
+    float_fallback: int = Field(0, ge=0, description=(
+        "int8: keep this many MatMuls in float, those with the largest int8 error measured on calibration data"))
     # NOTE: minmax only: the other calibrators failed on the fused BERT graph (docs/decisions/0044-...).
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
@@ -92,6 +95,8 @@ class QuantizeConfig(PassConfig):
                 raise ValueError(f"precision fp16 converts the whole graph and takes no quantiser options "
                                  f"(remove {', '.join(stray)})")
             return self
+        if self.float_fallback and (self.precision != "int8" or self.weights_only):
+            raise ValueError("float_fallback ranks int8 MatMuls: it needs precision: int8 without weights_only")
         if self.precision == "int4" and not self.weights_only:
             raise ValueError("precision int4 quantises weights only: add weights_only: true")
         if self.weights_only and self.mode == "static":

@@ -14,4 +14,6 @@ def graph_stats_parts(stats: dict) -> list[str]:
     if "quantized_nodes" in stats:
         parts.append(f"{stats['quantized_nodes']} {stats.get('precision', 'int8')} nodes "
                      f"({stats.get('isa') or stats.get('algorithm')})")
+    if stats.get("float_fallback"):
+        parts.append(f"{len(stats['float_fallback'])} MatMuls kept in float (largest int8 error)")
     return parts

@@ -30,6 +30,7 @@ class Int8Settings:
     calibration_method: Literal["minmax"] = "minmax"  # static mode
     calibration_samples: int = 100  # static mode: at most this many calibration texts
     symmetric_activations: bool = False  # static mode
+    float_fallback: int = 0  # MatMuls kept in float, the largest measured int8 error first (int8_fallback.py)
     precision: Literal["int8"] = "int8"
 
     def describe(self) -> str:
@@ -48,17 +49,26 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     stats = {"isa": settings.isa, "per_channel": settings.per_channel, "reduce_range": settings.reduce_range,
              "weight_type": settings.weight_type, "mode": settings.mode}
+    excluded = list(settings.exclude_nodes)
     try:
+        if settings.float_fallback:
+            from hfexport.backends._onnx.int8_fallback import rank_matmuls
+
+            ranked = rank_matmuls(source, texts, encode, per_channel=settings.per_channel,
+                                  reduce_range=settings.reduce_range)
+            kept = [(name, error) for name, error in ranked if name not in excluded][: settings.float_fallback]
+            excluded += [name for name, _ in kept]
+            stats["float_fallback"] = [[name, round(error, 5)] for name, error in kept]
         if settings.mode == "dynamic":
             from onnxruntime.quantization import quantize_dynamic
 
             quantize_dynamic(str(source), str(out), op_types_to_quantize=list(settings.op_types),
                              per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                              weight_type=types[settings.weight_type],
-                             nodes_to_exclude=list(settings.exclude_nodes), extra_options=extra)
+                             nodes_to_exclude=excluded, extra_options=extra)
         else:
             used = list(texts)[: settings.calibration_samples]
-            _static(settings, source, out, _Reader(used, encode), types, extra)
+            _static(settings, source, out, _Reader(used, encode), types, extra, excluded)
             stats.update(calibration_method=settings.calibration_method, calibration_samples=len(used))
     except (ExportError, KeyboardInterrupt):
         raise
@@ -80,14 +90,15 @@ class _Reader:
         return None if text is None else self._encode(text)
 
 
-def _static(settings: Int8Settings, source: Path, out: Path, reader: _Reader, types, extra) -> None:
+def _static(settings: Int8Settings, source: Path, out: Path, reader: _Reader, types, extra,
+            excluded: list[str]) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
 
     extra = dict(extra, ActivationSymmetric=settings.symmetric_activations)
     quantize_static(str(source), str(out), reader, quant_format=QuantFormat.QDQ,
                     op_types_to_quantize=list(settings.op_types), per_channel=settings.per_channel,
                     reduce_range=settings.reduce_range, activation_type=types[settings.activation_type],
-                    weight_type=types[settings.weight_type], nodes_to_exclude=list(settings.exclude_nodes),
+                    weight_type=types[settings.weight_type], nodes_to_exclude=excluded,
                     calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
 
 
