@@ -133,10 +133,35 @@ def test_xla_runtime_pads_to_buckets_and_compiles_each_once(xla_bundle):
     one = model(["a"])
     many = model([f"text {i}" for i in range(5)])
     assert one.shape == (1, 32) and many.shape == (5, 32)
-    assert backend._compiled == {(1, 128), (8, 128)}
+    assert {shape for shape, _ in backend._compiled} == {(1, 128), (8, 128)}
     model([f"other {i}" for i in range(7)])  # 7 rows -> the 8 bucket again: no new shape
-    assert backend._compiled == {(1, 128), (8, 128)}
+    assert {shape for shape, _ in backend._compiled} == {(1, 128), (8, 128)}
     np.testing.assert_allclose(model(["text 3"])[0], many[3], atol=1e-5)
+
+
+_SPREAD = """
+import json, sys
+import numpy as np
+from hfexport.runtime import load
+model = load(sys.argv[1], threads=2)
+texts = [f"text number {i}" for i in range(5)]
+many = model(texts)
+one_by_one = np.stack([model([t])[0] for t in texts])
+print(json.dumps({"devices": len(model.backend.spread), "compiled": sorted(map(list, model.backend._compiled)),
+                  "diff": float(np.abs(many - one_by_one).max())}))
+"""
+
+
+def test_xla_cpu_batch_is_split_over_one_device_per_thread(xla_bundle):
+    # A fresh process: jax's CPU device count is set before its CPU client starts.
+    out = subprocess.run([sys.executable, "-c", _SPREAD, str(xla_bundle("bert", "feature-extraction"))],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2
+    # 5 rows -> the 8 bucket, 4 rows on each device; batch 1 stays on the first
+    assert result["compiled"] == [[[1, 128], 0], [[4, 128], 0], [[4, 128], 1]]
+    assert result["diff"] < 1e-5
 
 
 def test_xla_runtime_device_choice_is_checked(xla_bundle):

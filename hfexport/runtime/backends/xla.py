@@ -27,7 +27,8 @@ _PLATFORMS = {"tpu": "tpu", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
 
 
 def _import_jax(threads: int | None):
-    if threads == 1 and "jax" not in sys.modules:
+    fresh = "jax" not in sys.modules
+    if threads == 1 and fresh:
         # XLA's CPU client reads its thread settings once, when it starts.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false "
                                    "intra_op_parallelism_threads=1").strip()
@@ -36,7 +37,26 @@ def _import_jax(threads: int | None):
     except ImportError as exc:
         raise HfExportError('this bundle needs jax: pip install "hfexport[xla]" (jax[tpu] / jax[cuda13] for '
                             "accelerators)") from exc
+    if fresh and threads != 1:
+        # NOTE: XLA's CPU client runs one computation on about one core (a 2-core host: 0.90x PyTorch at batch 32
+        # with 2 threads); one CPU device per core, each given a slice of the batch, uses them all
+        # (docs/decisions/0101-xla-target.md). Set before jax's CPU client starts; an app that started jax
+        # already keeps its own device count.
+        try:
+            jax.config.update("jax_num_cpu_devices", threads or _physical_cores())
+        except (RuntimeError, AttributeError):
+            pass
     return jax
+
+
+def _physical_cores() -> int:
+    """Cores, not hardware threads (two threads of one core share its matrix units)."""
+    try:
+        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
+        per_core = len([part for part in siblings.replace("-", ",").split(",") if part.strip()])
+    except OSError:
+        per_core = 1
+    return max(1, (os.cpu_count() or 1) // max(per_core, 1))
 
 
 def read_weights(path: Path) -> tuple[list[np.ndarray], dict]:
@@ -57,7 +77,7 @@ def bucket(size: int, buckets: list[int]) -> int:
 class XlaSession:
     backend = "xla"
 
-    def __init__(self, exported, weights: list, meta: dict, device, options: dict):
+    def __init__(self, exported, weights: list, meta: dict, device, options: dict, spread: list | None = None):
         import jax
 
         self.exported, self.device = exported, device
@@ -67,6 +87,11 @@ class XlaSession:
         # A tied weight appears twice in the call order; it is placed once.
         placed = {id(w): jax.device_put(w, device) for w in weights}
         self.weights = [placed[id(w)] for w in weights]
+        # CPU: the devices a batch is split over (the first is `device`); the others get their weights at the
+        # first batch that is split, so a decoder (one device) never holds a second copy.
+        self.spread = [device, *[d for d in (spread or []) if d != device]]
+        self._host_weights = weights
+        self._replicas: dict[int, list] = {0: self.weights}
         self.sequence_buckets = list(options.get("sequence_buckets") or [])
         self.batch_buckets = list(options.get("batch_buckets") or [])
         self.max_sequence = meta.get("max_sequence")  # the export's `s <= N`: padding never passes it
@@ -76,15 +101,27 @@ class XlaSession:
         self.effective = {"device": str(device.platform), "jax": jax.__version__}
         self.generation = meta.get("generation")
 
-    def call(self, *arguments):
+    def call(self, *arguments, replica: int = 0):
         """The module on placed arguments (weights first), compiling a new shape once under the lock."""
-        shape = tuple(arguments[0].shape)  # the token shape decides what is compiled
-        if shape in self._compiled:
-            return self._call(self.weights, *arguments)
+        weights = self._replica(replica)
+        key = (tuple(arguments[0].shape), replica)  # the token shape decides what is compiled
+        if key in self._compiled:
+            return self._call(weights, *arguments)
         with self._lock:
-            outputs = self._call(self.weights, *arguments)
-            self._compiled.add(shape)
+            outputs = self._call(weights, *arguments)
+            self._compiled.add(key)
         return outputs
+
+    def _replica(self, index: int) -> list:
+        if index not in self._replicas:
+            import jax
+
+            with self._lock:
+                if index not in self._replicas:
+                    device = self.spread[index]
+                    placed = {id(w): jax.device_put(w, device) for w in self._host_weights}
+                    self._replicas[index] = [placed[id(w)] for w in self._host_weights]
+        return self._replicas[index]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import jax
@@ -93,10 +130,17 @@ class XlaSession:
         batch, length = first.shape
         rows = bucket(batch, self.batch_buckets)
         width = min(bucket(length, self.sequence_buckets), max(self.max_sequence or length, length))
-        tokens = [jax.device_put(_pad(np.asarray(feeds[n]), rows, width), self.device) for n in self.input_names]
-        outputs = self.call(*tokens)
-        return {name: _cut(np.asarray(value), self.output_axes[name], batch, length)
-                for name, value in zip(self.output_names, outputs)}
+        padded = [_pad(np.asarray(feeds[n]), rows, width) for n in self.input_names]
+        # a slice of the batch per CPU device, all dispatched before any wait (jax runs them at once)
+        splittable = all("batch" in axes for axes in self.output_axes.values())
+        parts = min(len(self.spread), rows) if splittable else 1
+        bounds = [rows * k // parts for k in range(parts + 1)]
+        pending = [self.call(*[jax.device_put(t[lo:hi], self.spread[k]) for t in padded], replica=k)
+                   for k, (lo, hi) in enumerate(zip(bounds, bounds[1:]))]
+        joined = {name: np.concatenate([np.asarray(outputs[i]) for outputs in pending],
+                                       axis=self.output_axes[name].index("batch")) if parts > 1
+                  else np.asarray(pending[0][i]) for i, name in enumerate(self.output_names)}
+        return {name: _cut(value, self.output_axes[name], batch, length) for name, value in joined.items()}
 
 
     def decoder(self) -> XlaDecoder:
@@ -209,4 +253,5 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     if platform not in exported.platforms:
         raise HfExportError(f"this bundle was exported for {', '.join(exported.platforms)}, not {platform}")
     weights, meta = read_weights(Path(model_path).with_name(WEIGHTS_FILE))
-    return XlaSession(exported, weights, meta, chosen, options)
+    spread = jax.devices("cpu")[: threads or None] if platform == "cpu" else None
+    return XlaSession(exported, weights, meta, chosen, options, spread)
