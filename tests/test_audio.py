@@ -260,14 +260,14 @@ def test_cli_run_prints_the_text_of_a_wav(ctc_bundle, tmp_path):
     assert "speech.wav" in result.output and json.dumps({"text": text}) in result.output
 
 
-def test_whisper_is_refused_in_one_line_as_not_built(tmp_path):
-    from hfexport.errors import ModelLoadError
-    from hfexport.tasks import infer_task_from_folder
+def test_whisper_is_inferred_as_the_speech_encoder_decoder_task(tmp_path):
+    """Whisper is built by its own task (tests/test_whisper.py); the CTC task stays wav2vec2's and HuBERT's."""
+    from hfexport.tasks import infer_task_from_folder, specialise
 
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "whisper",
                                                       "architectures": ["WhisperForConditionalGeneration"]}))
-    with pytest.raises(ModelLoadError, match="speech-seq2seq.*not built yet"):
-        infer_task_from_folder(tmp_path)
+    assert infer_task_from_folder(tmp_path) == "automatic-speech-recognition-seq2seq"
+    assert specialise("automatic-speech-recognition", {"model_type": "wav2vec2"}) == "automatic-speech-recognition"
 
 
 def test_wav_folders_calibrate_and_evaluate_with_transcripts(ctc_model, tmp_path):

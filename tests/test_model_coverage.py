@@ -48,7 +48,7 @@ CLASSES = [
     ("ConvNextModel", "convnext", "image-feature-extraction", "vision"),
     (None, "vit", "image-feature-extraction", "vision"),  # no architectures: the model_type's base class
     ("Wav2Vec2ForCTC", "wav2vec2", "automatic-speech-recognition", "speech"),
-    ("WhisperForConditionalGeneration", "whisper", "speech-seq2seq", "speech"),  # ASR here is CTC only
+    ("WhisperForConditionalGeneration", "whisper", "speech-seq2seq", "speech"),  # its alias: Whisper's ASR task
     ("CLIPModel", "clip", "zero-shot-image-classification", "dual encoder"),
     ("SiglipModel", "siglip", "zero-shot-image-classification", "dual encoder"),
     ("Gemma3ForConditionalGeneration", "gemma3", "image-text-to-text", "vision-language"),

@@ -4,9 +4,10 @@ inputs, and the greedy check of the exported pair against PyTorch `generate`, ru
 The two graphs (ONNX and OpenVINO alike; docs/decisions/0150-seq2seq-two-graphs-cached-cross-attention.md):
 
     encoder  input_ids [batch, sequence], attention_mask [batch, sequence]
+             (speech, Whisper: input_features [batch, mel bins, frames], no mask)
              -> cross.<i>.key/value [batch, heads, sequence, head_dim]   (every decoder layer's cross-attention
                 K/V, projected once from the encoder's states)
-    decoder  input_ids [batch, step], encoder_attention_mask [batch, sequence],
+    decoder  input_ids [batch, step], encoder_attention_mask [batch, sequence] (text only),
              past_key_values.<i>.key/value [batch, heads, past, head_dim], cross.<i>.key/value
              -> logits [batch, step, vocab], present.<i>.key/value [batch, heads, past + step, head_dim]
 
@@ -22,15 +23,25 @@ from hfexport.errors import ExportError
 SAMPLE_SOURCE = "hfexport checks the exported encoder and decoder by greedy decoding this sentence"
 ENCODER_INPUTS = ("input_ids", "attention_mask")
 DECODER_INPUTS = ("input_ids", "encoder_attention_mask")
+SPEECH_ENCODER_INPUTS, SPEECH_DECODER_INPUTS = ("input_features",), ("input_ids",)  # Whisper: no source mask
 ENCODER_FILE, DECODER_FILE = "encoder_model", "decoder_model"  # + .onnx / .xml
+
+
+def is_speech(model) -> bool:
+    """A speech encoder-decoder (Whisper): log-mel `input_features` in, every clip padded to the same frames."""
+    return getattr(model, "main_input_name", "input_ids") == "input_features"
+
+
+def encoder_inputs(model) -> tuple[str, ...]:
+    return SPEECH_ENCODER_INPUTS if is_speech(model) else ENCODER_INPUTS
 
 
 def cross_names(layers: int) -> list[str]:
     return [f"cross.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
 
 
-def decoder_input_names(layers: int) -> list[str]:
-    names = list(DECODER_INPUTS)
+def decoder_input_names(layers: int, speech: bool = False) -> list[str]:
+    names = list(SPEECH_DECODER_INPUTS if speech else DECODER_INPUTS)
     for i in range(layers):
         names += [f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"cross.{i}.key", f"cross.{i}.value"]
     return names
@@ -61,9 +72,18 @@ def _caches(past_4d: bool, tensors: list, layers: int):
 
 
 def encoder_wrapper(model):
-    """(input_ids, attention_mask) -> every decoder layer's cross-attention key and value."""
+    """(input_ids, attention_mask) -> every decoder layer's cross-attention key and value; a speech model's
+    (input_features) -> the same."""
     import torch
     from transformers import DynamicCache, EncoderDecoderCache
+
+    def cross_of(states, attention_mask):
+        cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
+        dummy = torch.zeros(states.shape[0], 1, dtype=torch.long, device=states.device)
+        extra = {} if attention_mask is None else {"encoder_attention_mask": attention_mask}
+        model.get_decoder()(input_ids=dummy, encoder_hidden_states=states, cache=cache, use_cache=True, **extra)
+        cross = cache.cross_attention_cache.layers
+        return tuple(t for layer in cross for t in (layer.keys, layer.values))
 
     class EncoderGraph(torch.nn.Module):
         def __init__(self):
@@ -73,18 +93,36 @@ def encoder_wrapper(model):
         def forward(self, input_ids, attention_mask):
             states = self.model.get_encoder()(input_ids=input_ids, attention_mask=attention_mask,
                                               return_dict=True).last_hidden_state
-            cache = EncoderDecoderCache(DynamicCache(), DynamicCache())
-            self.model.get_decoder()(input_ids=torch.zeros_like(input_ids[:, :1]), encoder_hidden_states=states,
-                                     encoder_attention_mask=attention_mask, cache=cache, use_cache=True)
-            cross = cache.cross_attention_cache.layers
-            return tuple(t for layer in cross for t in (layer.keys, layer.values))
+            return cross_of(states, attention_mask)
 
-    return EncoderGraph().eval()
+    class SpeechEncoderGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_features):
+            states = self.model.get_encoder()(input_features=input_features, return_dict=True).last_hidden_state
+            return cross_of(states, None)
+
+    return (SpeechEncoderGraph() if is_speech(model) else EncoderGraph()).eval()
 
 
 def decoder_wrapper(model, layers: int, *, past_4d: bool = False):
     """(input_ids, encoder_attention_mask, past/cross per layer) -> (logits, present per layer)."""
     import torch
+
+    def run(input_ids, encoder_attention_mask, tensors):
+        cache = _caches(past_4d, list(tensors), layers)
+        # The cross-attention reads the cached K/V; the encoder states it is handed only give its shape.
+        if encoder_attention_mask is None:  # speech: no source mask; one dummy state per row
+            shape_only, extra = torch.zeros(input_ids.shape[0], 1, 1, dtype=torch.float32), {}
+        else:
+            shape_only = encoder_attention_mask[:, :, None].to(torch.float32)
+            extra = {"attention_mask": encoder_attention_mask}
+        out = model(encoder_outputs=(shape_only,), decoder_input_ids=input_ids, cache=cache, use_cache=True,
+                    return_dict=True, **extra)
+        present = out.cache.self_attention_cache.layers
+        return (out.logits, *[t for i in range(layers) for t in (present[i].keys, present[i].values)])
 
     class DecoderGraph(torch.nn.Module):
         def __init__(self):
@@ -92,15 +130,17 @@ def decoder_wrapper(model, layers: int, *, past_4d: bool = False):
             self.model = model
 
         def forward(self, input_ids, encoder_attention_mask, *tensors):
-            cache = _caches(past_4d, list(tensors), layers)
-            # The cross-attention reads the cached K/V; the encoder states it is handed only give its shape.
-            shape_only = encoder_attention_mask[:, :, None].to(torch.float32)
-            out = self.model(encoder_outputs=(shape_only,), attention_mask=encoder_attention_mask,
-                             decoder_input_ids=input_ids, cache=cache, use_cache=True, return_dict=True)
-            present = out.cache.self_attention_cache.layers
-            return (out.logits, *[t for i in range(layers) for t in (present[i].keys, present[i].values)])
+            return run(input_ids, encoder_attention_mask, tensors)
 
-    return DecoderGraph().eval()
+    class SpeechDecoderGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, *tensors):
+            return run(input_ids, None, tensors)
+
+    return (SpeechDecoderGraph() if is_speech(model) else DecoderGraph()).eval()
 
 
 def layout(model) -> tuple[int, int, int]:
@@ -108,8 +148,20 @@ def layout(model) -> tuple[int, int, int]:
     import torch
 
     with torch.inference_mode():
-        cross = encoder_wrapper(model)(torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long))
+        sample = ((speech_features(model, 1),) if is_speech(model)
+                  else (torch.ones(1, 2, dtype=torch.long), torch.ones(1, 2, dtype=torch.long)))
+        cross = encoder_wrapper(model)(*sample)
     return len(cross) // 2, int(cross[0].shape[1]), int(cross[0].shape[3])
+
+
+def speech_features(model, batch: int, generator=None):
+    """Random log-mel features of the shape a speech encoder takes: [batch, mel bins, frames]
+    (Whisper: 2 x max_source_positions frames, the encoder's two convolutions halve them)."""
+    import torch
+
+    config = model.config
+    frames = 2 * int(config.max_source_positions)
+    return torch.randn(batch, int(config.num_mel_bins), frames, generator=generator)
 
 
 def sample_inputs(model, layers: int, heads: int, head_dim: int) -> tuple[tuple, tuple]:
@@ -120,23 +172,31 @@ def sample_inputs(model, layers: int, heads: int, head_dim: int) -> tuple[tuple,
     vocab = int(model.get_output_embeddings().weight.shape[0])
     generator = torch.Generator().manual_seed(0)
     batch, source, past, step = 2, 7, 3, 2
-    encoder = (torch.randint(0, vocab, (batch, source), generator=generator),
-               torch.ones(batch, source, dtype=torch.long))
+    speech = is_speech(model)
+    if speech:  # the cross K/V are as long as the encoder's output (frames / 2)
+        encoder, source = (speech_features(model, batch, generator),), int(model.config.max_source_positions)
+    else:
+        encoder = (torch.randint(0, vocab, (batch, source), generator=generator),
+                   torch.ones(batch, source, dtype=torch.long))
     tensors = []
     for _ in range(layers):
         tensors += [torch.randn(batch, heads, length, head_dim, generator=generator)
                     for length in (past, past, source, source)]
-    return encoder, (torch.randint(0, vocab, (batch, step), generator=generator),
-                     torch.ones(batch, source, dtype=torch.long), *tensors)
+    mask = () if speech else (torch.ones(batch, source, dtype=torch.long),)
+    return encoder, (torch.randint(0, vocab, (batch, step), generator=generator), *mask, *tensors)
 
 
-def dynamic_axes(layers: int) -> tuple[dict, dict]:
-    """Exporter dynamic_axes of (encoder, decoder)."""
-    encoder = {name: {0: "batch", 1: "sequence"} for name in ENCODER_INPUTS}
+def dynamic_axes(layers: int, speech: bool = False) -> tuple[dict, dict]:
+    """Exporter dynamic_axes of (encoder, decoder); a speech encoder's frames are fixed (Whisper pads to 30 s)."""
+    if speech:
+        encoder = {name: {0: "batch"} for name in SPEECH_ENCODER_INPUTS}
+    else:
+        encoder = {name: {0: "batch", 1: "sequence"} for name in ENCODER_INPUTS}
     encoder.update({name: {0: "batch", 2: "sequence"} for name in cross_names(layers)})
-    decoder = {"input_ids": {0: "batch", 1: "step"}, "encoder_attention_mask": {0: "batch", 1: "sequence"},
-               "logits": {0: "batch", 1: "step"}}
-    for name in decoder_input_names(layers)[2:]:
+    decoder = {"input_ids": {0: "batch", 1: "step"}, "logits": {0: "batch", 1: "step"}}
+    if not speech:
+        decoder["encoder_attention_mask"] = {0: "batch", 1: "sequence"}
+    for name in decoder_input_names(layers, speech)[len(SPEECH_DECODER_INPUTS if speech else DECODER_INPUTS):]:
         decoder[name] = {0: "batch", 2: "past" if name.startswith("past") else "sequence"}
     decoder.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
     return encoder, decoder

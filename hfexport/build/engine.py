@@ -158,6 +158,8 @@ def run_build(model, *, target, recipe=None, output="hfexport-bundle", task=None
 
 def _generation_config(source, workdir: Path) -> Path:
     """The model's generation config as JSON (EOS ids, sampling defaults) for the runtime's generation loop."""
+    import json
+
     from transformers import GenerationConfig, PretrainedConfig
 
     try:
@@ -165,7 +167,13 @@ def _generation_config(source, workdir: Path) -> Path:
     except OSError:  # no generation_config.json: derive it from config.json, as transformers does
         config = GenerationConfig.from_model_config(PretrainedConfig.from_dict(source.config))
     path = workdir / "generation_config.json"
-    path.write_text(config.to_json_string(use_diff=True), encoding="utf-8")
+    written = json.loads(config.to_json_string(use_diff=True))
+    shipped = source.local_dir / "generation_config.json"
+    if shipped.is_file():  # keys GenerationConfig drops on load (Whisper's lang_to_id, task_to_id, no_timestamps_token_id)
+        kept = json.loads(shipped.read_text(encoding="utf-8"))
+        written.update({k: v for k, v in (kept if isinstance(kept, dict) else {}).items() if k not in written
+                        and not hasattr(config, k)})
+    path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return path
 
 

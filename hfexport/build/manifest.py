@@ -190,7 +190,11 @@ def _preprocessing(task: str, processor, source=None) -> dict:
     if modality == "audio":
         from hfexport.runtime.audio import PROCESSOR_FILE as AUDIO_FILE
 
-        return {"processor": ProcessorInfo(kind="audio", file=AUDIO_FILE, input_name="input_values")}
+        speech = get_task(task)
+        text = getattr(speech, "text_tokenizer", None)  # Whisper: log-mel features in, text decoded by its tokenizer
+        audio = {"processor": ProcessorInfo(kind="audio", file=AUDIO_FILE,
+                                            input_name="input_features" if text else "input_values")}
+        return audio if text is None or source is None else {**audio, **_tokenizer_section(text(source))}
     if modality == "image":
         from hfexport.runtime.image import PROCESSOR_FILE, explicit_config, settings_from_config
 

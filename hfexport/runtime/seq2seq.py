@@ -100,6 +100,7 @@ class Seq2SeqGraphs:
         self.cross_names = [n for n in encoder.output_names if n.startswith("cross.")]
         self.past_names = [n for n in decoder.input_names if n.startswith("past_key_values.")]
         self.present_names = [n for n in decoder.output_names if n.startswith("present.")]
+        self.source_mask = "encoder_attention_mask" in decoder.input_names  # a speech decoder (Whisper) has none
         if not self.cross_names or len(self.past_names) != len(self.present_names) or \
                 len(self.cross_names) != len(self.past_names):
             from hfexport.errors import BundleIntegrityError
@@ -112,6 +113,11 @@ class Seq2SeqGraphs:
                                 "attention_mask": np.ascontiguousarray(attention_mask, np.int64)})
         return [out[name] for name in self.cross_names]
 
+    def encode_features(self, input_features: np.ndarray) -> list[np.ndarray]:
+        """A speech encoder (Whisper): log-mel features [batch, mel bins, frames] -> the cross-attention K/V."""
+        out = self.encoder.run({"input_features": np.ascontiguousarray(input_features, np.float32)})
+        return [out[name] for name in self.cross_names]
+
     @staticmethod
     def empty_past(batch: int, cross: list[np.ndarray]) -> list[np.ndarray]:
         """A length-0 self-attention cache (self- and cross-attention share heads and head size)."""
@@ -121,8 +127,9 @@ class Seq2SeqGraphs:
 
     def step(self, input_ids: np.ndarray, encoder_mask: np.ndarray, past: list[np.ndarray],
              cross: list[np.ndarray], all_logits: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {"input_ids": np.ascontiguousarray(input_ids, np.int64),
-                 "encoder_attention_mask": np.ascontiguousarray(encoder_mask, np.int64)}
+        feeds = {"input_ids": np.ascontiguousarray(input_ids, np.int64)}
+        if self.source_mask:
+            feeds["encoder_attention_mask"] = np.ascontiguousarray(encoder_mask, np.int64)
         feeds.update(zip(self.past_names, past))
         feeds.update(zip(self.cross_names, cross))
         out = self.decoder.run(feeds)

@@ -14,7 +14,8 @@ from pathlib import Path
 from hfexport.errors import ModelLoadError
 from hfexport.tasks.base import Output, TaskSpec
 
-__all__ = ["TASKS", "Output", "TaskSpec", "check_task_fits", "get_task", "infer_task_from_folder", "normalize_task"]
+__all__ = ["TASKS", "Output", "TaskSpec", "check_task_fits", "get_task", "infer_task_from_folder", "normalize_task",
+           "specialise"]
 
 def _discover() -> dict[str, TaskSpec]:
     specs = {}
@@ -42,6 +43,15 @@ def normalize_task(task: str) -> str:
     raise ModelLoadError(f"unsupported task {task!r}{did_you_mean(task, names)} (supported: {', '.join(sorted(TASKS))})")
 
 
+def specialise(task: str, config: dict) -> str:
+    """The task a model builds as when a user names `task`: a spec that is a `variant_of` it and `matches` the
+    model's config (Whisper under automatic-speech-recognition, which is CTC otherwise), else `task` itself."""
+    for spec in TASKS.values():
+        if getattr(spec, "variant_of", None) == task and spec.matches(config):
+            return spec.name
+    return task
+
+
 def get_task(task: str) -> TaskSpec:
     return TASKS[normalize_task(task)]
 
@@ -52,7 +62,7 @@ def get_task(task: str) -> TaskSpec:
 _AUTO_TASKS = (
     ("ZERO_SHOT_IMAGE_CLASSIFICATION", "zero-shot-image-classification", "a CLIP-style image-text dual encoder"),
     ("IMAGE_TEXT_TO_TEXT", "image-text-to-text", "a vision-language model"),
-    ("SPEECH_SEQ_2_SEQ", "speech-seq2seq", "a speech model"),  # Whisper: automatic-speech-recognition is CTC
+    ("SPEECH_SEQ_2_SEQ", "speech-seq2seq", "a speech model"),  # Whisper: automatic-speech-recognition-seq2seq
     ("CTC", "automatic-speech-recognition", "a speech model"),
     ("AUDIO_CLASSIFICATION", "audio-classification", "an audio model"),
     ("AUDIO_FRAME_CLASSIFICATION", "audio-frame-classification", "an audio model"),

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from hfexport.artifacts import OpenVINOModel, TorchModel
 from hfexport.backends import _seq2seq_graph as s2s
-from hfexport.backends._onnx.seq2seq import check_pair, export_onnx_pair
+from hfexport.backends._onnx.seq2seq import check_pair, export_onnx_pair, speech_stats
 from hfexport.backends._openvino.export import _name_ports
 from hfexport.context import BuildContext
 from hfexport.errors import ExportError
@@ -32,8 +32,9 @@ def export_seq2seq(config, artifact: TorchModel, ctx: BuildContext, out_dir: Pat
     try:
         with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
             encoder_onnx, decoder_onnx, layers = export_onnx_pair(model, Path(scratch), _OPSET)
-            names = {encoder_onnx: (s2s.ENCODER_INPUTS, s2s.cross_names(layers)),
-                     decoder_onnx: (s2s.decoder_input_names(layers), ["logits", *s2s.present_names(layers)])}
+            speech = s2s.is_speech(model)
+            names = {encoder_onnx: (s2s.encoder_inputs(model), s2s.cross_names(layers)),
+                     decoder_onnx: (s2s.decoder_input_names(layers, speech), ["logits", *s2s.present_names(layers)])}
             for onnx_path, (inputs, outputs) in names.items():
                 ir = ov.convert_model(str(onnx_path))
                 # a port holds every name the ONNX graph gave its tensor; the runtime reads the one it feeds by
@@ -45,14 +46,14 @@ def export_seq2seq(config, artifact: TorchModel, ctx: BuildContext, out_dir: Pat
         raise ExportError(f"OpenVINO export of {ctx.source.model_type} (encoder-decoder) failed: "
                           f"{str(exc).splitlines()[0]}") from exc
     (encoder_path, encoder_nodes), (decoder_path, decoder_nodes) = paths
-    want, got, diff = check_pair(model, ctx.hf_tokenizer(), encoder_path, decoder_path, config.check_tokens,
+    want, got, diff = check_pair(model, ctx, encoder_path, decoder_path, config.check_tokens,
                                  "openvino", _CHECK_SESSION)
     s2s.raise_on_mismatch(want, got, diff, "OpenVINO")
-    return OpenVINOModel(encoder_path, s2s.ENCODER_INPUTS, tuple(s2s.cross_names(layers)),
+    return OpenVINOModel(encoder_path, s2s.encoder_inputs(model), tuple(s2s.cross_names(layers)),
                          stats={"nodes": encoder_nodes + decoder_nodes, "layers": layers, "stateful": False,
                                 "cross_attention": "cached (projected once by the encoder graph)",
                                 "weights": "fp16" if config.compress_to_fp16 else "fp32",
                                 "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff,
                                 "graphs": {encoder_path.stem: {"nodes": encoder_nodes},
-                                           decoder_path.stem: {"nodes": decoder_nodes}}},
+                                           decoder_path.stem: {"nodes": decoder_nodes}}, **speech_stats(model, ctx)},
                          parts=(decoder_path.name,))
