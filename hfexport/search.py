@@ -30,8 +30,12 @@ _VARIANTS = {
 }
 _INT4_GROUPS = (32, 64, 128)  # LLM int4 variants: weights per scale
 # The target's default int8 recipe with its most error-prone MatMuls kept in float: the points between int8 and
-# fp32 on the front (all-MiniLM-L6-v2, 18 MatMuls: docs/decisions/0184-int8-float-fallback.md).
-_FALLBACKS = {"onnxruntime": (3, 6)}
+# fp32 on the front, and Q/K/V in int8 made to pass by the same fallback (docs/decisions/0184-int8-float-fallback.md).
+_FALLBACKS = {"onnxruntime": [
+    ("float3", {"quantize": {"float_fallback": 3}}),
+    ("float6", {"quantize": {"float_fallback": 6}}),
+    ("qkv-int8+float6", {"optimize": {"attention": "unfused_projections"}, "quantize": {"float_fallback": 6}}),
+]}
 
 
 @dataclass
@@ -71,8 +75,8 @@ def candidate_recipes(target: str, task: str, folder: Path, *, model: str | None
             for suffix, overrides in _VARIANTS.get(profile.backend, []):
                 bodies[f"{recipe.name}+{suffix}"] = _with(body, overrides)
             if recipe.name == default.name and not generative:
-                for count in _FALLBACKS.get(profile.backend, ()):
-                    bodies[f"{recipe.name}+float{count}"] = _with(body, {"quantize": {"float_fallback": count}})
+                for suffix, overrides in _FALLBACKS.get(profile.backend, []):
+                    bodies[f"{recipe.name}+{suffix}"] = _with(body, overrides)
         if quantize and quantize.get("precision") == "int4" and profile.backend == "onnxruntime":
             for group in _INT4_GROUPS:
                 bodies[f"{recipe.name}+g{group}"] = _with(body, {"quantize": {"group_size": group}})
