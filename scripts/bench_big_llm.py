@@ -135,8 +135,9 @@ def run_build(model: Path, target: str, recipe: str, out: Path, validation: str,
                 print(f"  [{time.perf_counter() - started:6.0f}s rss {sampler.current / 1e9:5.2f} GB] "
                       f"{event.get('message')}", flush=True)
             if kind in ("start", "done"):
+                peak = f", stage peak {stages[-1]['peak_rss'] / 1e9:.2f} GB" if kind == "done" and stages else ""
                 print(f"  [{time.perf_counter() - started:6.0f}s rss {sampler.current / 1e9:5.2f} GB] {kind} "
-                      f"{event.get('step')} {event.get('seconds', '')}", flush=True)
+                      f"{event.get('step')} {event.get('seconds', '')}{peak}", flush=True)
     stdout = child.stdout.read()
     code = child.wait()
     sampler.stop()

@@ -161,16 +161,29 @@ def check_prompts(model, tokenizer, tokens: int) -> list[list[int]]:
     return [first, *[long[:length] for length in wanted if length + tokens <= limit]]
 
 
-def greedy_check(model, tokenizer, decoder, tokens: int, *, past_window: bool = False
+def greedy_check(model, tokenizer, decoder, tokens: int, *, past_window: bool = False, release=None
                  ) -> tuple[list[int], list[int], float]:
     """PyTorch `generate` vs the runtime's decoder over the exported graph: greedy tokens and the worst
-    prompt-logit gap. `decoder` has the runtime's `empty_cache(batch)` / `step(...)` interface. With
-    `past_window` a sliding-window model is also checked on prompts that cross its window (`check_prompts`);
-    the tokens returned are the first mismatching prompt's, or all of them."""
+    prompt-logit gap. `decoder` has the runtime's `empty_cache(batch)` / `step(...)` interface, or is a function
+    that opens one. With `past_window` a sliding-window model is also checked on prompts that cross its window
+    (`check_prompts`); the tokens returned are the first mismatching prompt's, or all of them.
+
+    `model` may be a one-item list the check takes the model out of: PyTorch's tokens and logits for every prompt
+    come first, then `release()` (which drops the caller's cached model) runs before the decoder is opened, so
+    the PyTorch weights and the runtime's never sit in memory together (docs/decisions/0183-models-past-2gb.md).
+    """
+    if isinstance(model, list):
+        model = model.pop()
     prompts = check_prompts(model, tokenizer, tokens) if past_window else [tokenizer(SAMPLE_PROMPT)["input_ids"]]
+    references = [_reference(model, prompt, tokens) for prompt in prompts]
+    del model
+    if release is not None:
+        release()
+    if not hasattr(decoder, "step"):
+        decoder = decoder()
     want, got, diff = [], [], 0.0
-    for prompt in prompts:
-        w, g, d = _greedy_one(model, decoder, prompt, tokens)
+    for prompt, (w, reference, eos) in zip(prompts, references):
+        g, d = _decode(decoder, prompt, tokens, reference, eos)
         diff = max(diff, d)
         if w != g:
             return w, g, diff
@@ -178,8 +191,8 @@ def greedy_check(model, tokenizer, decoder, tokens: int, *, past_window: bool = 
     return want, got, diff
 
 
-def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[int], list[int], float]:
-    import numpy as np
+def _reference(model, prompt: list[int], tokens: int):
+    """PyTorch's greedy tokens, prompt logits and end-of-sequence ids for one prompt."""
     import torch
 
     ids = torch.tensor([prompt], dtype=torch.long)
@@ -192,12 +205,20 @@ def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[in
     # ones, or a trained model that wants to stop would fail the check on a token PyTorch was not allowed to pick.
     eos = model.generation_config.eos_token_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return want, reference, eos
+
+
+def _decode(decoder, prompt: list[int], tokens: int, reference, eos: list[int]) -> tuple[list[int], float]:
+    import numpy as np
+
+    ids = np.array([prompt], dtype=np.int64)
+    mask = np.ones_like(ids)
     length, got = ids.shape[1], []
     try:
         positions = np.arange(length, dtype=np.int64)[None]
-        every, _ = decoder.step(ids.numpy(), mask.numpy(), positions, decoder.empty_cache(1), all_logits=True)
+        every, _ = decoder.step(ids, mask, positions, decoder.empty_cache(1), all_logits=True)
         # The decode below starts from the prefill the runtime runs: the last position's logits only.
-        logits, cache = decoder.step(ids.numpy(), mask.numpy(), positions, decoder.empty_cache(1))
+        logits, cache = decoder.step(ids, mask, positions, decoder.empty_cache(1))
         diff = max(float(np.abs(every - reference).max()), float(np.abs(logits - reference[:, -1]).max()))
         got.append(_greedy(logits[0], eos))
         for step in range(1, tokens):
@@ -208,7 +229,7 @@ def _greedy_one(model, decoder, prompt: list[int], tokens: int) -> tuple[list[in
     except Exception as exc:  # a runtime that cannot run its own graph: a failed export, said in one line
         raise ExportError(f"the exported graph fails at {length + len(got)} tokens (a {length}-token prompt, "
                           f"{len(got)} generated): {first_line(exc)}") from exc
-    return want, got, diff
+    return got, diff
 
 
 def _greedy(logits, eos: list[int]) -> int:

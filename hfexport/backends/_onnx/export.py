@@ -140,12 +140,13 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
                           f"{first_line(exc)}") from exc
     del wrapper
     external = gather_external_data(path)  # a model past 2 GB: one `model.onnx.data` sidecar, not a file per tensor
-    want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
-    raise_on_mismatch(want, got, diff, "ONNX")
-    # The PyTorch model is not needed until validation, which loads it again: one copy of the weights in memory
-    # while later passes read the graph (docs/decisions/0183-models-past-2gb.md).
+    # The check takes the last reference to the PyTorch model and lets it go (validation loads it again) before
+    # ONNX Runtime opens the graph: one copy of the weights in memory (docs/decisions/0183-models-past-2gb.md).
+    held = [model]
     del model
-    ctx.release_torch_module(artifact.path)
+    want, got, diff = _greedy_check(held, ctx.hf_tokenizer(), path, config.check_tokens,
+                                    lambda: ctx.release_torch_module(artifact.path))
+    raise_on_mismatch(want, got, diff, "ONNX")
     graph = onnx.load(str(path), load_external_data=False).graph
     return OnnxModel(path, tuple(inputs), tuple(outputs),
                      stats={"nodes": len(graph.node), "opset": opset, "exporter": "torchscript",
@@ -154,15 +155,21 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
                             "external_data": external})
 
 
-def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[int], float]:
-    """PyTorch `generate` vs the runtime's ONNX Runtime decoder over the graph."""
+def _greedy_check(model, tokenizer, path, tokens: int, release=None) -> tuple[list[int], list[int], float]:
+    """PyTorch `generate` vs the runtime's ONNX Runtime decoder over the graph (`model`, `release`: see
+    `greedy_check`)."""
     import gc
 
     from hfexport.runtime.backends.onnxruntime import open_session
 
-    decoder = open_session(path, {"execution_providers": ["CPUExecutionProvider"]}).decoder()
+    opened = []
+
+    def open_decoder():
+        opened.append(open_session(path, {"execution_providers": ["CPUExecutionProvider"]}).decoder())
+        return opened[-1]
+
     try:
-        return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+        return greedy_check(model, tokenizer, open_decoder, tokens, past_window=True, release=release)
     finally:
-        del decoder  # the session holds the graph's weights: gone before the next pass opens them
+        opened.clear()  # the session holds the graph's weights: gone before the next pass opens them
         gc.collect()

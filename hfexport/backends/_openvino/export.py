@@ -119,12 +119,13 @@ def export_generation(config: ExportOpenVINOGenerationConfig, artifact: TorchMod
              "weights": "fp16" if config.compress_to_fp16 else "fp32"}
     del ir
     gc.collect()
-    want, got, diff = _greedy_check(model, ctx.hf_tokenizer(), path, config.check_tokens)
-    raise_on_mismatch(want, got, diff, "OpenVINO")
-    # Validation loads the PyTorch model again: one copy of the weights while NNCF compresses the IR
-    # (docs/decisions/0183-models-past-2gb.md).
+    # The check takes the last reference to the PyTorch model and lets it go (validation loads it again) before
+    # OpenVINO compiles the IR: one copy of the weights in memory (docs/decisions/0183-models-past-2gb.md).
+    held = [model]
     del model
-    ctx.release_torch_module(artifact.path)
+    want, got, diff = _greedy_check(held, ctx.hf_tokenizer(), path, config.check_tokens,
+                                    lambda: ctx.release_torch_module(artifact.path))
+    raise_on_mismatch(want, got, diff, "OpenVINO")
     return OpenVINOModel(path, *names,
                          stats={**stats, "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff})
 
@@ -157,15 +158,22 @@ def _count(model, op_type: str) -> int:
     return sum(op.get_type_name() == op_type for op in model.get_ops())
 
 
-def _greedy_check(model, tokenizer, path, tokens: int) -> tuple[list[int], list[int], float]:
-    """PyTorch `generate` vs the runtime's OpenVINO decoder, at f32 with an f32 cache (see profiles.py)."""
+def _greedy_check(model, tokenizer, path, tokens: int, release=None) -> tuple[list[int], list[int], float]:
+    """PyTorch `generate` vs the runtime's OpenVINO decoder, at f32 with an f32 cache (see profiles.py; `model`,
+    `release`: see `greedy_check`)."""
     import gc
 
     from hfexport.runtime.backends.openvino import open_session
 
-    decoder = open_session(path, {"openvino": {"inference_precision": "f32", "kv_cache_precision": "f32"}}).decoder()
+    opened = []
+
+    def open_decoder():
+        session = {"openvino": {"inference_precision": "f32", "kv_cache_precision": "f32"}}
+        opened.append(open_session(path, session).decoder())
+        return opened[-1]
+
     try:
-        return greedy_check(model, tokenizer, decoder, tokens, past_window=True)
+        return greedy_check(model, tokenizer, open_decoder, tokens, past_window=True, release=release)
     finally:
-        del decoder  # the compiled model holds the weights: gone before NNCF reads the IR
+        opened.clear()  # the compiled model holds the weights: gone before NNCF reads the IR
         gc.collect()
