@@ -239,3 +239,28 @@ def test_other_speech_encoder_decoders_are_refused_in_one_line(tmp_path):
     with pytest.raises(ModelLoadError, match="speech_to_text is not a Whisper model") as info:
         get_task("automatic-speech-recognition-seq2seq").check_model({"model_type": "speech_to_text"})
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_wav_folder_with_transcripts_gives_wer_for_pytorch_and_the_bundle(whisper_model, whisper_bundle, tmp_path):
+    """--eval-data: .wav files with a .txt transcript beside each. The transcripts are the fp32 bundle's own
+    texts (PyTorch's, by its gate), so WER is 0.0 for PyTorch and for the new bundle: both decode alike."""
+    from hfexport.api import build
+    from hfexport.progress import Progress
+    from hfexport.runtime import load
+    from hfexport.runtime.audio import write_wav
+
+    reference = load(whisper_bundle())
+    (tmp_path / "eval").mkdir()
+    for index in range(8):
+        wav = tmp_path / "eval" / f"clip{index}.wav"
+        write_wav(wav, synthetic_audio(700 + index), 16000)
+        text = reference(str(wav), max_new_tokens=32)[0]["text"]
+        assert text.split()  # words to score, not an empty transcript
+        (tmp_path / "eval" / f"clip{index}.txt").write_text(" ".join(text.split()) + "\n", encoding="utf-8")
+    (tmp_path / "r.yaml").write_text(json.dumps(FP32))
+    build(str(whisper_model()), target="cpu", recipe=str(tmp_path / "r.yaml"), output=tmp_path / "b",
+          eval_data=tmp_path / "eval", progress=Progress("quiet"))
+    stages = json.loads((tmp_path / "b" / "report" / "report.json").read_text())["stages"]
+    wer = {stage["name"]: stage["task_metrics"]["wer"] for stage in stages if stage.get("task_metrics")}
+    assert wer == {"pytorch": 0.0, "bundle": 0.0}
