@@ -54,6 +54,9 @@ class Judging:
     progress: Progress
 
 
+_STAGES_UP_TO_BYTES = 2_000_000_000  # a larger model's intermediate stages are not evaluated (see validate_build)
+
+
 def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: EvalSet, threads,
                    also_on: EvalSet | None = None) -> Report:
     """Validate a staged bundle and every stage before it (`stages`: (pass name, artifact, seconds)).
@@ -65,8 +68,16 @@ def validate_build(ctx, staging: Path, stages, reference_size: int, eval_set: Ev
     spec = get_task(ctx.source.task)
     n_threads = _set_threads(threads or ctx.target.session.intra_op_threads)
     bundle = load(staging, threads=n_threads, session_overrides=_NO_SPIN)
-    candidates = [c for name, artifact, seconds in stages[:-1]
-                  if (c := _stage_candidate(ctx, spec, staging, bundle, name, artifact, seconds, n_threads))]
+    # NOTE: past 2 GB an intermediate stage is one more copy of the weights beside PyTorch's and the bundle's (a
+    # 2.6 GB Llama's OpenVINO validation: 8.2 GB resident with its fp32 stage, docs/decisions/0183-models-past-2gb.md);
+    # the export's own greedy check against PyTorch (its stats in the manifest) stands for it.
+    big = reference_size > _STAGES_UP_TO_BYTES
+    if big:
+        ctx.progress.info(f"model of {reference_size / 1e9:.1f} GB: the bundle alone is evaluated, not the stages "
+                          "before it (each would hold another copy of the weights)")
+    candidates = [] if big else [
+        c for name, artifact, seconds in stages[:-1]
+        if (c := _stage_candidate(ctx, spec, staging, bundle, name, artifact, seconds, n_threads))]
     last_name, last_artifact, last_seconds = stages[-1]
     # What the backend actually chose (OpenVINO: device, inference precision, streams), which can differ
     # from what the profile asked for; the report says which one was measured.
@@ -144,7 +155,9 @@ def _bundle_processor(bundle: Path, images: bool):
     if images:
         from transformers import AutoFeatureExtractor, AutoImageProcessor
 
-        if (bundle / "processor" / "vocab.json").is_file():  # speech: the feature extractor
+        settings = bundle / "processor" / "preprocessor_config.json"
+        if (bundle / "processor" / "vocab.json").is_file() or (  # speech (CTC, Whisper): the feature extractor
+                settings.is_file() and "feature_extractor_type" in settings.read_text(encoding="utf-8")):
             return AutoFeatureExtractor.from_pretrained(str(bundle / "processor"))
         return AutoImageProcessor.from_pretrained(str(bundle / "processor"))
     from transformers import AutoTokenizer
@@ -166,7 +179,7 @@ def write_report(report: Report, folder: Path) -> None:
 def _evaluate(spec: TaskSpec, model, tokenizer, bundle, candidates: list[Candidate], eval_set: EvalSet,
               judging: Judging, memory_paths: dict[str, Path]) -> Report:
     """The reference (PyTorch fp32 `model`) against the candidates, by the task's evaluator."""
-    if spec.generative:
+    if spec.generative and not hasattr(spec, "reference_runner"):  # Whisper: compared clip by clip, as encoders
         from hfexport.validation.generation import TorchGeneration, evaluate_generation
 
         return evaluate_generation(TorchGeneration(model, bundle.eos_token_ids, bundle.pad_token_id), tokenizer,
@@ -180,7 +193,7 @@ def _evaluate(spec: TaskSpec, model, tokenizer, bundle, candidates: list[Candida
 def _fidelity_on(spec: TaskSpec, model, tokenizer, bundle, candidate: Candidate, eval_set: EvalSet,
                  judging: Judging) -> dict[str, float]:
     """The candidate's fidelity to the reference on other text (no timing)."""
-    if spec.generative:
+    if spec.generative and not hasattr(spec, "reference_runner"):
         from hfexport.validation.generation import TorchGeneration, teacher_forced_fidelity
 
         reference = TorchGeneration(model, bundle.eos_token_ids, bundle.pad_token_id)
@@ -212,7 +225,7 @@ def _reference_runner(spec: TaskSpec, model, tokenizer, bundle):
 
 def _runner(spec: TaskSpec, predictor):
     """How validation drives a loaded bundle (or stage) for the task."""
-    if spec.generative:
+    if spec.generative and not hasattr(spec, "bundle_runner"):
         from hfexport.validation.generation import BundleGeneration
 
         return BundleGeneration(predictor)
@@ -237,7 +250,7 @@ def _stage_candidate(ctx, spec: TaskSpec, staging: Path, bundle, name: str, arti
     else:
         model = open_model(artifact.path, manifest, threads=threads, backend=_stage_backend(ctx, artifact),
                            session_overrides=_NO_SPIN)
-        if spec.generative:
+        if spec.generative and not hasattr(spec, "stage_predictor"):
             from hfexport.validation.generation import stage_generator
 
             stage = stage_generator(manifest, staging, model, artifact)
