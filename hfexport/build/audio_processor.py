@@ -15,9 +15,7 @@ TOKENIZER_FILES = ("vocab.json", "tokenizer_config.json", "special_tokens_map.js
 
 
 def prepare_audio_processor(source, folder: Path) -> Path:
-    from transformers import AutoFeatureExtractor
 
-    from hfexport._quiet import quiet_libraries
     from hfexport.data import synthetic_audio
     from hfexport.runtime.audio import AudioEncoder, CTCVocabulary
 
@@ -25,12 +23,7 @@ def prepare_audio_processor(source, folder: Path) -> Path:
     if not (local / "vocab.json").is_file():
         raise ModelLoadError(f"{local}: no vocab.json; a CTC speech model needs its tokenizer's vocabulary "
                              "(save the Wav2Vec2Processor / Wav2Vec2CTCTokenizer into the folder)")
-    try:
-        with quiet_libraries():
-            extractor = AutoFeatureExtractor.from_pretrained(str(local), trust_remote_code=source.trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load the feature extractor of {source.model_id} ({first_line(exc)}); the "
-                             "folder needs a preprocessor_config.json") from exc
+    extractor = _feature_extractor(source, "a preprocessor_config.json")
     folder.mkdir(parents=True)
     config = extractor.to_dict()
     for name in ("sampling_rate", "padding_value", "do_normalize", "return_attention_mask", "feature_size"):
@@ -64,19 +57,12 @@ LOG_MEL_TOLERANCE = 1e-3
 def prepare_whisper_processor(source, folder: Path) -> Path:
     """The Whisper feature extractor's settings (processor/preprocessor_config.json), checked against
     transformers on generated clips, and the fast tokenizer (processor/tokenizer: the bundle's tokenizer/)."""
-    from transformers import AutoFeatureExtractor
 
-    from hfexport._quiet import quiet_libraries
     from hfexport.build.engine import _prepare_tokenizer
     from hfexport.runtime.whisper import LogMelFeatures
 
     local = Path(source.local_dir)
-    try:
-        with quiet_libraries():
-            extractor = AutoFeatureExtractor.from_pretrained(str(local), trust_remote_code=source.trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        raise ModelLoadError(f"cannot load the feature extractor of {source.model_id} ({first_line(exc)}); the "
-                             "folder needs the WhisperFeatureExtractor's preprocessor_config.json") from exc
+    extractor = _feature_extractor(source, "the WhisperFeatureExtractor's preprocessor_config.json")
     missing = [name for name in ("n_fft", "hop_length", "n_samples", "feature_size") if not hasattr(extractor, name)]
     if missing:
         raise ModelLoadError(f"{local / 'preprocessor_config.json'}: {type(extractor).__name__} has no {missing[0]}; "
@@ -109,3 +95,18 @@ def log_mel_difference(extractor, features) -> float:
     want = extractor(clips, sampling_rate=features.sampling_rate, return_tensors="np")["input_features"]
     got = features.encode(clips)
     return float(np.abs(want - got).max()) if want.shape == got.shape else float("inf")
+
+
+def _feature_extractor(source, needs: str):
+    """The folder's feature extractor through transformers, or one ModelLoadError line saying what it `needs`."""
+    from transformers import AutoFeatureExtractor
+
+    from hfexport._quiet import quiet_libraries
+
+    try:
+        with quiet_libraries():
+            return AutoFeatureExtractor.from_pretrained(str(source.local_dir),
+                                                        trust_remote_code=source.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load the feature extractor of {source.model_id} ({first_line(exc)}); the "
+                             f"folder needs {needs}") from exc
