@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+PROTOBUF_LIMIT = 2_000_000_000  # bytes in one protobuf message: a graph past it keeps its weights in external data
+
 
 def external_info(init) -> dict[str, str] | None:
     """The external_data entries of an initializer (location, offset, length), None when it is inline."""
@@ -28,16 +30,11 @@ def external_info(init) -> dict[str, str] | None:
 
 
 def external_files(path: Path) -> list[Path]:
-    """The files the graph at `path` reads its external weights from (each once)."""
-    import onnx
+    """The files the graph at `path` reads its external weights from (each once), found by the runtime's
+    protobuf walk: a graph with its weights inline is not parsed whole (onnx.load took 0.6 s on MiniLM)."""
+    from hfexport.runtime.paths import external_data_locations
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    seen: dict[str, None] = {}
-    for init in graph.initializer:
-        info = external_info(init)
-        if info is not None:
-            seen.setdefault(info["location"], None)
-    return [path.parent / name for name in seen]
+    return [path.parent / name for name in dict.fromkeys(external_data_locations(path))]
 
 
 def graph_bytes(path: Path) -> int:

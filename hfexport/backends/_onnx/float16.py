@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT
 from hfexport.errors import ExportError, first_line
-
-_EXTERNAL_DATA_BYTES = 2_000_000_000  # protobuf's limit for one file
 
 
 @dataclass(frozen=True)
@@ -48,7 +47,7 @@ def convert_float16(source: Path, out: Path, keep_nodes: list[str] | tuple[str, 
                           ) from exc
     converted = wrapped.model
     out.parent.mkdir(parents=True, exist_ok=True)
-    large = converted.ByteSize() > _EXTERNAL_DATA_BYTES
+    large = converted.ByteSize() > PROTOBUF_LIMIT
     onnx.save_model(converted, str(out), save_as_external_data=large, all_tensors_to_one_file=True,
                     location=out.name + ".data" if large else None)
     after = Counter(init.data_type for init in converted.graph.initializer)

@@ -10,10 +10,8 @@ from pathlib import Path
 from typing import Literal
 
 from hfexport.artifacts import OnnxModel
-from hfexport.backends._onnx.external import graph_bytes
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT, graph_bytes
 from hfexport.errors import ExportError, first_line
-
-_PROTOBUF_LIMIT = 2_000_000_000  # bytes: a graph past it keeps its weights in external data
 
 # Hugging Face model_type -> the ORT optimizer model type whose fusion patterns match its graph.
 FUSION_MODEL_TYPES = {
@@ -49,7 +47,7 @@ def fuse(artifact: OnnxModel, out: Path, *, hf_model_type: str, hf_config: dict,
         raise ExportError(f"ONNX Runtime optimisation failed: {first_line(exc)}") from exc
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
     # Past 2 GB the fused graph keeps its weights in one sidecar, `model.onnx.data`, as the export's.
-    optimized.save_model_to_file(str(out), use_external_data_format=graph_bytes(artifact.path) > _PROTOBUF_LIMIT)
+    optimized.save_model_to_file(str(out), use_external_data_format=graph_bytes(artifact.path) > PROTOBUF_LIMIT)
     return OnnxModel(out, artifact.inputs, artifact.outputs,
                      stats={"nodes_before": artifact.stats.get("nodes"), "nodes": _count_nodes(out),
                             "fused_operators": fused, "fusion_model_type": model_type})
@@ -68,7 +66,7 @@ def _session_optimize(artifact: OnnxModel, out) -> None:
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(out)
-    if graph_bytes(artifact.path) > _PROTOBUF_LIMIT:  # ORT writes the weights past 2 GB beside the graph
+    if graph_bytes(artifact.path) > PROTOBUF_LIMIT:  # ORT writes the weights past 2 GB beside the graph
         options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
                                          out.name + ".data")
     ort.InferenceSession(str(artifact.path), options, providers=["CPUExecutionProvider"])

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from hfexport.backends._onnx.blocks import Rounded, WeightMatrix, rounded
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT
 from hfexport.errors import ExportError
 
 _BATCH = 4  # windows per probe call: bounds the [batch, tokens, vocab] logits held at once
@@ -188,7 +189,7 @@ class _Probe:
                                                                        init.name))
             else:
                 probe.graph.initializer.append(init)
-        if probe.ByteSize() > 2_000_000_000:
+        if probe.ByteSize() > PROTOBUF_LIMIT:
             raise ExportError("int4_top1_target: the graph without its quantisable weights is still over 2 GB, "
                               "which the sensitivity search cannot open; drop int4_top1_target")
         options = ort.SessionOptions()

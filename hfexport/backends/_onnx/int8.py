@@ -12,10 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hfexport.backends._onnx.external import graph_bytes
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT, graph_bytes
 from hfexport.errors import ExportError, first_line
-
-_PROTOBUF_LIMIT = 2_000_000_000  # bytes: past it the quantised graph keeps its weights in external data
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
                              per_channel=settings.per_channel, reduce_range=settings.reduce_range,
                              weight_type=types[settings.weight_type],
                              nodes_to_exclude=excluded, extra_options=extra,
-                             use_external_data_format=graph_bytes(source) > _PROTOBUF_LIMIT)
+                             use_external_data_format=graph_bytes(source) > PROTOBUF_LIMIT)
         else:
             used = list(texts)[: settings.calibration_samples]
             _static(settings, source, out, _Reader(used, encode), types, extra, excluded)
@@ -104,7 +102,7 @@ def _static(settings: Int8Settings, source: Path, out: Path, reader: _Reader, ty
                     reduce_range=settings.reduce_range, activation_type=types[settings.activation_type],
                     weight_type=types[settings.weight_type], nodes_to_exclude=excluded,
                     calibrate_method=CalibrationMethod.MinMax, extra_options=extra,
-                    use_external_data_format=graph_bytes(source) > _PROTOBUF_LIMIT)
+                    use_external_data_format=graph_bytes(source) > PROTOBUF_LIMIT)
 
 
 _INT8_OPS = {"MatMulInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QuantizeLinear", "DequantizeLinear",

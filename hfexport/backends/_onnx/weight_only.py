@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from hfexport.backends._onnx.blocks import WeightMatrix, quantize_rows_uint8
-from hfexport.backends._onnx.external import external_info, load_graph
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT, external_info, load_graph
 from hfexport.backends._onnx.int4_search import SearchSettings, search_int4
 from hfexport.errors import ExportError, first_line
 
@@ -146,7 +146,7 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
             model = onnx.load(str(source))
             _name_nodes(model.graph)  # the same names: unnamed nodes are named by position
         model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level)
-        onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > 2_000_000_000,
+        onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > PROTOBUF_LIMIT,
                         all_tensors_to_one_file=True, location=out.name + ".data")
         del model
         gc.collect()
