@@ -35,8 +35,8 @@ class TextGenerator:
         self.manifest, self.path, self.backend = manifest, bundle, backend
         self.decoder = self._open_decoder(backend)
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        self.generation_config = _read_json(bundle / "generation_config.json")
-        model_config = _read_json(bundle / "config.json")
+        self.generation_config = read_json(bundle / "generation_config.json")
+        model_config = read_json(bundle / "config.json")
         eos = self.generation_config.get("eos_token_id", model_config.get("eos_token_id"))
         self.eos_token_ids: list[int] = sorted({int(e) for e in ([eos] if isinstance(eos, int) else eos or [])})
         pad = self.generation_config.get("pad_token_id")
@@ -44,7 +44,7 @@ class TextGenerator:
         self.max_length = manifest.model.max_length
         tok_dir = tokenizer_file.parent
         self.chat_template = read_chat_template(tok_dir)
-        tok_config = _read_json(tok_dir / "tokenizer_config.json")
+        tok_config = read_json(tok_dir / "tokenizer_config.json")
         self._special_tokens = {k: _token_text(tok_config.get(k)) for k in ("bos_token", "eos_token", "pad_token",
                                                                              "unk_token")}
 
@@ -213,7 +213,8 @@ def _cut_at_stop(text: str, stops: tuple[str, ...]) -> tuple[str, bool]:
     return (text[:min(cuts)], True) if cuts else (text, False)
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
+    """A bundle's JSON file ({} when it is absent)."""
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 

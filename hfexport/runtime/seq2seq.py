@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.runtime.generation import TextGenerator
+from hfexport.runtime.generation import TextGenerator, read_json
 from hfexport.runtime.sampling import choose
 
 
@@ -147,7 +147,7 @@ class Seq2SeqGenerator(TextGenerator):
         self._decoder_session = decoder
         super().__init__(manifest, bundle, backend, tokenizer_file)
         self.tokenizer.enable_truncation(max_length=self.max_length)
-        model_config = _read_json(bundle / "config.json")
+        model_config = read_json(bundle / "config.json")
         self.constraints = Constraints.from_config(self.generation_config, model_config)
         # Learned decoder positions (BART, Marian) end at max_position_embeddings; T5's relative ones do not.
         positions = model_config.get("max_position_embeddings") if model_config.get("model_type") != "t5" else None
@@ -212,9 +212,3 @@ class Seq2SeqGenerator(TextGenerator):
                 return
             if settings.repetition_penalty != 1.0:
                 seen = [np.append(s, t) if a else s for s, t, a in zip(seen, tokens, active)]
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hfexport.runtime.audio import as_audio_list, read_wav
+from hfexport.runtime.generation import read_json
 
 FEATURES_FILE = "processor/preprocessor_config.json"
 
@@ -250,7 +251,7 @@ class WhisperRecognizer:
         self.manifest, self.bundle, self.backend = manifest, bundle, backend
         self.features = self.encoder = features  # `encoder`: the input side, as other predictors name it
         self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        prompt = WhisperPrompt(_read_json(bundle / "generation_config.json"), _read_json(bundle / "config.json"))
+        prompt = WhisperPrompt(read_json(bundle / "generation_config.json"), read_json(bundle / "config.json"))
         self.loop = WhisperLoop(Seq2SeqGraphs(backend, decoder), prompt)
 
     def __repr__(self) -> str:
@@ -270,7 +271,3 @@ class WhisperRecognizer:
                      language: str | None = None, task: str | None = None) -> list[list[int]]:
         return self.loop.generate_ids(self.features.encode(clips), max_new_tokens=max_new_tokens,
                                       min_new_tokens=min_new_tokens, language=language, task=task)
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
