@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from hfexport.errors import BundleIntegrityError, HfExportError, first_line
+from hfexport.host import physical_cores
 
 WEIGHTS_FILE = "weights.safetensors"
 _PLATFORMS = {"tpu": "tpu", "gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}
@@ -41,23 +42,13 @@ def _import_jax(threads: int | None):
     if fresh and threads != 1:
         # NOTE: XLA's CPU client runs one computation on about one core (a 2-core host: 0.90x PyTorch at batch 32
         # with 2 threads); one CPU device per core, each given a slice of the batch, uses them all
-        # (docs/decisions/0101-xla-target.md). Set before jax's CPU client starts; an app that started jax
+        # (docs/decisions/0101-xla-bf16-and-minilm-numbers.md). Set before jax's CPU client starts; an app that started jax
         # already keeps its own device count.
         try:
-            jax.config.update("jax_num_cpu_devices", threads or _physical_cores())
+            jax.config.update("jax_num_cpu_devices", threads or physical_cores())
         except (RuntimeError, AttributeError):
             pass
     return jax
-
-
-def _physical_cores() -> int:
-    """Cores, not hardware threads (two threads of one core share its matrix units)."""
-    try:
-        siblings = Path("/sys/devices/system/cpu/cpu0/topology/thread_siblings_list").read_text()
-        per_core = len([part for part in siblings.replace("-", ",").split(",") if part.strip()])
-    except OSError:
-        per_core = 1
-    return max(1, (os.cpu_count() or 1) // max(per_core, 1))
 
 
 def read_weights(path: Path) -> tuple[list[np.ndarray], dict]:
@@ -85,13 +76,10 @@ class XlaSession:
         self.input_names = list(meta["inputs"])
         self.output_axes: dict[str, list[str]] = meta["outputs"]
         self.output_names = list(self.output_axes)
-        # A tied weight appears twice in the call order; it is placed once.
-        placed = {id(w): jax.device_put(w, device) for w in weights}
-        self.weights = [placed[id(w)] for w in weights]
-        # CPU: the devices a batch is split over (the first is `device`); the others get their weights at the
-        # first batch that is split, so a decoder (one device) never holds a second copy.
+        self.weights = _place(weights, device)
+        # CPU: the devices a batch is split over (the first is `device`); the others get their weights (copied
+        # from the first's) at the first batch that is split, so a decoder (one device) never holds a second copy.
         self.spread = [device, *[d for d in (spread or []) if d != device]]
-        self._host_weights = weights
         self._replicas: dict[int, list] = {0: self.weights}
         self.sequence_buckets = list(options.get("sequence_buckets") or [])
         self.batch_buckets = list(options.get("batch_buckets") or [])
@@ -115,13 +103,9 @@ class XlaSession:
 
     def _replica(self, index: int) -> list:
         if index not in self._replicas:
-            import jax
-
             with self._lock:
                 if index not in self._replicas:
-                    device = self.spread[index]
-                    placed = {id(w): jax.device_put(w, device) for w in self._host_weights}
-                    self._replicas[index] = [placed[id(w)] for w in self._host_weights]
+                    self._replicas[index] = _place(self.weights, self.spread[index])
         return self._replicas[index]
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -197,6 +181,14 @@ class XlaDecoder:
         logits, *present = runtime.call(*placed, *cache)
         logits = np.asarray(logits[:, :sequence] if all_logits else logits[:, sequence - 1])
         return logits, present
+
+
+def _place(weights: list, device) -> list:
+    """`weights` on `device`, in call order; a tied weight appears twice in the order and is placed once."""
+    import jax
+
+    placed = {id(w): jax.device_put(w, device) for w in weights}
+    return [placed[id(w)] for w in weights]
 
 
 def _pad(values: np.ndarray, rows: int, width: int) -> np.ndarray:
