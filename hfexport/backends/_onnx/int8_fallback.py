@@ -28,7 +28,8 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
     """(node name, mean relative int8 error) of every MatMul with a constant weight, largest error first."""
     import onnx
     import onnxruntime as ort
-    from onnx import numpy_helper
+
+    from hfexport.backends._onnx.external import weight_array
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {init.name: init for init in model.graph.initializer}
@@ -40,8 +41,7 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
         if name not in known:
             model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     folder = source.parent  # external data (if any) resolves beside the graph
-    arrays = {n.name: numpy_helper.to_array(weights[n.input[1]], base_dir=str(folder)).astype(np.float32)
-              for n in nodes}
+    arrays = {n.name: np.asarray(weight_array(weights[n.input[1]], folder), np.float32) for n in nodes}
     quantised = {name: _weights_int8(w, per_channel, reduce_range) for name, w in arrays.items()}
     with tempfile.NamedTemporaryFile(suffix=".onnx", dir=folder) as probe:
         onnx.save_model(model, probe.name)
