@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
@@ -52,9 +54,35 @@ def test_bench_peers_dry_run_plans_without_installing(tmp_path, capsys):
     venvs = tmp_path / "venvs"
     assert bench.main(["--dry-run", "--venvs", str(venvs), "--threads", "1", "2", "--processes", "3"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    assert [v["peer"] for v in plan["venvs"]] == ["optimum-onnx"] and not plan["venvs"][0]["exists"]
-    assert any("torch==2.13.0" == p for p in plan["venvs"][0]["pip"])  # the local CPU wheel, never CUDA's
-    assert plan["sides"] == ["hfexport default", "hfexport int8-small", "optimum-onnx"]
-    assert plan["timings"]["processes_total"] == 3 * 2 * 3
-    assert plan["builds"][-1]["isa_preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    # Both rows by default: ONNX Runtime (cpu bundles vs optimum-onnx) and OpenVINO (openvino bundles vs optimum-intel)
+    assert plan["targets"] == ["cpu", "openvino"]
+    assert [v["peer"] for v in plan["venvs"]] == ["optimum-onnx", "optimum-intel"]
+    assert not any(v["exists"] for v in plan["venvs"])
+    assert all("torch==2.13.0" in v["pip"] for v in plan["venvs"])  # the local CPU wheel, never CUDA's
+    assert plan["venvs"][1]["pip_uninstall"] == ["torchvision"]  # PyPI's CUDA build breaks transformers' imports
+    assert plan["sides"] == ["hfexport cpu default", "hfexport cpu int8-small", "hfexport openvino default",
+                             "hfexport openvino int8-weights", "optimum-onnx", "optimum-intel"]
+    assert plan["timings"]["processes_total"] == 6 * 2 * 3
+    builds = {b["side"]: b for b in plan["builds"]}
+    assert builds["hfexport openvino default"]["how"].startswith("hfexport build --target openvino --recipe default")
+    assert builds["optimum-onnx"]["isa_preset"] in ("avx512_vnni", "avx512", "avx2", "arm64")
+    assert builds["optimum-intel"]["artifact"].endswith("openvino_model.xml")
+    assert "default_calibration_texts" in builds["optimum-intel"]["calibration"]  # no hub dataset
     assert not venvs.exists()  # nothing installed, nothing made
+
+    # One row alone: --targets openvino plans only the OpenVINO sides and its peer.
+    assert bench.main(["--dry-run", "--venvs", str(venvs), "--targets", "openvino", "--threads", "2",
+                       "--processes", "1", "--openvino-recipes", "default"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["sides"] == ["hfexport openvino default", "optimum-intel"]
+    assert [v["peer"] for v in plan["venvs"]] == ["optimum-intel"]
+    assert plan["timings"]["processes_total"] == 2
+    assert not venvs.exists()
+
+
+def test_bench_peers_refuses_a_peer_outside_its_targets(capsys):
+    bench = _script("bench_peers")
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--dry-run", "--targets", "cpu", "--peers", "optimum-intel"])
+    assert exited.value.code == 2
+    assert "--peers optimum-intel belongs to target openvino: add it to --targets" in capsys.readouterr().err
