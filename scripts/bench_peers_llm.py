@@ -359,10 +359,13 @@ def main(argv=None) -> int:
             order = list(args.sides) if round_number % 2 == 0 else list(reversed(args.sides))
             for name in order:
                 side, out = SIDES[name], args.work / f"timer-{name.replace(' ', '-')}.json"
-                subprocess.run([interpreters[name], str(args.work / "llm_timer.py"), side.kind,
-                                str(args.work / side.artifact), str(threads), str(spec), str(out),
-                                "1" if name not in fidelity else "0"], check=True, cwd=args.work, env=env,
-                               stdout=subprocess.DEVNULL)
+                done = subprocess.run([interpreters[name], str(args.work / "llm_timer.py"), side.kind,
+                                       str(args.work / side.artifact), str(threads), str(spec), str(out),
+                                       "1" if name not in fidelity else "0"], cwd=args.work, env=env,
+                                      capture_output=True, text=True)
+                if done.returncode != 0:
+                    sys.exit(f"error: the timer of {name} failed ({args.work / side.artifact}):\n"
+                             f"{done.stderr[-3000:]}")
                 result = json.loads(out.read_text())
                 times.setdefault((name, threads), []).append(result)
                 if name not in fidelity:
@@ -429,7 +432,7 @@ if kind == "hfexport":
     decoder = generator.decoder
 
     def generate(prompt, n):
-        generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return len(generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)[0])
 
     class Stepper:
         def __init__(self, prompt):
@@ -460,6 +463,7 @@ elif kind == "ortgenai":
         g.append_tokens(np.asarray([prompt], np.int32))
         while not g.is_done():
             g.generate_next_token()
+        return len(g.get_sequence(0)) - len(prompt)
 
     class Stepper:
         def __init__(self, prompt):
@@ -485,7 +489,7 @@ elif kind == "ovgenai":
         return list(pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
                                   config).tokens[0])
 
-    generate = _run
+    generate = lambda prompt, n: len(_run(prompt, n))
     Stepper = None
 else:
     import cyllama.llama.llama_cpp as L
@@ -507,6 +511,7 @@ else:
             token = sampler.sample(ctx, -1)
             if i < n - 1:
                 ctx.decode(L.llama_batch_get_one([token], len(prompt) + i))
+        return n
 
     class Stepper:
         def __init__(self, prompt):
@@ -537,7 +542,8 @@ if with_fidelity == "1":
     result.update(greedy=greedy, forced=forced)
 
 prompt = spec["timing_prompt"]
-generate(prompt, new)  # warm-up
+made = generate(prompt, new)  # warm-up, and a check that every side makes exactly `new` tokens
+assert made == new, f"{kind} generated {made} tokens, not {new}"
 
 
 def timed(n, count):
