@@ -53,6 +53,7 @@ greedy argmax for --new-tokens tokens (EOS not stopping it).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -181,13 +182,17 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--venvs", type=Path, default=Path(tempfile.gettempdir()) / "hfexport-llm-peers",
                         help="the peers' virtual environments (made on demand, then reused)")
     parser.add_argument("--work", type=Path, default=None,
-                        help="model and builds; what is there is reused [default: VENVS/work]")
+                        help="model and builds; what is there is reused [default: VENVS/work for the bench model, "
+                             "VENVS/work-NAME-HASH for --model, one folder per model]")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args(argv)
     if args.processes < 1 or args.prompts < 1 or args.new_tokens < 2:
         parser.error("--processes and --prompts must be >= 1, --new-tokens >= 2")
+    if args.work is None and args.model is not None:  # builds of one model are never reused for another
+        digest = hashlib.sha1(str(args.model.resolve()).encode()).hexdigest()[:8]
+        args.work = args.venvs / f"work-{args.model.name}-{digest}"
     args.work = args.work or args.venvs / "work"
     return args
 
