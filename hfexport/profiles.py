@@ -37,6 +37,9 @@ class SessionOptions(_Strict):
     inter_op_threads: int = Field(1, ge=0)
     graph_optimization_level: Literal["disable", "basic", "extended", "all"] = "all"
     execution_mode: Literal["sequential", "parallel"] = "sequential"
+    # ONNX Runtime's session config entries (SessionOptions.add_session_config_entry); a build adds the ones its
+    # graph needs (float weights stored in int8: session.disable_quant_qdq).
+    config_entries: dict[str, str] = Field(default_factory=dict)
 
 
 class OpenVINOOptions(_Strict):
@@ -113,6 +116,8 @@ class _QuantizeSection(_Strict):
             # The calibration settings belong to static mode only.
             for name in ("smooth_quant_alpha", "calibration_samples"):
                 values.pop(name, None)
+        else:  # and the storage of float weights to dynamic mode (a static graph's QDQ fusions need it off)
+            values.pop("float_weight_storage", None)
         return values
 
 
@@ -120,6 +125,7 @@ class OrtInt8Defaults(_Strict):
     mode: Literal["dynamic", "static"] | None = None
     op_types: list[str] | None = Field(None, min_length=1)
     calibration_samples: int | None = Field(None, ge=1)
+    float_weight_storage: Literal["fp32", "int8"] | None = None  # mode dynamic
 
 
 class OrtWeightOnlyDefaults(_Strict):

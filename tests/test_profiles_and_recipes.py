@@ -136,9 +136,11 @@ _FUSE = ("optimize", {"fusions": True, "model_type": None, "level": 0, "attentio
 
 
 def _int8(mode="dynamic", op_types=("MatMul",)):
+    # The cpu target stores the weights a dynamic graph leaves in float as int8 (decision 0185); static keeps fp32.
     return ("Int8Settings", {"mode": mode, "op_types": list(op_types), "exclude_nodes": [],
                              "calibration_method": "minmax", "calibration_samples": 100,
-                             "symmetric_activations": False, "float_fallback": 0, "precision": "int8"})
+                             "symmetric_activations": False, "float_fallback": 0,
+                             "float_weight_storage": "int8" if mode == "dynamic" else "fp32", "precision": "int8"})
 
 
 def _matmul_nbits(precision, group, lm_head, embedding, search=None):

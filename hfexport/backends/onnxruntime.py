@@ -43,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
     quantizer = "ONNX Runtime quantiser"
     artifact = OnnxModel
     quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
-                                  "int4_top1_target", "float_fallback"})
+                                  "int4_top1_target", "float_fallback", "float_weight_storage"})
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
@@ -98,7 +98,7 @@ class OnnxRuntimeBackend(Backend):
             weight_type=preset.weight_type, activation_type=preset.activation_type, isa=preset.isa,
             exclude_nodes=excluded, calibration_method=config.calibration_method,
             calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations,
-            float_fallback=config.float_fallback)
+            float_fallback=config.float_fallback, float_weight_storage=config.float_weight_storage or "fp32")
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own

@@ -66,6 +66,11 @@ class QuantizeConfig(PassConfig):
     # NOTE: ranked by each MatMul's own int8 error (docs/decisions/0184-int8-float-fallback.md).
     float_fallback: int = Field(0, ge=0, description=(
         "int8: keep this many MatMuls in float, those with the largest int8 error measured on calibration data"))
+    # NOTE: a quarter of the bytes at the same compute (docs/decisions/0185-float-weights-stored-int8.md).
+    float_weight_storage: Literal["fp32", "int8"] | None = Field(None, description=(
+        "int8, mode dynamic: how the weights left in float (fused attention's Q/K/V, embedding tables, "
+        "float_fallback's MatMuls) are stored; int8 = one scale per row or column, turned back to float once "
+        "when the session loads; default: the target's (int8 on cpu)"))
     # NOTE: minmax only: the other calibrators failed on the fused BERT graph (docs/decisions/0044-...).
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
@@ -97,6 +102,10 @@ class QuantizeConfig(PassConfig):
             return self
         if self.float_fallback and (self.precision != "int8" or self.weights_only):
             raise ValueError("float_fallback ranks int8 MatMuls: it needs precision: int8 without weights_only")
+        if self.float_weight_storage is not None and (self.precision != "int8" or self.weights_only
+                                                       or self.mode != "dynamic"):
+            raise ValueError("float_weight_storage applies to int8 with mode: dynamic (static graphs keep their "
+                             "QDQ pairs; weights_only stores every weight in low bits already)")
         if self.precision == "int4" and not self.weights_only:
             raise ValueError("precision int4 quantises weights only: add weights_only: true")
         if self.weights_only and self.mode == "static":

@@ -155,6 +155,24 @@ class Manifest(_Section):
     files: dict[str, FileEntry] = Field(description="sha256 and size of every file but manifest.json")
 
 
+def _session(profile, records) -> dict:
+    """The target's session options, plus the config entries a pass recorded for its graph (any graph of it)."""
+    session = profile.session_options()
+
+    def found(stats) -> dict:
+        if not isinstance(stats, dict):
+            return {}
+        entries = dict(stats.get("session_config_entries") or {})
+        for value in stats.values():
+            entries.update(found(value))
+        return entries
+
+    entries = {k: v for record in records for k, v in found(record["stats"]).items()}
+    if entries:
+        session["config_entries"] = {**session.get("config_entries", {}), **entries}
+    return session
+
+
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
     """Every section but the header and the file table, typed (write_manifest adds those and validates
     the whole); `validation` is added once the bundle has been validated."""
@@ -169,7 +187,7 @@ def manifest_body(source, profile, recipe, records, artifact, model_files, token
                            task_fields={k: v for k, v in fields.items() if k not in typed}),
         "target": TargetInfo(name=profile.name, backend=profile.backend, device=profile.device,
                              execution_providers=profile.execution_providers, isa=profile.effective_isa(),
-                             precision=precision, session=profile.session_options(),
+                             precision=precision, session=_session(profile, records),
                              runtime_packages=profile.runtime_packages),
         "recipe": RecipeInfo(name=recipe.name, gates=recipe.gates.model_dump(mode="json"),
                              evaluation=recipe.evaluation.model_dump(mode="json")),

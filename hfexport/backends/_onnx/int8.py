@@ -32,6 +32,7 @@ class Int8Settings:
     calibration_samples: int = 100  # static mode: at most this many calibration texts
     symmetric_activations: bool = False  # static mode
     float_fallback: int = 0  # MatMuls kept in float, the largest measured int8 error first (int8_fallback.py)
+    float_weight_storage: Literal["fp32", "int8"] = "fp32"  # dynamic mode: stored_int8.py
     precision: Literal["int8"] = "int8"
 
     def describe(self) -> str:
@@ -72,6 +73,10 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
             used = list(texts)[: settings.calibration_samples]
             _static(settings, source, out, _Reader(used, encode), types, extra, excluded)
             stats.update(calibration_method=settings.calibration_method, calibration_samples=len(used))
+        if settings.float_weight_storage == "int8":
+            from hfexport.backends._onnx.stored_int8 import store_float_weights_int8
+
+            stats["float_weights_stored_int8"] = store_float_weights_int8(out)
     except (ExportError, KeyboardInterrupt):
         raise
     except Exception as exc:

@@ -90,6 +90,8 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     if session.get("allow_spinning") is False:
         # Idle worker threads sleep at once instead of spinning for the next call.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in session.get("config_entries", {}).items():  # e.g. what a graph with stored-int8 weights needs
+        options.add_session_config_entry(key, value)
     wanted = list(providers or session.get("execution_providers") or ["CPUExecutionProvider"])
     available = set(ort.get_available_providers())
     usable = [p for p in wanted if p in available]
@@ -119,6 +121,9 @@ def _check_session(model_path: Path, session: dict) -> None:
         value = session.get(key, 0)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 4096:
             raise BundleIntegrityError(f"{where}.{key} should be a thread count (0-4096), got {value!r}")
+    entries = session.get("config_entries", {})
+    if not isinstance(entries, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
+        raise BundleIntegrityError(f"{where}.config_entries should map strings to strings, got {entries!r}")
     level = session.get("graph_optimization_level", "all")
     if level not in _LEVELS:
         raise BundleIntegrityError(f"{where}.graph_optimization_level should be one of {', '.join(_LEVELS)}, "
