@@ -53,6 +53,7 @@ greedy argmax for --new-tokens tokens (EOS not stopping it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -338,8 +339,9 @@ def main(argv=None) -> int:
             if not done:
                 print(f"building {name} ...", file=sys.stderr)
                 target, recipe = name.split()[1:]
-                build(str(model), target=target, recipe=recipe, output=out, gates=False, validation="quick",
-                      progress=Progress("quiet"), force=True)
+                with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout stays the table
+                    build(str(model), target=target, recipe=recipe, output=out, gates=False, validation="quick",
+                          progress=Progress("quiet"), force=True)
             continue
         python = _venv_python(args, PEERS[side.peer])
         interpreters[name] = str(python)
