@@ -219,8 +219,10 @@ def plan(args) -> dict:
 def _python_for(version: str | None) -> str:
     if version is None:
         return sys.executable
-    found = shutil.which(f"python{version}") or next(
-        (str(p) for p in sorted(Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}"))), None)
+    candidates = [shutil.which(f"python{version}"),  # a pyenv shim of an inactive version is on PATH yet fails
+                  *map(str, sorted(Path.home().glob(f".pyenv/versions/{version}*/bin/python{version}")))]
+    found = next((c for c in candidates if c and subprocess.run([c, "-c", ""], capture_output=True).returncode == 0),
+                 None)
     if not found:
         sys.exit(f"error: the llama.cpp peer needs python{version} (cyllama's wheels): install one "
                  f"(e.g. `pyenv install {version}`) or leave the llama.cpp sides out with --sides")
