@@ -26,7 +26,7 @@ What each side is given (--targets picks the rows):
   over as a JSON file; no hub access). Its IR is compiled with the options hfexport's openvino runtime gives
   a default bundle (runtime/backends/openvino.py): PERFORMANCE_HINT LATENCY, INFERENCE_PRECISION_HINT f32,
   and the CPU plugin's INFERENCE_NUM_THREADS = --threads; one InferRequest reused, inputs shared
-  (share_inputs=True) as optimum-intel's own OVModel does.
+  (share_inputs=True) as optimum-intel's own OVModel does, the output read in place. See decision 0190.
 - Every peer's text path is the same: the model folder's tokenizer.json through the `tokenizers` library
   (truncation to the model's max length, padding to the longest), mean pooling, L2 norm, in numpy.
 """
