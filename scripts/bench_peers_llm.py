@@ -27,7 +27,10 @@ The model is one local Llama folder: by default scripts/bench_generation.py's be
   llama.cpp's "gpt-2" pre-tokenizer, which is the same ByteLevel regex.
 
 Each peer has its own virtual environment under --venvs (made on demand, then reused; torch is pinned to the
-local CPU wheel torch==2.13.0). Artifacts are built once under --work and reused.
+local CPU wheel torch==2.13.0). Artifacts are built once under --work and reused. Measured here (2 cores, other
+jobs running): `--markdown` with the venvs and builds made takes ~8 min (54 timer processes, fidelity, the
+PyTorch reference); the first run adds the builds (~7 min in all, most of it hfexport's int4 search and
+NNCF) and ~3-4 min per virtual environment.
 
 Timing, every side the same: fresh processes, alternating the order of sides, --processes per side and
 thread count; ONNX Runtime's spinning is off (hfexport's cpu bundles and onnxruntime-genai). Each process
