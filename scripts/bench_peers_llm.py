@@ -28,9 +28,9 @@ The model is one local Llama folder: by default scripts/bench_generation.py's be
 
 Each peer has its own virtual environment under --venvs (made on demand, then reused; torch is pinned to the
 local CPU wheel torch==2.13.0). Artifacts are built once under --work and reused. Measured here (2 cores, other
-jobs running): `--markdown` with the venvs and builds made takes ~8 min (54 timer processes, fidelity, the
-PyTorch reference); the first run adds the builds (~7 min in all, most of it hfexport's int4 search and
-NNCF) and ~3-4 min per virtual environment.
+jobs running): `--markdown` with the venvs and builds made took 485 s (54 timer processes, fidelity, the
+PyTorch reference); the first run, building the 4 hfexport bundles and the q4_K_M GGUF as well, 433 s (the
+load differed); each virtual environment takes ~3-4 min to make.
 
 Timing, every side the same: fresh processes, alternating the order of sides, --processes per side and
 thread count; ONNX Runtime's spinning is off (hfexport's cpu bundles and onnxruntime-genai). Each process
