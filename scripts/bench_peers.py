@@ -103,8 +103,10 @@ model, out, texts = sys.argv[1], Path(sys.argv[2]), json.loads(Path(sys.argv[4])
 exported = OVModelForFeatureExtraction.from_pretrained(model, export=True, compile=False)
 tokenizer = AutoTokenizer.from_pretrained(model)
 names = [port.get_any_name() for port in exported.model.inputs]
-# The calibration set as optimum-intel takes a custom one: an nncf.Dataset of the IR's feeds, one text each.
-feeds = [dict(tokenizer(text, truncation=True, return_tensors="np")) for text in texts]
+# The calibration set as optimum-intel takes a custom one: an nncf.Dataset of the IR's feeds, one text each,
+# padded to 128 tokens as optimum-intel's quantisation docs preprocess (cos min 0.9823 vs 0.9813 unpadded).
+feeds = [dict(tokenizer(text, padding="max_length", max_length=128, truncation=True, return_tensors="np"))
+         for text in texts]
 calibration = nncf.Dataset([{name: feed[name] for name in names} for feed in feeds])
 config = OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts)))
 OVQuantizer.from_pretrained(exported).quantize(calibration_dataset=calibration, ov_config=config,
