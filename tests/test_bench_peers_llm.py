@@ -3,22 +3,11 @@ peer builds need the peers' environments: the script itself is the end-to-end ch
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve string annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+from tests.test_bench_scripts import _script
 
 
 def test_bench_peers_llm_dry_run_plans_every_side_without_installing(tmp_path, capsys):
