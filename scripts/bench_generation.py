@@ -20,7 +20,8 @@ so for quantised bundles these numbers check the arithmetic, not the quality of 
 `--train-data FILE --train-steps N` first trains that model as a causal LM on a local text file (no
 download: `scripts/make_train_text.py` writes one), so its logits have the margins a real model's have and
 top-1 agreement says what int4 rounding costs a model that has learnt something (1,500 steps: 30-55
-minutes on 2 cores, training loss 10.5 -> 3.1-3.2).
+minutes on 2 cores with bf16 matmul, training loss 10.5 -> 3.1-3.2; an AVX2-only host trains in fp32: 300 steps
+at batch 8 took 11 min, loss 4.06).
 """
 
 from __future__ import annotations
@@ -80,11 +81,18 @@ def make_model(folder: Path, layers: int, hidden: int, vocab: int) -> Path:
 
 def train_model(folder: Path, data: Path, steps: int, sequence: int = 64, batch: int = 32) -> None:
     """Train the saved model in place as a causal LM on `data` (one text per line): random windows of the
-    concatenated token stream, AdamW at 1e-3 with 100 warm-up steps and cosine decay, bf16 autocast, seeded."""
+    concatenated token stream, AdamW at 1e-3 with 100 warm-up steps and cosine decay, seeded; bf16 autocast where
+    the CPU has bf16 matmul (AVX512-BF16 or AMX), fp32 elsewhere: on an AVX2-only host one bf16 step of the bench
+    model took 202 s, an fp32 one ~2.4 s (batch 8)."""
+    import contextlib
     import math
 
     import torch
     import transformers
+
+    from hfexport.host import cpu_flags
+
+    bf16 = bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(folder))
@@ -102,7 +110,7 @@ def train_model(folder: Path, data: Path, steps: int, sequence: int = 64, batch:
     for step in range(steps):
         starts = torch.randint(0, len(stream) - sequence - 1, (batch,), generator=generator)
         ids = torch.stack([stream[s:s + sequence] for s in starts])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -116,6 +124,7 @@ def train_model(folder: Path, data: Path, steps: int, sequence: int = 64, batch:
     model.eval().save_pretrained(str(folder))
     (folder / "training.json").write_text(json.dumps(
         {"data": str(data), "tokens": len(stream), "steps": steps, "seconds": time.perf_counter() - started,
+         "precision": "bf16" if bf16 else "fp32",
          "loss_first": losses[0], "loss_last_100": sum(losses[-100:]) / len(losses[-100:])}))
 
 
