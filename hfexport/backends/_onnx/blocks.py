@@ -1,5 +1,6 @@
 """The arithmetic of weight-only blocks, shared by the quantiser and the int4 search: which weights there are
-(`WeightMatrix`), uint8 rows for embedding tables, and the float weight a quantised node computes with."""
+(`WeightMatrix`), uint8 rows for embedding tables, symmetric int8 per channel, and the float weight a quantised
+node computes with."""
 
 from __future__ import annotations
 
@@ -18,6 +19,16 @@ class WeightMatrix:
     role: str  # "block", "lm_head" or "embedding"
     params: int
 
+
+
+def symmetric_int8(weight: np.ndarray, over: int | None, limit: float = 127.0) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8: (codes int8, scales float32), one scale per slice left after reducing `over` (0: one per
+    column, 1: one per row, None: one for the tensor), kept as a broadcastable dimension; max |w| -> `limit` (63
+    for 7-bit `reduce_range` weights); an all-zero slice keeps scale 1."""
+    peak = np.abs(weight).max(axis=over, keepdims=True).astype(np.float32)
+    scales = np.where(peak > 0, peak / np.float32(limit), np.float32(1.0))
+    codes = np.clip(np.round(weight / scales), -limit, limit).astype(np.int8)
+    return codes, scales
 
 
 def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

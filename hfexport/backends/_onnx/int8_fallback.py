@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hfexport.backends._onnx.blocks import symmetric_int8
+
 # Calibration items the ranking runs (each one float forward pass).
 _ITEMS = 32
 
@@ -68,10 +70,8 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
 
 def _weights_int8(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:
     """`w` after symmetric int8 quantisation and back (per output column when `per_channel`)."""
-    limit = 63.0 if reduce_range else 127.0
-    peak = np.abs(w).max(axis=0, keepdims=True) if per_channel else np.abs(w).max(keepdims=True)
-    scale = np.where(peak > 0, peak / limit, 1.0)
-    return (np.clip(np.round(w / scale), -limit, limit) * scale).astype(np.float32)
+    codes, scales = symmetric_int8(w, over=0 if per_channel else None, limit=63.0 if reduce_range else 127.0)
+    return (codes * scales).astype(np.float32)
 
 
 def _activations_uint8(x: np.ndarray) -> np.ndarray:

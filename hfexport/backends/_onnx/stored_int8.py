@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hfexport.backends._onnx.blocks import symmetric_int8
 from hfexport.backends._onnx.external import PROTOBUF_LIMIT, graph_bytes
 
 # What the runtime passes to ONNX Runtime for a graph written here (recorded in the manifest's target.session).
@@ -47,7 +48,8 @@ def store_float_weights_int8(path: Path) -> dict:
         if axis is None:
             continue
         weight = numpy_helper.to_array(init)
-        codes, scale = _quantize(weight, axis)
+        codes, scale = symmetric_int8(weight, over=1 - axis)  # a scale per row (axis 0) or per column (axis 1)
+        scale = scale.reshape(-1)  # DequantizeLinear's per-axis scale is 1-D
         graph.initializer.remove(init)
         graph.initializer.extend([numpy_helper.from_array(codes, init.name + "_int8"),
                                   numpy_helper.from_array(scale, init.name + "_scale")])
@@ -83,11 +85,3 @@ def _axis(uses: set[tuple[str, int]], graph, name: str) -> int | None:
         return None if len(trans) != 1 else (0 if trans.pop() else 1)
     return None
 
-
-def _quantize(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8, one scale per slice along `axis` (max |w| -> 127); a zero slice keeps scale 1."""
-    scale = np.abs(weight).max(axis=1 - axis).astype(np.float32) / 127.0
-    scale[scale == 0] = 1.0
-    shaped = scale[:, None] if axis == 0 else scale[None, :]
-    codes = np.clip(np.rint(weight / shaped), -127, 127).astype(np.int8)
-    return codes, scale
