@@ -64,19 +64,19 @@ class OpenVINOSession:
         if parts <= 1:
             return self._infer(inputs)
         bounds = np.linspace(0, rows, parts + 1).astype(int)
-        requests = [self.compiled.create_infer_request() for _ in range(parts)]
-        for request, start, stop in zip(requests, bounds[:-1], bounds[1:]):
-            request.start_async({k: v[start:stop] for k, v in inputs.items()}, share_inputs=False)
-        for request in requests:
-            request.wait()
-        return {name: np.concatenate([r.get_tensor(name).data.copy() for r in requests])
-                for name in self.output_names}
+        requests = [self._take() for _ in range(parts)]
+        try:
+            for request, start, stop in zip(requests, bounds[:-1], bounds[1:]):
+                request.start_async({k: v[start:stop] for k, v in inputs.items()}, share_inputs=False)
+            for request in requests:
+                request.wait()
+            return {name: np.concatenate([r.get_tensor(name).data for r in requests]) for name in self.output_names}
+        finally:
+            for request in requests:
+                self._idle.put(request)
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            request = self._idle.get_nowait()
-        except queue.Empty:
-            request = self.compiled.create_infer_request()
+        request = self._take()
         try:
             # share_inputs: the request reads the caller's arrays in place (a synchronous call keeps them alive)
             request.infer(inputs, share_inputs=True)
@@ -84,6 +84,13 @@ class OpenVINOSession:
             return {name: request.get_tensor(name).data.copy() for name in self.output_names}
         finally:
             self._idle.put(request)
+
+    def _take(self):
+        """An idle InferRequest, or a new one when every request is held by a call."""
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self.compiled.create_infer_request()
 
 
 _PRECISION_NAMES = {"<Type: 'float32'>": "f32", "<Type: 'bfloat16'>": "bf16", "<Type: 'float16'>": "f16",
