@@ -2,8 +2,9 @@
 
 Thread safety: a compiled model is shared, and every call takes an `InferRequest` no other call holds (from a
 pool of idle ones, a new one when all are busy), so calls from several threads never share request state.
-NOTE: reusing requests and sharing the caller's input arrays saved ~0.2 ms of a ~4 ms MiniLM call at batch 1
-(a new request per call, fed copies, spent it in OpenVINO's input dispatch; docs/decisions/0190). Text generation
+NOTE: reusing requests and sharing the caller's input arrays: a profile put ~0.2-0.3 ms of a batch-1 MiniLM call
+in making a request and OpenVINO copying the inputs into it (docs/decisions/0190); on the AVX2 host, where such a
+call takes ~37 ms, a same-process A/B saw the change within noise (36.9 vs 37.2 ms). Text generation
 takes one request per generate call: a stateful graph's KV cache lives in that request's variables.
 With several streams (THROUGHPUT hint), a batch is split across the streams and its parts run in
 parallel; with one stream (LATENCY), a call runs on all the threads the stream has.
