@@ -219,7 +219,9 @@ def _parse(argv=None) -> argparse.Namespace:
 
 def host_isa_preset() -> str:
     """optimum's AutoQuantizationConfig preset for this CPU (the one its docs pick per host)."""
-    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    from hfexport.host import cpu_flags
+
+    flags = cpu_flags()
     if "avx512_vnni" in flags:
         return "avx512_vnni"
     return "avx512" if "avx512f" in flags else ("avx2" if "avx2" in flags else "arm64")
