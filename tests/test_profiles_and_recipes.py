@@ -129,7 +129,7 @@ def test_targets_default_recipes_are_shipped_names():
 # modules): every export/optimize step's options and every quantiser's effective settings. ISA-dependent int8
 # values (per_channel, reduce_range, weight and activation types) come from the target's preset on both sides.
 _ONNX = ("export_onnx", {"exporter": "torchscript", "opset": None, "tolerance": 0.001})
-_ONNX_LLM = ("export_onnx_generation", {"opset": None, "check_tokens": 8})
+_ONNX_LLM = ("export_onnx_generation", {"opset": None, "check_tokens": 8, "graph": "auto"})
 _OV = ("export_openvino", {"compress_to_fp16": False, "tolerance": 0.001})
 _OV_LLM = ("export_openvino_generation", {"stateful": True, "compress_to_fp16": False, "check_tokens": 8})
 _FUSE = ("optimize", {"fusions": True, "model_type": None, "level": 0, "attention": "fused"})

@@ -171,7 +171,9 @@ class TextGenerator:
         rng = np.random.default_rng(seed)
         eos = np.asarray(self.eos_token_ids, np.int64)
         done = np.zeros(batch, bool)
-        logits, cache = self.decoder.step(input_ids, mask[:, :longest], positions, self.decoder.empty_cache(batch))
+        # capacity: a decoder that can preallocate the cache (a fused ONNX graph) never grows it
+        cache = self.decoder.empty_cache(batch, capacity=longest + budget)
+        logits, cache = self.decoder.step(input_ids, mask[:, :longest], positions, cache)
         for step in range(budget):
             if step < min_new_tokens and eos.size:
                 logits = logits.copy()

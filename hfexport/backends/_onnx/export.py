@@ -30,6 +30,7 @@ from hfexport.backends._generation_graph import (
     sample_inputs,
 )
 from hfexport.backends._onnx.external import gather_external_data
+from hfexport.backends._onnx.fused_decoder import fused_inputs, fused_refusal, write_fused_graph
 from hfexport.backends._torch_graph import check_against_torch, keep_file_inputs, task_graph
 from hfexport.context import BuildContext
 from hfexport.errors import ExportError, first_line
@@ -52,9 +53,12 @@ class ExportOnnxGenerationConfig(PassConfig):
 
     opset: int | None = Field(None, ge=14, le=23, description="defaults to the target's opset")
     check_tokens: int = Field(8, ge=1, le=256, description="greedy tokens that must equal PyTorch's generate")
+    graph: Literal["auto", "fused", "traced"] = Field(
+        "auto", description="fused: written from the weights with ONNX Runtime's attention and norm operators "
+        "(Llama, Mistral, Qwen2, Qwen3); traced: TorchScript's trace of any causal LM; auto: fused where it applies")
 
     def describe_parts(self) -> list[str]:
-        return []
+        return [] if self.graph == "auto" else [self.graph]
 
 
 def export_encoder(config: ExportOnnxConfig, artifact: TorchModel, ctx: BuildContext, out_dir: Path) -> OnnxModel:
@@ -116,29 +120,28 @@ def _export_dynamo(model, sample, input_names, output_names, path, opset) -> Non
 def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, ctx: BuildContext,
                       out_dir: Path) -> OnnxModel:
     import onnx
-    import torch
 
     model = ctx.torch_module(artifact.path)
     layers, kv_heads, head_dim = cache_layout(model)
     keep = keeps_logits(model)
-    wrapper = generation_wrapper(model, layers, keep=keep)
-    sample = sample_inputs(model, layers, kv_heads, head_dim, keep=keep)
-    inputs = graph_inputs(layers, keep)
-    outputs = ["logits", *present_names(layers)]
-    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
-            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "kept" if keep else "sequence"}}
-    axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})
-    axes.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
     path = out_dir / "model.onnx"
     opset = config.opset or ctx.target.opset
-    try:
-        with torch.inference_mode():
-            torch.onnx.export(wrapper, sample, str(path), input_names=inputs, output_names=outputs,
-                              dynamic_axes=axes, opset_version=opset, dynamo=False)
-    except Exception as exc:  # exporters raise anything; the first line is what the user needs
-        raise ExportError(f"ONNX export of {ctx.source.model_type} for generation failed: "
-                          f"{first_line(exc)}") from exc
-    del wrapper
+    refusal = fused_refusal(model) if config.graph != "traced" else "asked for"
+    if config.graph == "fused" and refusal:
+        raise ExportError(f"export_onnx_generation graph: fused cannot write this model ({refusal}); use graph: "
+                          "traced or auto")
+    if refusal is None:
+        inputs = fused_inputs(layers)
+        try:
+            nodes = write_fused_graph(model, path, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
+                                      positions=ctx.source.max_length, opset=opset)
+        except Exception as exc:  # noqa: BLE001 - an unexpected module layout; the trace still works
+            raise ExportError(f"fused decoder graph of {ctx.source.model_type} failed: {first_line(exc)}; "
+                              "export_onnx_generation graph: traced avoids it") from exc
+        ctx.progress.info(f"fused decoder graph: {nodes} operators")
+    else:
+        inputs = _trace_generation(model, path, layers, kv_heads, head_dim, keep, opset, ctx)
+    outputs = ["logits", *present_names(layers)]
     external = gather_external_data(path)  # a model past 2 GB: one `model.onnx.data` sidecar, not a file per tensor
     # The check takes the last reference to the PyTorch model and lets it go (validation loads it again) before
     # ONNX Runtime opens the graph: one copy of the weights in memory (docs/decisions/0183-models-past-2gb.md).
@@ -147,12 +150,37 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
     want, got, diff = _greedy_check(held, ctx.hf_tokenizer(), path, config.check_tokens,
                                     lambda: ctx.release_torch_module(artifact.path))
     raise_on_mismatch(want, got, diff, "ONNX")
-    graph = onnx.load(str(path), load_external_data=False).graph
+    written = onnx.load(str(path), load_external_data=False)
+    opset = next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx"))  # the fused graph's >= 21
     return OnnxModel(path, tuple(inputs), tuple(outputs),
-                     stats={"nodes": len(graph.node), "opset": opset, "exporter": "torchscript",
+                     stats={"nodes": len(written.graph.node), "opset": opset,
+                            "exporter": "fused" if refusal is None else "torchscript",
                             "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                             "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff,
                             "external_data": external})
+
+
+def _trace_generation(model, path: Path, layers: int, kv_heads: int, head_dim: int, keep: bool, opset: int,
+                      ctx: BuildContext) -> list[str]:
+    """The TorchScript trace of the tensor-only wrapper; returns the graph's input names."""
+    import torch
+
+    wrapper = generation_wrapper(model, layers, keep=keep)
+    sample = sample_inputs(model, layers, kv_heads, head_dim, keep=keep)
+    inputs = graph_inputs(layers, keep)
+    outputs = ["logits", *present_names(layers)]
+    axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
+            "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "kept" if keep else "sequence"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})
+    axes.update({name: {0: "batch", 2: "total"} for name in present_names(layers)})
+    try:
+        with torch.inference_mode():
+            torch.onnx.export(wrapper, sample, str(path), input_names=inputs, output_names=outputs,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False)
+    except Exception as exc:  # exporters raise anything; the first line is what the user needs
+        raise ExportError(f"ONNX export of {ctx.source.model_type} for generation failed: "
+                          f"{first_line(exc)}") from exc
+    return inputs
 
 
 def _greedy_check(model, tokenizer, path, tokens: int, release=None) -> tuple[list[int], list[int], float]:

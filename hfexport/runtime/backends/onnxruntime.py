@@ -27,6 +27,9 @@ def _ort_input_errors() -> tuple[type[BaseException], ...]:
 
 
 _ORT_INPUT_ERRORS = _ort_input_errors()
+# Model metadata of a fused generation graph (hfexport/backends/_onnx/fused_decoder.py): right-padded rows, and
+# an attention that writes new positions into a preallocated past buffer in place.
+FUSED_DECODER = ("hfexport.decoder_layout", "right-padded-gqa")
 _KEEP_ALL, _KEEP_LAST = np.array(0, np.int64), np.array(1, np.int64)
 
 
@@ -131,14 +134,17 @@ def _check_session(model_path: Path, session: dict) -> None:
 
 
 class OnnxRuntimeDecoder:
-    """Runs a KV-cache graph step by step (see hfexport/passes/export_onnx_generation.py for its layout).
+    """Runs a KV-cache graph step by step (see hfexport/backends/_generation_graph.py for its layout).
 
     NOTE: the cache stays inside ONNX Runtime. Each step binds the previous step's `present` OrtValues
     as this step's `past` through IOBinding, so no cache tensor is converted to numpy or copied on the
     host between steps; only the last position's logits come back, and a graph with a `logits_to_keep`
-    input computes only those (older bundles compute every position's). The graph's Concat still writes
-    past + new into a fresh `present` (O(past) per token, as in every concat-cache ONNX graph); a
-    shared-buffer GroupQueryAttention graph would remove that too.
+    input computes only those (older bundles compute every position's).
+    A traced graph's Concat writes past + new into a fresh `present` each step (O(past) per token). A fused
+    graph (metadata `FUSED_DECODER`) given `empty_cache(batch, capacity)` gets one buffer of `capacity`
+    positions per past/present pair, bound as both input and output: the attention writes the new positions
+    in place, nothing is copied or allocated per step. Its rows are right-padded: callers pass left-padded
+    prompts as for any graph, and the first step moves each row's tokens to the front.
     """
 
     def __init__(self, runtime: OnnxRuntimeSession):
@@ -147,33 +153,87 @@ class OnnxRuntimeDecoder:
         self.past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
         self.present_names = [o.name for o in runtime.session.get_outputs() if o.name.startswith("present.")]
         self.keeps_logits = any(i.name == "logits_to_keep" for i in inputs)  # absent from bundles before it
+        self.takes_positions = any(i.name == "position_ids" for i in inputs)  # a fused graph counts its own
         past = next(i for i in inputs if i.name in self.past_names)
         self.kv_heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
         self.cache_dtype = np.float16 if past.type == "tensor(float16)" else np.float32
         # On a GPU the cache is bound on the device, so it never crosses to host memory between steps.
         self.device = ("cuda", 0) if runtime.providers[0] == "CUDAExecutionProvider" else ("cpu", 0)
+        meta = runtime.session.get_modelmeta().custom_metadata_map
+        self.fused = meta.get(FUSED_DECODER[0]) == FUSED_DECODER[1]
 
-    def empty_cache(self, batch: int) -> list:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> list:
+        """The cache before a prompt. `capacity` (prompt + new tokens at most) lets a fused graph write into
+        preallocated buffers; without it, or for a traced graph, the cache grows by concatenation."""
         import onnxruntime as ort
 
+        if capacity and self.fused:
+            shape = (batch, self.kv_heads, int(capacity), self.head_dim)
+            return _Buffers(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.cache_dtype), *self.device)
+                            for _ in self.past_names)
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
-        return [ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names]
+        return _Grown(ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
         """One forward over `input_ids`; returns logits (last position, or every position) and the new cache."""
+        input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
+        order = None
+        if self.fused:
+            input_ids, order = self._right_padded(input_ids, attention_mask, cache)
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids, np.int64))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
-        binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
+        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        if self.takes_positions:
+            binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
         if self.keeps_logits:  # 0: every position, 1: the last one
             binding.bind_cpu_input("logits_to_keep", _KEEP_ALL if all_logits else _KEEP_LAST)
         for name, value in zip(self.past_names, cache):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output("logits", "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, *self.device)
+        shared = isinstance(cache, _Buffers)
+        for i, name in enumerate(self.present_names):
+            if shared:  # the same buffer in and out: the attention writes the new positions in place
+                binding.bind_ortvalue_output(name, cache[i])
+            else:
+                binding.bind_output(name, *self.device)
         self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
-        return (logits if all_logits else logits[:, -1]), outputs[1:]
+        if all_logits and order is not None:  # back to the caller's left-padded positions
+            logits = np.take_along_axis(logits, np.argsort(order, 1)[..., None], 1)
+        if shared:
+            cache.started = True
+            return (logits if all_logits else logits[:, -1]), cache
+        return (logits if all_logits else logits[:, -1]), _Grown(outputs[1:], started=True)
+
+    @staticmethod
+    def _right_padded(input_ids: np.ndarray, attention_mask: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
+        """A fused graph's rows start at their first token: the prompt step moves each left-padded row's tokens
+        to the front (returning the permutation); a later step must fit in the cache."""
+        counts = attention_mask.sum(1)
+        if isinstance(cache, _Buffers) and attention_mask.shape[1] > cache[0].shape()[2]:
+            raise ValueError(f"the cache holds {cache[0].shape()[2]} positions; this step needs "
+                             f"{attention_mask.shape[1]}")
+        if cache.started:
+            if not isinstance(cache, _Buffers) and (counts != counts[0]).any():
+                raise ValueError("rows of different lengths need empty_cache(batch, capacity)")
+            return input_ids, None
+        if (counts == input_ids.shape[1]).all():
+            return input_ids, None
+        order = np.argsort(attention_mask[:, -input_ids.shape[1]:] == 0, axis=1, kind="stable")
+        return np.take_along_axis(input_ids, order, 1), order
+
+
+class _Buffers(list):
+    """A cache of preallocated past/present buffers, written in place (see `OnnxRuntimeDecoder`)."""
+
+    started = False
+
+
+class _Grown(list):
+    """A cache whose `present` outputs become the next step's past."""
+
+    def __init__(self, values=(), started: bool = False):
+        super().__init__(values)
+        self.started = started

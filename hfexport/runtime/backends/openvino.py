@@ -184,7 +184,7 @@ class OpenVINOStatefulDecoder:
         self.compiled = runtime.compiled
         self.keeps_logits = _keeps_logits(runtime.compiled)
 
-    def empty_cache(self, batch: int) -> StatefulCache:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> StatefulCache:
         return StatefulCache(self.compiled.create_infer_request(), np.arange(batch, dtype=np.int32))
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
@@ -216,7 +216,7 @@ class OpenVINODecoder:
         self.kv_heads, self.head_dim = shape[1].get_length(), shape[3].get_length()
         self.keeps_logits = _keeps_logits(runtime.compiled)
 
-    def empty_cache(self, batch: int) -> ExplicitCache:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> ExplicitCache:
         import openvino as ov
 
         empty = ov.Tensor(np.zeros((batch, self.kv_heads, 0, self.head_dim), np.float32))

@@ -156,7 +156,7 @@ class XlaDecoder:
             raise BundleIntegrityError(f"the model's cache_dtype {self.cache_dtype!r} is not float32 or bfloat16: "
                                        "rebuild the bundle")
 
-    def empty_cache(self, batch: int) -> list:
+    def empty_cache(self, batch: int, capacity: int | None = None) -> list:
         import jax
         import jax.numpy as jnp
 

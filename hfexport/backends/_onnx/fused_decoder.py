@@ -1,0 +1,255 @@
+"""The fused decoder graph: a Llama-family LLM written straight from its weights as ONNX Runtime's own
+operators (GroupQueryAttention with rotary inside, SkipSimplifiedLayerNormalization, packed projections),
+instead of traced from PyTorch.
+
+Why: traced, a 4-layer Llama decode step is ~200 operators (shape plumbing, Concat, Transpose, the cache's
+Python arithmetic) whose cache is concatenated anew each step; written here it is 11 per layer and the cache
+is one buffer the attention writes in place (docs/decisions/0191-fused-decoder-graph.md). Per layer:
+
+    SkipSimplifiedLayerNorm -> MatMul(q|k|v packed) [-> Add bias] [-> Split, per-head RMSNorm (Qwen3)]
+      -> GroupQueryAttention (rotary inside) -> MatMul(o)
+    SkipSimplifiedLayerNorm -> MatMul(gate|up packed) -> Split -> Sigmoid, Mul, Mul -> MatMul(down)
+
+Layout (differs from the traced graph's in `_generation_graph.py` in two ways; model metadata
+`FUSED_DECODER` tells the runtime):
+- rows are right-padded: GroupQueryAttention counts each row's tokens from the mask (seqlens_k = count - 1)
+  and places row b's new tokens, and their rotary positions, after its own count. There is no
+  `position_ids` input. The runtime's decoder moves a left-padded prompt's tokens to the front of each row.
+- `logits_to_keep` 0 gives every position's logits; any other value gives each row's last real position.
+With a past buffer longer than the mask (bound as input and output at once) the attention writes the new
+positions into it in place; with a past of exactly the cached length it concatenates, as the traced graph.
+
+Supported: model types in `ARCHITECTURES` with SiLU MLPs, full-width rotary with a length-independent
+frequency table, and no sliding window; `fused_refusal` says why any other model is not (it is then traced).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hfexport.runtime.backends.onnxruntime import FUSED_DECODER
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn")
+_MS = "com.microsoft"
+_EXTERNAL_FROM = 1_800_000_000  # float bytes past which weights go to a sidecar (protobuf caps a file at 2 GB)
+
+
+def fused_inputs(layers: int) -> list[str]:
+    from hfexport.backends._generation_graph import past_names
+
+    return ["input_ids", "attention_mask", "logits_to_keep", *past_names(layers)]
+
+
+def fused_refusal(model) -> str | None:
+    """Why the fused graph cannot express `model` exactly (None when it can)."""
+    from hfexport.backends._generation_graph import sliding_window
+
+    config = model.config
+    if config.model_type not in ARCHITECTURES:
+        return f"model type {config.model_type!r} is not one of {', '.join(ARCHITECTURES)}"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"activation {config.hidden_act!r} (the fused MLP is SiLU)"
+    rope = (getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {})
+    kind = rope.get("rope_type", rope.get("type", "default"))
+    if kind not in _STATIC_ROPE:
+        return f"rope type {kind!r} changes its frequencies with the length"
+    window, positions = sliding_window(model), getattr(config, "max_position_embeddings", None)
+    if window is not None and not (isinstance(positions, int) and window >= positions):  # a window never reached
+        return f"sliding-window attention (window {window})"
+    if next(model.parameters()).dtype.is_floating_point and str(next(model.parameters()).dtype) != "torch.float32":
+        return f"weights in {next(model.parameters()).dtype} (the graph is written from float32)"
+    return None
+
+
+class _Graph:
+    """Nodes and initialisers, named in order. With a `sidecar` open, large initialisers are written to it as
+    they come (aligned, as onnx's writer does) and the proto keeps only their location: a model past 2 GB is
+    never held twice in memory besides PyTorch's copy."""
+
+    def __init__(self, sidecar=None):
+        self.nodes, self.inits, self.count, self.sidecar = [], [], 0, sidecar
+
+    def const(self, name: str, array) -> str:
+        from onnx import TensorProto, helper, numpy_helper
+
+        array = np.ascontiguousarray(array)
+        if self.sidecar is None or array.nbytes < 4096:
+            self.inits.append(numpy_helper.from_array(array, name))
+            return name
+        position = self.sidecar.tell()
+        if position % 4096:
+            self.sidecar.write(b"\0" * (4096 - position % 4096))
+            position = self.sidecar.tell()
+        self.sidecar.write(array.tobytes())
+        tensor = TensorProto(name=name, data_type=helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", Path(self.sidecar.name).name), ("offset", str(position)),
+                           ("length", str(array.nbytes))):
+            tensor.external_data.add(key=key, value=value)
+        self.inits.append(tensor)
+        return name
+
+    def op(self, kind: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
+        from onnx import helper
+
+        self.count += 1
+        names = outputs if isinstance(outputs, list) else [f"/{kind}_{self.count}/out{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(kind, inputs, names, name=f"/{kind}_{self.count}", domain=domain,
+                                           **attrs))
+        return names[0] if len(names) == 1 else names
+
+
+def _array(tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _linear(g: _Graph, x: str, name: str, modules: list) -> str:
+    """x @ [W1 | W2 | ...]^T (+ bias): one MatMul over the modules' packed weights, which int4/int8 quantise as
+    one matrix."""
+    out = g.op("MatMul", [x, g.const(f"{name}.weight", np.concatenate([_array(m.weight).T for m in modules], 1))])
+    if any(m.bias is not None for m in modules):
+        bias = np.concatenate([_array(m.bias) if m.bias is not None else np.zeros(m.weight.shape[0], np.float32)
+                               for m in modules])
+        out = g.op("Add", [out, g.const(f"{name}.bias", bias)])
+    return out
+
+
+def _rotary_tables(model, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin [positions, head_dim / 2] from the model's own rotary module (its scaling and attention factor)."""
+    import torch
+
+    rotary = model.model.rotary_emb
+    with torch.inference_mode():
+        cos, sin = rotary(torch.zeros(1, dtype=torch.float32), torch.arange(positions)[None])
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].float().numpy(), sin[0, :, :half].float().numpy()
+
+
+def write_fused_graph(model, path: Path, *, layers: int, kv_heads: int, head_dim: int, positions: int,
+                      opset: int) -> int:
+    """Write `model` as the fused decoder graph to `path` (one external-data file past 2 GB); returns its node
+    count. Inputs: `fused_inputs(layers)`; outputs: logits and `present_names(layers)`."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from hfexport.backends._generation_graph import past_names, present_names
+
+    config = model.config
+    heads = int(config.num_attention_heads)
+    eps = float(config.rms_norm_eps)
+    external = sum(p.numel() for p in model.parameters()) * 4 > _EXTERNAL_FROM
+    sidecar = open(f"{path}.data", "wb") if external else None  # noqa: SIM115 - closed below, also on error
+    try:
+        g = _Graph(sidecar)
+        _write_nodes(g, model, layers=layers, kv_heads=kv_heads, head_dim=head_dim, positions=positions,
+                     heads=heads, eps=eps)
+    finally:
+        if sidecar is not None:
+            sidecar.close()
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    floats = TensorProto.FLOAT
+    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
+              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+              helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, []),
+              *[helper.make_tensor_value_info(n, floats, ["batch", kv_heads, "past", head_dim])
+                for n in past_names(layers)]]
+    outputs = [helper.make_tensor_value_info("logits", floats, ["batch", "kept", vocab]),
+               *[helper.make_tensor_value_info(n, floats, ["batch", kv_heads, "total", head_dim])
+                 for n in present_names(layers)]]
+    graph = helper.make_graph(g.nodes, "hfexport-fused-decoder", inputs, outputs, g.inits)
+    # NOTE: opset 21 at least: ONNX Runtime's int4 quantiser upgrades older graphs with onnx's version converter,
+    # which has no schema for ONNX Runtime's SimplifiedLayerNormalization (in the default domain) and fails.
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, 21)),
+                                                    helper.make_opsetid(_MS, 1)],
+                              producer_name="hfexport")
+    # Tells the runtime's decoder this graph's layout (right-padded rows, an in-place cache buffer).
+    helper.set_model_props(proto, dict([FUSED_DECODER]))
+    onnx.save_model(proto, str(path))
+    return len(g.nodes)
+
+
+def _write_nodes(g: _Graph, model, *, layers: int, kv_heads: int, head_dim: int, positions: int, heads: int,
+                 eps: float) -> None:
+    from onnx import TensorProto
+
+    from hfexport.backends._generation_graph import past_names, present_names
+
+    # Shared by every layer: seqlens_k (each row's mask count - 1) and the total length (the mask's width).
+    counts = g.op("ReduceSum", ["attention_mask", g.const("/const/axis1", np.array([1], np.int64))], keepdims=0)
+    last = g.op("Sub", [counts, g.const("/const/one_i64", np.array([1], np.int64))])
+    seqlens = g.op("Cast", [last], to=TensorProto.INT32)
+    width = g.op("Shape", ["attention_mask"], start=1, end=2)
+    total = g.op("Cast", [g.op("Reshape", [width, g.const("/const/scalar", np.zeros(0, np.int64))])],
+                 to=TensorProto.INT32)
+    cos, sin = _rotary_tables(model, positions)
+    cos, sin = g.const("cos_cache", cos), g.const("sin_cache", sin)
+
+    inner = model.model
+    hidden = g.op("Gather", [g.const("model.embed_tokens.weight", _array(inner.embed_tokens.weight)), "input_ids"])
+    residual, pending = hidden, None
+    for i, block in enumerate(inner.layers):
+        attn, mlp = block.self_attn, block.mlp
+        norm = g.const(f"layers.{i}.input_layernorm.weight", _array(block.input_layernorm.weight))
+        if pending is None:
+            x = g.op("SimplifiedLayerNormalization", [hidden, norm], axis=-1, epsilon=eps)
+        else:
+            x, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm], 4, _MS, epsilon=eps)
+        qkv = _linear(g, x, f"layers.{i}.attn.qkv", [attn.q_proj, attn.k_proj, attn.v_proj])
+        if hasattr(attn, "q_norm"):  # Qwen3: RMSNorm over each head before rotary, so q, k, v apart
+            sizes = g.const(f"/const/qkv_split{i}", np.array([heads * head_dim, kv_heads * head_dim,
+                                                              kv_heads * head_dim], np.int64))
+            q, k, v = g.op("Split", [qkv, sizes], 3, axis=-1)
+            q = _head_norm(g, q, heads, head_dim, _array(attn.q_norm.weight), f"layers.{i}.attn.q_norm", eps)
+            k = _head_norm(g, k, kv_heads, head_dim, _array(attn.k_norm.weight), f"layers.{i}.attn.k_norm", eps)
+        else:  # packed: the operator splits q|k|v itself
+            q, k, v = qkv, "", ""
+        past_k, past_v = past_names(layers)[2 * i:2 * i + 2]
+        out_k, out_v = present_names(layers)[2 * i:2 * i + 2]
+        attended, _, _ = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total, cos, sin],
+                              [f"/attn_{i}/out", out_k, out_v], _MS, num_heads=heads, kv_num_heads=kv_heads,
+                              scale=float(attn.scaling), do_rotary=1, rotary_interleaved=0)
+        projected = _linear(g, attended, f"layers.{i}.attn.o", [attn.o_proj])
+        norm = g.const(f"layers.{i}.post_attention_layernorm.weight", _array(block.post_attention_layernorm.weight))
+        x, _, _, residual = g.op("SkipSimplifiedLayerNormalization", [projected, residual, norm], 4, _MS, epsilon=eps)
+        gate_up = _linear(g, x, f"layers.{i}.mlp.gate_up", [mlp.gate_proj, mlp.up_proj])
+        width_mlp = int(mlp.gate_proj.weight.shape[0])
+        gate, up = g.op("Split", [gate_up, g.const(f"/const/mlp_split{i}", np.array([width_mlp] * 2, np.int64))], 2,
+                        axis=-1)
+        act = g.op("Mul", [g.op("Mul", [gate, g.op("Sigmoid", [gate])]), up])
+        pending = _linear(g, act, f"layers.{i}.mlp.down", [mlp.down_proj])
+    norm = g.const("model.norm.weight", _array(inner.norm.weight))
+    final, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm], 4, _MS, epsilon=eps)
+    _lm_head(g, final, last, model)
+
+
+
+def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: np.ndarray, name: str, eps: float) -> str:
+    split = g.op("Reshape", [x, g.const(f"{name}/shape", np.array([0, 0, heads, head_dim], np.int64))])
+    normed = g.op("SimplifiedLayerNormalization", [split, g.const(f"{name}.weight", weight)], axis=-1, epsilon=eps)
+    return g.op("Reshape", [normed, g.const(f"{name}/flat", np.array([0, 0, heads * head_dim], np.int64))])
+
+
+def _lm_head(g: _Graph, hidden: str, last: str, model) -> None:
+    """logits for every position (`logits_to_keep` 0) or each row's last real one (any other value): row b's
+    last real token sits at min(sequence - 1, seqlens_k[b]) in a right-padded prefill, at 0 in a decode step."""
+    length = g.op("Shape", ["input_ids"], start=1, end=2)
+    keep = g.op("Reshape", ["logits_to_keep", g.const("/const/shape1", np.array([1], np.int64))])
+    every = g.op("Equal", [keep, g.const("/const/zero_i64", np.array([0], np.int64))])
+    one = "/const/one_i64"
+    kept = g.op("Where", [every, length, one])
+    scalar = "/const/scalar"
+    base = g.op("Range", [g.const("/const/zero_scalar", np.array(0, np.int64)), g.op("Reshape", [kept, scalar]),
+                          g.const("/const/one_scalar", np.array(1, np.int64))])
+    offset = g.op("Where", [every, "/const/zero_i64", g.op("Min", [g.op("Sub", [length, one]), last])])
+    index = g.op("Add", [g.op("Unsqueeze", [base, g.const("/const/axis0", np.array([0], np.int64))]),
+                         g.op("Unsqueeze", [offset, "/const/axis1"])])
+    rows = g.op("GatherND", [hidden, g.op("Unsqueeze", [index, g.const("/const/axis2", np.array([2], np.int64))])],
+                batch_dims=1)
+    head = model.get_output_embeddings()
+    out = g.op("MatMul", [rows, g.const("lm_head.weight", _array(head.weight).T)],
+               ["logits"] if getattr(head, "bias", None) is None else 1)
+    if getattr(head, "bias", None) is not None:
+        g.op("Add", [out, g.const("lm_head.bias", _array(head.bias))], ["logits"])
