@@ -34,9 +34,12 @@ load differed); each virtual environment takes ~3-4 min to make.
 
 Timing, every side the same: fresh processes, alternating the order of sides, --processes per side and
 thread count; ONNX Runtime's spinning is off (hfexport's cpu bundles and onnxruntime-genai). Each process
-times, after one warm-up, time to first token (a 1-token generation) on a --prompt-tokens prompt and a
---new-tokens greedy generation with EOS suppressed; decode tokens/s = (new tokens - 1) / (full - TTFT), as
-scripts/bench_generation.py defines them. The table gives medians over processes and their range.
+times, after one warm-up, --runs rounds of: a 1-token generation (time to first token) on a --prompt-tokens
+prompt, a --new-tokens greedy generation with EOS suppressed, another 1-token generation. TTFT is the median of
+the 1-token runs; decode tokens/s = (new tokens - 1) / the median over rounds of (full - the round's mean TTFT),
+paired so that drift in the machine's speed cancels (timed in separate blocks, onnxruntime-genai's decode read
+1.4x too fast in one process: its prefill, LM head over every prompt position, is half its full generation).
+The table gives medians over processes and their range.
 
 Fidelity, the same for all sides, against PyTorch fp32 (transformers, eager) on --prompts prompts of
 --prompt-tokens tokens cut from the shipped evaluation text. PyTorch's reference continuation is its plain
@@ -179,7 +182,7 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--sides", nargs="+", default=list(SIDES), choices=list(SIDES), metavar="SIDE")
     parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--processes", type=int, default=3, help="fresh processes per side and thread count")
-    parser.add_argument("--runs", type=int, default=5, help="timed generations per process (TTFT gets 2x)")
+    parser.add_argument("--runs", type=int, default=5, help="timed rounds per process (two 1-token generations and one full)")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompts", type=int, default=4, help="prompts for greedy match and teacher-forced top-1")
@@ -387,7 +390,7 @@ def main(argv=None) -> int:
         for threads in args.threads:
             runs = times[(name, threads)]
             ttft = [r["ttft_ms"] for r in runs]
-            decode = [(args.new_tokens - 1) / (r["full_ms"] - r["ttft_ms"]) * 1000 for r in runs]
+            decode = [(args.new_tokens - 1) / r.get("decode_ms", r["full_ms"] - r["ttft_ms"]) * 1000 for r in runs]
             rows.append({"side": name, "threads": threads, "ttft_ms": statistics.median(ttft),
                          "ttft_range": [min(ttft), max(ttft)], "decode_tok_s": statistics.median(decode),
                          "decode_range": [min(decode), max(decode)],
@@ -558,16 +561,22 @@ made = generate(prompt, new)  # warm-up, and a check that every side makes exact
 assert made == new, f"{kind} generated {made} tokens, not {new}"
 
 
-def timed(n, count):
-    samples = []
-    for _ in range(count):
-        started = time.perf_counter()
-        generate(prompt, n)
-        samples.append((time.perf_counter() - started) * 1000)
-    return statistics.median(samples)
+def timed(n):
+    started = time.perf_counter()
+    generate(prompt, n)
+    return (time.perf_counter() - started) * 1000
 
 
-result.update(ttft_ms=timed(1, 2 * runs), full_ms=timed(new, runs))
+# Interleaved: each full generation between two 1-token ones, so a drift in the machine's speed moves both sides of
+# the difference alike; decode time is the median of the paired differences (a side whose prefill is half of the
+# full generation, as onnxruntime-genai's, is otherwise at the mercy of two separately timed blocks).
+firsts, fulls, gaps = [], [], []
+for _ in range(runs):
+    before, full, after = timed(1), timed(new), timed(1)
+    firsts += [before, after]
+    fulls.append(full)
+    gaps.append(full - (before + after) / 2)
+result.update(ttft_ms=statistics.median(firsts), full_ms=statistics.median(fulls), decode_ms=statistics.median(gaps))
 Path(out_file).write_text(json.dumps(result))
 '''
 

@@ -12,6 +12,9 @@ The graph's layout (ONNX and OpenVINO alike):
 that wants the next token costs one position's LM head, not the prompt's (docs/decisions/0171-last-position-
 lm-head.md). A model whose forward takes no `logits_to_keep`, and every bundle built before it, has no such
 input and returns every position; the runtime feeds it only to graphs that have it.
+
+The fused ONNX graph of Llama-family models (`_onnx/fused_decoder.py`) keeps these names but right-pads its
+rows, has no `position_ids`, and reads `logits_to_keep` > 0 as "each row's last real position".
 """
 
 from __future__ import annotations

@@ -181,6 +181,8 @@ class OnnxRuntimeDecoder:
         order = None
         if self.fused:
             input_ids, order = self._right_padded(input_ids, attention_mask, cache)
+        if isinstance(cache, _Buffers) and not all_logits:
+            return self._step_in_place(input_ids, attention_mask, cache), cache
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
@@ -207,6 +209,35 @@ class OnnxRuntimeDecoder:
             return (logits if all_logits else logits[:, -1]), cache
         return (logits if all_logits else logits[:, -1]), _Grown(outputs[1:], started=True)
 
+    def _step_in_place(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: _Buffers) -> np.ndarray:
+        """The decode loop's step over preallocated buffers: one IOBinding per cache, made at its first step with
+        the cache buffers and a logits buffer bound once; each step rebinds only the token ids and the mask."""
+        import onnxruntime as ort
+
+        if cache.binding is None:
+            binding = self.session.io_binding()
+            for name, value in zip(self.past_names, cache):
+                binding.bind_ortvalue_input(name, value)
+            for name, value in zip(self.present_names, cache):  # the same buffer in and out: written in place
+                binding.bind_ortvalue_output(name, value)
+            if self.keeps_logits:
+                binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
+            output = self.session.get_outputs()[0]
+            if isinstance(output.shape[-1], int):  # a fused graph's vocabulary is static
+                dtype = np.float16 if output.type == "tensor(float16)" else np.float32
+                cache.logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((len(input_ids), 1, output.shape[-1]), dtype))
+                binding.bind_ortvalue_output("logits", cache.logits)
+            else:
+                binding.bind_output("logits", "cpu")
+            cache.binding = binding
+        cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
+        cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        self.session.run_with_iobinding(cache.binding)
+        cache.started = True
+        if cache.logits is None:
+            return cache.binding.get_outputs()[0].numpy()[:, -1]
+        return cache.logits.numpy()[:, -1].copy()  # the buffer is the next step's output
+
     @staticmethod
     def _right_padded(input_ids: np.ndarray, attention_mask: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
         """A fused graph's rows start at their first token: the prompt step moves each left-padded row's tokens
@@ -215,7 +246,7 @@ class OnnxRuntimeDecoder:
         if isinstance(cache, _Buffers) and attention_mask.shape[1] > cache[0].shape()[2]:
             raise ValueError(f"the cache holds {cache[0].shape()[2]} positions; this step needs "
                              f"{attention_mask.shape[1]}")
-        if cache.started:
+        if getattr(cache, "started", False):
             if not isinstance(cache, _Buffers) and (counts != counts[0]).any():
                 raise ValueError("rows of different lengths need empty_cache(batch, capacity)")
             return input_ids, None
@@ -226,9 +257,10 @@ class OnnxRuntimeDecoder:
 
 
 class _Buffers(list):
-    """A cache of preallocated past/present buffers, written in place (see `OnnxRuntimeDecoder`)."""
+    """A cache of preallocated past/present buffers, written in place (see `OnnxRuntimeDecoder`), with the
+    IOBinding and logits buffer its steps reuse."""
 
-    started = False
+    started, binding, logits = False, None, None
 
 
 class _Grown(list):
