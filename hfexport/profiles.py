@@ -134,6 +134,7 @@ class OrtWeightOnlyDefaults(_Strict):
     embedding_precision: WeightPrecision | None = None
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None
     int4_top1_target: float | None = Field(None, gt=0, le=1)
+    symmetric_weights: bool | None = None
 
 
 class OnnxRuntimeQuantize(_QuantizeSection):

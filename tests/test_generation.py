@@ -274,7 +274,8 @@ def _plan(tiny_llm, *specs, arch="llama"):
 
 def test_plan_llm_int4_chain(tiny_llm):
     plan = _plan(tiny_llm, *INT4_PASSES)
-    assert plan.describe() == "export_onnx_generation -> quantize(int4, weights only, group 32)"
+    # symmetric: the cpu target's default (decision 0192); the recipe's passes set the rest
+    assert plan.describe() == "export_onnx_generation -> quantize(int4, weights only, symmetric, group 32)"
 
 
 @pytest.mark.parametrize(("specs", "message"), [
@@ -286,6 +287,7 @@ def test_plan_llm_int4_chain(tiny_llm):
     ([FP32_PASSES[0], {"type": "quantize", "weights_only": True, "int4_top1_target": 0.9}],
      "int4_top1_target chooses int4 or int8 per weight matrix: it needs precision: int4"),
     ([FP32_PASSES[0], {**INT4_PASSES[1], "int4_top1_target": 1.5}], "less than or equal to 1"),
+    ([FP32_PASSES[0], {"type": "quantize", "symmetric_weights": True}], "symmetric_weights applies to weights_only"),
 ])
 def test_plan_rejects_impossible_llm_chains(tiny_llm, specs, message):
     from hfexport.errors import HfExportError  # a bad field combination fails while the recipe loads
@@ -323,7 +325,7 @@ def test_plan_int4_top1_target_needs_a_text_generation_model(tiny_model):
 
 def test_plan_llm_int4_split_describes_the_target(tiny_llm):
     assert _plan(tiny_llm, *INT4_SPLIT_PASSES).describe() == \
-        "export_onnx_generation -> quantize(int4, weights only, group 32, int8 where top-1 < 0.95)"
+        "export_onnx_generation -> quantize(int4, weights only, symmetric, group 32, int8 where top-1 < 0.95)"
 
 
 def test_cpu_target_defaults_to_llm_int4_for_text_generation():

@@ -143,10 +143,10 @@ def _int8(mode="dynamic", op_types=("MatMul",)):
                              "float_weight_storage": "int8" if mode == "dynamic" else "fp32", "precision": "int8"})
 
 
-def _matmul_nbits(precision, group, lm_head, embedding, search=None):
+def _matmul_nbits(precision, group, lm_head, embedding, search=None, symmetric=False):
     return ("WeightOnlySettings", {"precision": precision, "group_size": group, "lm_head_precision": lm_head,
                                    "embedding_precision": embedding, "accuracy_level": 4, "exclude_nodes": [],
-                                   "int4_top1_target": search})
+                                   "int4_top1_target": search, "symmetric_weights": symmetric})
 
 
 def _nncf_weights(precision, group=128, ratio=1.0, lm_head=None, embedding=None):
@@ -171,7 +171,8 @@ OLD_RECIPES = {  # name: (target, [(step or scheme, settings)], gates set, new n
                                    ("optimize", {**_FUSE[1], "attention": "unfused_projections"}), _int8()],
                            {"cosine_mean": 0.9, "cosine_min": 0.6}, "distill-prune-int8"),
     "llm-fp32": ("cpu", [_ONNX_LLM], {"top1_agreement": 0.99, "greedy_agreement": 1.0}, "llm-fp32"),
-    "llm-int4": ("cpu", [_ONNX_LLM, _matmul_nbits("int4", 32, "int8", "int4", search=0.93)],
+    # decision 0192: the LM head an int4 candidate, symmetric blocks
+    "llm-int4": ("cpu", [_ONNX_LLM, _matmul_nbits("int4", 32, "int4", "int4", search=0.93, symmetric=True)],
                  {"top1_agreement": 0.9}, "llm-int4"),
     "llm-int8": ("cpu", [_ONNX_LLM, _matmul_nbits("int8", 128, "int8", "fp32")], {"top1_agreement": 0.9}, "llm-int8"),
     "cuda-fp16": ("cuda", [_ONNX, _FUSE, _FP16], {}, "fp16"),
@@ -274,4 +275,4 @@ def test_recipe_option_overrides_the_targets_default(tiny_llm):
     settings = plan.steps[-1].settings
     # Set by the recipe: the embedding table and no search; left open: the cpu target's group and LM head.
     assert (settings.embedding_precision, settings.int4_top1_target) == ("int8", None)
-    assert (settings.group_size, settings.lm_head_precision) == (32, "int8")
+    assert (settings.group_size, settings.lm_head_precision, settings.symmetric_weights) == (32, "int4", True)

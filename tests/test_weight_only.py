@@ -51,10 +51,13 @@ def test_weight_matrices_names_roles_and_skips_excluded(tmp_path):
                      "head": ("MatMul", "lm_head", HIDDEN * VOCAB)}
 
 
+@pytest.mark.parametrize("symmetric", [False, True])
 @pytest.mark.parametrize("group_size", [32, 64])
 @pytest.mark.parametrize(("blocks", "embedding"), [("int4", "int4"), ("int8", "int8"), ("int4", "int8")])
-def test_weight_only_dequantized_weights_are_what_the_kernels_compute(tmp_path, group_size, blocks, embedding):
-    """The search's float stand-ins equal MatMulNBits / GatherBlockQuantized outputs (accuracy_level 0)."""
+def test_weight_only_dequantized_weights_are_what_the_kernels_compute(tmp_path, group_size, blocks, embedding,
+                                                                      symmetric):
+    """The search's float stand-ins equal MatMulNBits / GatherBlockQuantized outputs (accuracy_level 0), with
+    zero points and without (symmetric_weights: MatMul blocks only; the table stays asymmetric)."""
     import onnx
     from onnx import numpy_helper
 
@@ -65,8 +68,11 @@ def test_weight_only_dequantized_weights_are_what_the_kernels_compute(tmp_path, 
     weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     matrices = weight_matrices(model.graph)
     precisions = {m.node: embedding if m.op == "Gather" else blocks for m in matrices}
-    deq = {m.weight: dequantized(weights[m.weight], m, precisions[m.node], group_size) for m in matrices}
-    onnx.save(_apply(model, matrices, precisions, group_size=group_size, accuracy_level=0), str(tmp_path / "q.onnx"))
+    deq = {m.weight: dequantized(weights[m.weight], m, precisions[m.node], group_size, symmetric) for m in matrices}
+    quantized = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=0, symmetric=symmetric)
+    nbits = [n for n in quantized.graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all((len(n.input) > 3 and n.input[3] != "") != symmetric for n in nbits)  # zero points or not
+    onnx.save(quantized, str(tmp_path / "q.onnx"))
     ids = np.arange(VOCAB).reshape(2, -1)
     want = np.tanh(deq["E"][ids] @ deq["A"]) @ deq["B"] @ deq["L"]
     np.testing.assert_allclose(_run(tmp_path / "q.onnx", ids), want, atol=2e-5)

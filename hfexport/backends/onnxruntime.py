@@ -43,7 +43,7 @@ class OnnxRuntimeBackend(Backend):
     quantizer = "ONNX Runtime quantiser"
     artifact = OnnxModel
     quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
-                                  "int4_top1_target", "float_fallback", "float_weight_storage"})
+                                  "int4_top1_target", "float_fallback", "float_weight_storage", "symmetric_weights"})
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
@@ -89,7 +89,8 @@ class OnnxRuntimeBackend(Backend):
                 lm_head_precision=config.lm_head_precision or "fp32",
                 embedding_precision=config.embedding_precision or "fp32",
                 accuracy_level=4 if config.accuracy_level is None else config.accuracy_level,
-                exclude_nodes=excluded, int4_top1_target=config.int4_top1_target)
+                exclude_nodes=excluded, int4_top1_target=config.int4_top1_target,
+                symmetric_weights=bool(config.symmetric_weights))
         preset = plan.target.quant_preset()
         return Int8Settings(
             mode=config.mode, op_types=tuple(config.op_types),
@@ -128,7 +129,7 @@ class OnnxRuntimeBackend(Backend):
                 artifact.path, out, bits=settings.bits, group_size=settings.group_size,
                 lm_head_precision=settings.lm_head_precision, embedding_precision=settings.embedding_precision,
                 accuracy_level=settings.accuracy_level, exclude_nodes=list(settings.exclude_nodes),
-                search=_search_settings(settings, ctx))
+                search=_search_settings(settings, ctx), symmetric=settings.symmetric_weights)
         else:
             stats = quantize_int8(settings, artifact.path, out, ctx.calibration_texts,
                                   text_encoder(ctx, artifact.inputs))

@@ -87,6 +87,9 @@ class QuantizeConfig(PassConfig):
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = Field(
         None, description="weights_only: MatMulNBits compute type, 4 = int8 inside the kernel (fastest on "
                           "CPU), 0 = float; default 4")
+    symmetric_weights: bool | None = Field(
+        None, description="weights_only on onnxruntime: MatMul blocks without zero points (the kernel's implied "
+                          "midpoint), faster on CPU; default false")
     # NOTE: why a measured int4/int8 split: docs/decisions/0048-int4-int8-split-search.md.
     int4_top1_target: float | None = Field(None, gt=0, le=1, description=(
         "weights_only int4: keep a matrix in int4 only while top-1 next-token agreement with the float graph on "
@@ -116,6 +119,8 @@ class QuantizeConfig(PassConfig):
             raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
         if self.smooth_quant_alpha is not None and (self.weights_only or self.mode != "static"):
             raise ValueError("smooth_quant_alpha applies to mode: static (post-training quantisation) only")
+        if self.symmetric_weights is not None and not self.weights_only:
+            raise ValueError("symmetric_weights applies to weights_only quantisation (MatMulNBits)")
         if self.int4_top1_target is not None and (self.precision != "int4" or not self.weights_only):
             raise ValueError("int4_top1_target chooses int4 or int8 per weight matrix: it needs precision: int4 "
                              "with weights_only: true")

@@ -48,9 +48,10 @@ def quantize_rows_uint8(table: np.ndarray, group_size: int) -> tuple[np.ndarray,
     return codes.reshape(rows, -1)[:, :cols], scales, zero_points
 
 
-def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> np.ndarray:
+def dequantized(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int,
+                symmetric: bool = False) -> np.ndarray:
     """The float weight the quantised node computes with: the same quantiser calls as `_apply`, undone."""
-    return rounded(weight, matrix, precision, group_size).values()
+    return rounded(weight, matrix, precision, group_size, symmetric).values()
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,10 @@ class Rounded:
         return self.codes.nbytes + self.scales.nbytes + self.zero_points.nbytes
 
 
-def rounded(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int) -> Rounded:
-    """`weight` quantised as `_apply` will: MatMulNBits' blocks (MatMul), GatherBlockQuantized's rows (Gather)."""
+def rounded(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size: int,
+            symmetric: bool = False) -> Rounded:
+    """`weight` quantised as `_apply` will: MatMulNBits' blocks (MatMul; `symmetric`: no zero points, the
+    kernel's implied midpoint 8 or 128), GatherBlockQuantized's rows (Gather, always asymmetric)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
         DefaultWeightOnlyQuantizer,
@@ -95,8 +98,10 @@ def rounded(weight: np.ndarray, matrix: WeightMatrix, precision: str, group_size
         return Rounded(codes, scales, zero_points, group_size, tuple(weight.shape), False)
     bits = int(precision[3:])
     b = np.asarray(weight, np.float32).reshape(weight.shape[-2:])
-    config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=False, bits=bits)
+    config = DefaultWeightOnlyQuantConfig(block_size=group_size, is_symmetric=symmetric, bits=bits)
     packed, scales, zero_points = DefaultWeightOnlyQuantizer(config).qbits_block_quant(b)
+    if symmetric:  # the quantiser returns zeros; the node has no zero points and centres codes on the midpoint
+        zero_points = np.full(zero_points.shape, 0x88 if bits == 4 else 0x80, np.uint8)
     columns, blocks = scales.shape  # one row of blocks per output column: B transposed
     if bits == 4:
         codes = _unpack4(packed.reshape(columns, -1), blocks * group_size)

@@ -71,8 +71,9 @@ class SearchResult:
 
 
 def search_int4(model, candidates: list[WeightMatrix], settings: SearchSettings, *, group_size: int,
-                folder: Path | None = None) -> SearchResult:
-    """`model`: the graph, its external weights (if any) not loaded; `folder`: where they are."""
+                folder: Path | None = None, symmetric: bool = False) -> SearchResult:
+    """`model`: the graph, its external weights (if any) not loaded; `folder`: where they are; `symmetric`: the
+    MatMul weights are rounded as `_apply` will (no zero points)."""
     started = time.perf_counter()
     if not candidates:
         return SearchResult([], [], settings.target, 1.0, 1.0)
@@ -82,7 +83,7 @@ def search_int4(model, candidates: list[WeightMatrix], settings: SearchSettings,
 
     def version(m: WeightMatrix, precision: str) -> np.ndarray:
         if (m.weight, precision) not in codes:
-            codes[m.weight, precision] = rounded(probe.weights[m.weight], m, precision, group_size)
+            codes[m.weight, precision] = rounded(probe.weights[m.weight], m, precision, group_size, symmetric)
         return codes[m.weight, precision].values()
 
     def trial(int4: set[str]) -> tuple[float, float]:

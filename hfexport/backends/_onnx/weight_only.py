@@ -38,6 +38,7 @@ class WeightOnlySettings:
     accuracy_level: Literal[0, 1, 2, 3, 4]
     exclude_nodes: tuple[str, ...] = ()
     int4_top1_target: float | None = None
+    symmetric_weights: bool = False  # MatMul blocks without zero points (the embedding table stays asymmetric)
 
     @property
     def bits(self) -> int:
@@ -45,7 +46,8 @@ class WeightOnlySettings:
 
     def describe(self) -> str:
         split = f", int8 where top-1 < {self.int4_top1_target:g}" if self.int4_top1_target is not None else ""
-        return f"quantize({self.precision}, weights only, group {self.group_size}{split})"
+        kind = ", symmetric" if self.symmetric_weights else ""
+        return f"quantize({self.precision}, weights only{kind}, group {self.group_size}{split})"
 
 
 def _producer(graph, name: str):
@@ -103,7 +105,7 @@ def plan_precisions(matrices: list[WeightMatrix], *, bits: int, lm_head_precisio
 
 def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int, lm_head_precision: str,
                           embedding_precision: str, accuracy_level: int, exclude_nodes: list[str],
-                          search: SearchSettings | None = None) -> dict:
+                          search: SearchSettings | None = None, symmetric: bool = False) -> dict:
     """`search`: the int4 search's calibration windows and top-1 target, or None for no search."""
     import logging
 
@@ -115,13 +117,13 @@ def quantize_weights_only(source: Path, out: Path, *, bits: int, group_size: int
     try:
         return _quantize(source, out, bits=bits, group_size=group_size, lm_head_precision=lm_head_precision,
                          embedding_precision=embedding_precision, accuracy_level=accuracy_level,
-                         exclude_nodes=exclude_nodes, search=search)
+                         exclude_nodes=exclude_nodes, search=search, symmetric=symmetric)
     finally:
         chatty.setLevel(saved_level)
 
 
 def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_precision, accuracy_level,
-              exclude_nodes, search) -> dict:
+              exclude_nodes, search, symmetric) -> dict:
     import gc
 
     import onnx
@@ -138,14 +140,16 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
     found = None
     if search is not None:
         candidates = [m for m in matrices if precisions[m.node] == "int4"]
-        found = search_int4(model, candidates, search, group_size=group_size, folder=source.parent)
+        found = search_int4(model, candidates, search, group_size=group_size, folder=source.parent,
+                            symmetric=symmetric)
         precisions.update({node: "int8" for node in found.int8})
         gc.collect()
     try:
         if external:  # the quantiser reads weights from the proto (numpy_helper.to_array without a folder)
             model = onnx.load(str(source))
             _name_nodes(model.graph)  # the same names: unnamed nodes are named by position
-        model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level)
+        model = _apply(model, matrices, precisions, group_size=group_size, accuracy_level=accuracy_level,
+                       symmetric=symmetric)
         onnx.save_model(model, str(out), save_as_external_data=model.ByteSize() > PROTOBUF_LIMIT,
                         all_tensors_to_one_file=True, location=out.name + ".data")
         del model
@@ -168,7 +172,8 @@ def _quantize(source, out, *, bits, group_size, lm_head_precision, embedding_pre
              "int4_matrices": sum(precisions[m.node] == "int4" for m in quantized),
              "int8_matrices": sum(precisions[m.node] == "int8" for m in quantized),
              "int4_weight_share": round(int4_params / max(sum(m.params for m in quantized), 1), 4),
-             "accuracy_level": accuracy_level, "isa": "weight-only", "mode": "weights_only"}
+             "accuracy_level": accuracy_level, "symmetric_weights": symmetric, "isa": "weight-only",
+             "mode": "weights_only"}
     if found is not None:
         stats.update(found.stats())
     return stats
@@ -186,12 +191,13 @@ def _name_nodes(graph) -> None:
             taken.add(name)
 
 
-def _apply(model, matrices, precisions, *, group_size, accuracy_level):
+def _apply(model, matrices, precisions, *, group_size, accuracy_level, symmetric=False):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     def run(model, nbits, op_type, nodes):
         others = [n.name for n in model.graph.node if n.op_type == op_type and n.name not in nodes]
-        quantizer = MatMulNBitsQuantizer(model, bits=nbits, block_size=group_size, is_symmetric=False,
+        quantizer = MatMulNBitsQuantizer(model, bits=nbits, block_size=group_size,
+                                         is_symmetric=symmetric and op_type == "MatMul",
                                          accuracy_level=accuracy_level, op_types_to_quantize=(op_type,),
                                          quant_axes=(("MatMul", 0), ("Gather", 1)), nodes_to_include=nodes,
                                          nodes_to_exclude=others)
