@@ -43,6 +43,8 @@ def apply_repetition_penalty(logits: np.ndarray, seen: list[np.ndarray], penalty
 def choose(logits: np.ndarray, seen: list[np.ndarray], settings: SamplingSettings,
            rng: np.random.Generator) -> np.ndarray:
     """[batch, vocab] float logits -> [batch] int64 next tokens."""
+    if not settings.do_sample and settings.repetition_penalty == 1.0:  # plain greedy: nothing to rewrite
+        return np.asarray(logits).argmax(-1).astype(np.int64)
     scores = np.array(logits, dtype=np.float32, copy=True)
     apply_repetition_penalty(scores, seen, settings.repetition_penalty)
     if not settings.do_sample:
