@@ -59,8 +59,9 @@ def fused_refusal(model) -> str | None:
     window, positions = sliding_window(model), getattr(config, "max_position_embeddings", None)
     if window is not None and not (isinstance(positions, int) and window >= positions):  # a window never reached
         return f"sliding-window attention (window {window})"
-    if next(model.parameters()).dtype.is_floating_point and str(next(model.parameters()).dtype) != "torch.float32":
-        return f"weights in {next(model.parameters()).dtype} (the graph is written from float32)"
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if dtype != "float32":
+        return f"weights in {dtype} (the graph is written from float32)"
     return None
 
 

@@ -242,12 +242,15 @@ class OnnxRuntimeDecoder:
     def _right_padded(input_ids: np.ndarray, attention_mask: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
         """A fused graph's rows start at their first token: the prompt step moves each left-padded row's tokens
         to the front (returning the permutation); a later step must fit in the cache."""
+        if isinstance(cache, _Buffers):
+            if attention_mask.shape[1] > cache[0].shape()[2]:
+                raise ValueError(f"the cache holds {cache[0].shape()[2]} positions; this step needs "
+                                 f"{attention_mask.shape[1]}")
+            if cache.started:  # a decode step: the rows are already in the buffer's layout
+                return input_ids, None
         counts = attention_mask.sum(1)
-        if isinstance(cache, _Buffers) and attention_mask.shape[1] > cache[0].shape()[2]:
-            raise ValueError(f"the cache holds {cache[0].shape()[2]} positions; this step needs "
-                             f"{attention_mask.shape[1]}")
         if getattr(cache, "started", False):
-            if not isinstance(cache, _Buffers) and (counts != counts[0]).any():
+            if (counts != counts[0]).any():
                 raise ValueError("rows of different lengths need empty_cache(batch, capacity)")
             return input_ids, None
         if (counts == input_ids.shape[1]).all():
