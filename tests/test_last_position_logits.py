@@ -23,22 +23,31 @@ def _ort_prefill(path, keep: int) -> np.ndarray:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids, mask, positions = _prompt()
-    feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
+    known = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
              "logits_to_keep": np.array(keep, np.int64)}
-    for value in session.get_inputs():
+    feeds = {}
+    for value in session.get_inputs():  # a fused graph has no position_ids (it counts positions from the mask)
         if value.name.startswith("past_key_values."):
             feeds[value.name] = np.zeros((1, value.shape[1], 0, value.shape[3]), np.float32)
+        else:
+            feeds[value.name] = known[value.name]
     return session.run(["logits"], feeds)[0]
 
 
-def test_onnx_prefill_graph_computes_only_the_kept_positions(build_llm):
+@pytest.mark.parametrize("graph", ["traced", "fused"])
+def test_onnx_prefill_graph_computes_only_the_kept_positions(build_llm, graph):
+    """traced: `logits_to_keep` k keeps the last k positions; fused (decision 0191): any k > 0 keeps each row's
+    last real position."""
     from hfexport.runtime.backends.onnxruntime import open_session
 
-    bundle, _ = build_llm("llama", FP32_PASSES)
+    bundle, _ = build_llm("llama", [{"type": "export_onnx_generation", "graph": graph}])
     every, last, three = (_ort_prefill(bundle / "model.onnx", k) for k in (0, 1, 3))
-    assert every.shape[:2] == (1, 9) and last.shape == (1, 1, every.shape[2]) and three.shape[:2] == (1, 3)
+    assert every.shape[:2] == (1, 9) and last.shape == (1, 1, every.shape[2])
     np.testing.assert_allclose(last[:, 0], every[:, -1], atol=1e-5)
-    np.testing.assert_allclose(three, every[:, -3:], atol=1e-5)
+    if graph == "traced":
+        np.testing.assert_allclose(three, every[:, -3:], atol=1e-5)
+    else:
+        np.testing.assert_allclose(three, last, atol=1e-6)
     decoder = open_session(bundle / "model.onnx", {"intra_op_threads": 1}).decoder()
     assert decoder.keeps_logits
     logits, _ = decoder.step(*_prompt(), decoder.empty_cache(1))
@@ -83,8 +92,8 @@ def _export_without_keep(tiny_llm, tmp_path, monkeypatch, target: str):
     passes = FP32_PASSES if target == "cpu" else OV_FP32
     source = resolve_model(str(tiny_llm("llama")))
     ctx = BuildContext(load_target(target), Recipe(name="t", passes=passes), source, tmp_path, source.local_dir, [])
-    if target == "cpu":
-        step = export_aliases.ExportOnnxGenerationPass(export_aliases.ExportOnnxGenerationConfig())
+    if target == "cpu":  # bundles before logits_to_keep were all traced
+        step = export_aliases.ExportOnnxGenerationPass(export_aliases.ExportOnnxGenerationConfig(graph="traced"))
     else:
         step = export_aliases.ExportOpenVINOGenerationPass(export_aliases.ExportOpenVINOGenerationConfig())
     return step.run(TorchModel(source.local_dir), ctx)
