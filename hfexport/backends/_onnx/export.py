@@ -123,14 +123,15 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
 
     model = ctx.torch_module(artifact.path)
     layers, kv_heads, head_dim = cache_layout(model)
-    keep = keeps_logits(model)
     path = out_dir / "model.onnx"
     opset = config.opset or ctx.target.opset
-    refusal = fused_refusal(model) if config.graph != "traced" else "asked for"
+    outputs = ["logits", *present_names(layers)]
+    refusal = None if config.graph == "traced" else fused_refusal(model)
     if config.graph == "fused" and refusal:
         raise ExportError(f"export_onnx_generation graph: fused cannot write this model ({refusal}); use graph: "
                           "traced or auto")
-    if refusal is None:
+    fused = config.graph != "traced" and refusal is None
+    if fused:
         inputs = fused_inputs(layers)
         try:
             nodes = write_fused_graph(model, path, layers=layers, kv_heads=kv_heads, head_dim=head_dim,
@@ -140,8 +141,7 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
                               "export_onnx_generation graph: traced avoids it") from exc
         ctx.progress.info(f"fused decoder graph: {nodes} operators")
     else:
-        inputs = _trace_generation(model, path, layers, kv_heads, head_dim, keep, opset, ctx)
-    outputs = ["logits", *present_names(layers)]
+        inputs = _trace_generation(model, path, layers, kv_heads, head_dim, outputs, opset, ctx)
     external = gather_external_data(path)  # a model past 2 GB: one `model.onnx.data` sidecar, not a file per tensor
     # The check takes the last reference to the PyTorch model and lets it go (validation loads it again) before
     # ONNX Runtime opens the graph: one copy of the weights in memory (docs/decisions/0183-models-past-2gb.md).
@@ -154,21 +154,21 @@ def export_generation(config: ExportOnnxGenerationConfig, artifact: TorchModel, 
     opset = next(o.version for o in written.opset_import if o.domain in ("", "ai.onnx"))  # the fused graph's >= 21
     return OnnxModel(path, tuple(inputs), tuple(outputs),
                      stats={"nodes": len(written.graph.node), "opset": opset,
-                            "exporter": "fused" if refusal is None else "torchscript",
+                            "exporter": "fused" if fused else "torchscript",
                             "layers": layers, "kv_heads": kv_heads, "head_dim": head_dim,
                             "greedy_tokens_checked": len(want), "max_abs_logit_diff_vs_torch": diff,
                             "external_data": external})
 
 
-def _trace_generation(model, path: Path, layers: int, kv_heads: int, head_dim: int, keep: bool, opset: int,
+def _trace_generation(model, path: Path, layers: int, kv_heads: int, head_dim: int, outputs: list[str], opset: int,
                       ctx: BuildContext) -> list[str]:
     """The TorchScript trace of the tensor-only wrapper; returns the graph's input names."""
     import torch
 
+    keep = keeps_logits(model)
     wrapper = generation_wrapper(model, layers, keep=keep)
     sample = sample_inputs(model, layers, kv_heads, head_dim, keep=keep)
     inputs = graph_inputs(layers, keep)
-    outputs = ["logits", *present_names(layers)]
     axes = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"},
             "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "kept" if keep else "sequence"}}
     axes.update({name: {0: "batch", 2: "past"} for name in past_names(layers)})

@@ -71,11 +71,15 @@ class _Graph:
     never held twice in memory besides PyTorch's copy."""
 
     def __init__(self, sidecar=None):
-        self.nodes, self.inits, self.count, self.sidecar = [], [], 0, sidecar
+        self.nodes, self.inits, self.count, self.sidecar, self.named = [], [], 0, sidecar, set()
 
     def const(self, name: str, array) -> str:
+        """`name` as an initialiser holding `array`; a name already given (a shared constant) is reused."""
         from onnx import TensorProto, helper, numpy_helper
 
+        if name in self.named:
+            return name
+        self.named.add(name)
         array = np.ascontiguousarray(array)
         if self.sidecar is None or array.nbytes < 4096:
             self.inits.append(numpy_helper.from_array(array, name))
@@ -236,17 +240,17 @@ def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: np.ndarray,
 def _lm_head(g: _Graph, hidden: str, last: str, model) -> None:
     """logits for every position (`logits_to_keep` 0) or each row's last real one (any other value): row b's
     last real token sits at min(sequence - 1, seqlens_k[b]) in a right-padded prefill, at 0 in a decode step."""
+    one = g.const("/const/one_i64", np.array([1], np.int64))
+    zero = g.const("/const/zero_i64", np.array([0], np.int64))
     length = g.op("Shape", ["input_ids"], start=1, end=2)
-    keep = g.op("Reshape", ["logits_to_keep", g.const("/const/shape1", np.array([1], np.int64))])
-    every = g.op("Equal", [keep, g.const("/const/zero_i64", np.array([0], np.int64))])
-    one = "/const/one_i64"
+    keep = g.op("Reshape", ["logits_to_keep", one])
+    every = g.op("Equal", [keep, zero])
     kept = g.op("Where", [every, length, one])
-    scalar = "/const/scalar"
+    scalar = g.const("/const/scalar", np.zeros(0, np.int64))
     base = g.op("Range", [g.const("/const/zero_scalar", np.array(0, np.int64)), g.op("Reshape", [kept, scalar]),
                           g.const("/const/one_scalar", np.array(1, np.int64))])
-    offset = g.op("Where", [every, "/const/zero_i64", g.op("Min", [g.op("Sub", [length, one]), last])])
-    index = g.op("Add", [g.op("Unsqueeze", [base, g.const("/const/axis0", np.array([0], np.int64))]),
-                         g.op("Unsqueeze", [offset, "/const/axis1"])])
+    offset = g.op("Where", [every, zero, g.op("Min", [g.op("Sub", [length, one]), last])])
+    index = g.op("Add", [g.op("Unsqueeze", [base, zero]), g.op("Unsqueeze", [offset, one])])
     rows = g.op("GatherND", [hidden, g.op("Unsqueeze", [index, g.const("/const/axis2", np.array([2], np.int64))])],
                 batch_dims=1)
     head = model.get_output_embeddings()

@@ -172,7 +172,7 @@ class OnnxRuntimeDecoder:
             return _Buffers(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.cache_dtype), *self.device)
                             for _ in self.past_names)
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
-        return _Grown(ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names)
+        return [ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
@@ -207,7 +207,7 @@ class OnnxRuntimeDecoder:
         if shared:
             cache.started = True
             return (logits if all_logits else logits[:, -1]), cache
-        return (logits if all_logits else logits[:, -1]), _Grown(outputs[1:], started=True)
+        return (logits if all_logits else logits[:, -1]), outputs[1:]
 
     def _step_in_place(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: _Buffers) -> np.ndarray:
         """The decode loop's step over preallocated buffers: one IOBinding per cache, made at its first step with
@@ -248,11 +248,13 @@ class OnnxRuntimeDecoder:
                                  f"{attention_mask.shape[1]}")
             if cache.started:  # a decode step: the rows are already in the buffer's layout
                 return input_ids, None
-        counts = attention_mask.sum(1)
-        if getattr(cache, "started", False):
-            if (counts != counts[0]).any():
-                raise ValueError("rows of different lengths need empty_cache(batch, capacity)")
-            return input_ids, None
+            counts = attention_mask.sum(1)
+        else:
+            counts = attention_mask.sum(1)
+            if cache[0].shape()[2] > 0:  # a growing cache past its prompt
+                if (counts != counts[0]).any():
+                    raise ValueError("rows of different lengths need empty_cache(batch, capacity)")
+                return input_ids, None
         if (counts == input_ids.shape[1]).all():
             return input_ids, None
         order = np.argsort(attention_mask[:, -input_ids.shape[1]:] == 0, axis=1, kind="stable")
@@ -264,11 +266,3 @@ class _Buffers(list):
     IOBinding and logits buffer its steps reuse."""
 
     started, binding, logits = False, None, None
-
-
-class _Grown(list):
-    """A cache whose `present` outputs become the next step's past."""
-
-    def __init__(self, values=(), started: bool = False):
-        super().__init__(values)
-        self.started = started
