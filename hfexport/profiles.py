@@ -157,6 +157,7 @@ class NNCFWeightDefaults(_Strict):
     ratio: float | None = Field(None, gt=0, le=1)
     lm_head_precision: WeightPrecision | None = None
     embedding_precision: WeightPrecision | None = None
+    int4_top1_target: float | None = Field(None, gt=0, le=1)  # text generation: int4 LM head / embedding check
 
 
 class OpenVINOQuantize(_QuantizeSection):

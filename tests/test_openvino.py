@@ -243,7 +243,7 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
      "smooth_quant_alpha: an NNCF option"),
     ([{"type": "export_openvino"}, {"type": "quantize", "precision": "int4", "weights_only": True,
                                     "int4_top1_target": 0.9}], "openvino",
-     "int4_top1_target: an ONNX Runtime quantiser option"),
+     "int4_top1_target measures next-token agreement, so it needs a text-generation model"),
 ])  # fmt: skip
 def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, message):
     with pytest.raises(PlanError, match=message):

@@ -22,7 +22,7 @@ EXPLICIT = [{"type": "export_openvino_generation", "stateful": False}]
 INT8 = [*FP32, {"type": "quantize", "precision": "int8", "weights_only": True}]
 # The tiny models are 64 wide: groups of 32.
 INT4_MIXED = [*FP32, {"type": "quantize", "precision": "int4", "weights_only": True, "group_size": 32,
-                      "lm_head_precision": "int8", "embedding_precision": "int4"}]
+                      "lm_head_precision": "int8", "embedding_precision": "int4", "int4_top1_target": None}]
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +160,23 @@ def test_openvino_generation_int4_keeps_lm_head_and_embedding_at_their_precision
     assert result.report.summary["top1_agreement"] >= 0.6
 
 
+@pytest.mark.parametrize("wanted, kept", [(0.05, "int4"), (1.0, "int8")])
+def test_openvino_int4_lm_head_is_kept_only_while_top1_agreement_holds(ov_llm_bundle, wanted, kept):
+    """int4_top1_target on openvino: the int4 LM head stays when the compressed graph's next token agrees with the
+    float graph's on calibration windows at least that often; below it the head is compressed again in int8."""
+    quantize = {**INT4_MIXED[1], "lm_head_precision": "int4", "embedding_precision": "int8",
+                "int4_top1_target": wanted}
+    bundle, result = ov_llm_bundle("llama", [FP32[0], quantize], gates={"top1_agreement": 0.05})
+    stats = result.manifest.passes[-1].stats
+    assert stats["lm_head_precision"] == kept and stats["int4_top1_target"] == wanted
+    assert 0.05 <= stats["int4_special_top1"] < 1.0  # the whole int4 graph, head included, on 16 x 64 tokens
+    if kept == "int8":  # measured again, as written
+        assert 0.05 <= stats["int8_special_top1"] <= 1.0
+        assert "u8" in _constant_types(bundle / "model.xml")
+    else:
+        assert "int8_special_top1" not in stats
+
+
 def test_openvino_quantize_finds_tied_lm_head_and_embedding(ov_llm_bundle):
     """GPT-2 shares one table between the embedding Gather and the LM head MatMul; Llama does not."""
     import openvino as ov
@@ -237,7 +254,8 @@ def test_openvino_target_defaults_to_openvino_llm_int4_for_text_generation(tiny_
     assert target.recipe_for("text-generation") == "llm-int4"
     assert target.recipe_for("feature-extraction") == "default"
     plan = _plan(tiny_llm, recipe=load_recipe("llm-int4"))
-    assert plan.describe() == "export(openvino, generation, stateful) -> quantize(int4, weights only, group 32)"
+    assert plan.describe() == ("export(openvino, generation, stateful) -> quantize(int4, weights only, group 32, "
+                               "int4 LM head while top-1 >= 0.93)")
 
 
 @pytest.mark.parametrize("specs, target, message", [

@@ -75,6 +75,21 @@ class Backend(ABC):
                                 f"{plan.target.name!r} does not take it (remove {foreign[0]})")
 
 
+# int4_top1_target (either backend): calibration windows of this many tokens (fewer if the context is shorter).
+SEARCH_WINDOWS, SEARCH_TOKENS = 16, 64
+
+
+def search_windows(ctx: BuildContext, target: float, what: str) -> tuple[list[list[int]], int]:
+    """(calibration token windows, threads) for a top-1 agreement check; says on the progress line what runs."""
+    from hfexport import host
+    from hfexport.data import token_windows
+
+    length = min(SEARCH_TOKENS, ctx.source.max_length)
+    windows = token_windows(ctx.hf_tokenizer(), ctx.calibration_texts, SEARCH_WINDOWS, length)
+    ctx.progress.info(f"{what} on {len(windows)} calibration windows of {length} tokens, target top-1 {target:g}")
+    return windows, ctx.target.session.intra_op_threads or host.physical_cores()
+
+
 def text_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
     """One calibration item -> one batch-of-1 feed dict, made the way the bundle's runtime will: a text
     tokenised, or (image tasks) an image reference (data.load_image) through the image processor."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hfexport import host
 from hfexport.artifacts import Artifact, OnnxModel, TorchModel
 from hfexport.backends._onnx import export as onnx_export
 from hfexport.backends._onnx.float16 import Float16Settings, convert_float16
@@ -26,15 +25,11 @@ from hfexport.backends._onnx.fusions import fuse
 from hfexport.backends._onnx.int4_search import SearchSettings
 from hfexport.backends._onnx.int8 import Int8Settings, quantize_int8
 from hfexport.backends._onnx.weight_only import WeightOnlySettings, quantize_weights_only
-from hfexport.backends.base import Backend, text_encoder
+from hfexport.backends.base import Backend, search_windows, text_encoder
 from hfexport.backends.options import OptimizeConfig, QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
-from hfexport.data import token_windows
 from hfexport.errors import PlanError
 from hfexport.passes.base import PassConfig
-
-# The int4_top1_target search: calibration windows of this many tokens (fewer if the model's context is shorter).
-_SEARCH_WINDOWS, _SEARCH_TOKENS = 16, 64
 
 
 class OnnxRuntimeBackend(Backend):
@@ -145,9 +140,6 @@ def _dual_encoder(ctx: BuildContext) -> bool:
 def _search_settings(settings: WeightOnlySettings, ctx: BuildContext) -> SearchSettings | None:
     if settings.int4_top1_target is None:
         return None
-    length = min(_SEARCH_TOKENS, ctx.source.max_length)
-    windows = token_windows(ctx.hf_tokenizer(), ctx.calibration_texts, _SEARCH_WINDOWS, length)
-    ctx.progress.info(f"int4/int8 split: sensitivity of each int4 matrix on {len(windows)} calibration windows "
-                      f"of {length} tokens, target top-1 {settings.int4_top1_target:g}")
-    return SearchSettings(windows, settings.int4_top1_target,
-                          ctx.target.session.intra_op_threads or host.physical_cores())
+    windows, threads = search_windows(ctx, settings.int4_top1_target,
+                                      "int4/int8 split: sensitivity of each int4 matrix")
+    return SearchSettings(windows, settings.int4_top1_target, threads)

@@ -24,7 +24,7 @@ from hfexport.backends._openvino.nncf import (
     WeightCompressionSettings,
     quantize_openvino,
 )
-from hfexport.backends.base import Backend, text_encoder
+from hfexport.backends.base import Backend, search_windows, text_encoder
 from hfexport.backends.options import QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
@@ -36,7 +36,7 @@ class OpenVINOBackend(Backend):
     title = "OpenVINO"
     quantizer = "NNCF"
     artifact = OpenVINOModel
-    quantize_options = frozenset({"smooth_quant_alpha", "ratio"})
+    quantize_options = frozenset({"smooth_quant_alpha", "ratio", "int4_top1_target"})
     optimize_skipped = "OpenVINO fuses the graph when it compiles it for the device, so there is nothing to do at build time"
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
@@ -72,7 +72,7 @@ class OpenVINOBackend(Backend):
                 precision=config.precision, group_size=config.group_size or DEFAULT_INT4_GROUP_SIZE,
                 ratio=config.ratio, lm_head_precision=config.lm_head_precision,
                 embedding_precision=config.embedding_precision, exclude_nodes=excluded,
-                weights_only=config.weights_only)
+                weights_only=config.weights_only, int4_top1_target=config.int4_top1_target)
         return PostTrainingSettings(calibration_samples=config.calibration_samples,
                                     smooth_quant_alpha=config.smooth_quant_alpha,
                                     symmetric_activations=config.symmetric_activations, exclude_nodes=excluded)
@@ -96,7 +96,10 @@ class OpenVINOBackend(Backend):
         if isinstance(settings, PostTrainingSettings):
             return quantize_openvino(settings, artifact, out_dir, ctx.calibration_texts,
                                      text_encoder(ctx, artifact.inputs))
-        return quantize_openvino(settings, artifact, out_dir)
+        windows = None
+        if getattr(settings, "int4_top1_target", None) is not None:
+            windows = search_windows(ctx, settings.int4_top1_target, "int4 LM head and embedding: next-token check")
+        return quantize_openvino(settings, artifact, out_dir, windows=windows)
 
 
 def _dual_encoder(ctx: BuildContext) -> bool:

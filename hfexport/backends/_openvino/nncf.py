@@ -53,17 +53,22 @@ class WeightCompressionSettings:
     embedding_precision: Precision | None = None
     exclude_nodes: tuple[str, ...] = ()
     weights_only: bool = True  # False: asked for as `mode: dynamic`, which on OpenVINO is the same
+    # int4 LM head / embedding kept only if top-1 agreement with the float graph stays >= this (agreement.py)
+    int4_top1_target: float | None = None
 
     def describe(self) -> str:
         if not self.weights_only:
             return f"quantize({self.precision}, dynamic)"
-        return f"quantize({self.precision}, weights only, group {self.group_size})"
+        check = (f", int4 LM head while top-1 >= {self.int4_top1_target:g}"
+                 if self.int4_top1_target is not None and self.lm_head_precision == "int4" else "")
+        return f"quantize({self.precision}, weights only, group {self.group_size}{check})"
 
 
 def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings, artifact: OpenVINOModel,
-                      out_dir: Path, texts: list[str] = (), encode: Callable[[str], dict] | None = None
-                      ) -> OpenVINOModel:
-    """Quantise `artifact` into `out_dir`; post-training calibrates on `texts`, each turned into feeds by `encode`."""
+                      out_dir: Path, texts: list[str] = (), encode: Callable[[str], dict] | None = None,
+                      windows: tuple[list[list[int]], int] | None = None) -> OpenVINOModel:
+    """Quantise `artifact` into `out_dir`; post-training calibrates on `texts`, each turned into feeds by `encode`;
+    `windows` (token windows, threads) are what `int4_top1_target` measures on."""
     import nncf
     import openvino as ov
 
@@ -76,7 +81,7 @@ def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings
     nncf_logger.setLevel(max(saved_level, logging.getLogger().level))
     try:
         if isinstance(settings, WeightCompressionSettings):
-            result, stats = _compress_weights(nncf, model, settings)
+            result, stats = _compress_weights(nncf, model, settings, windows)
         else:
             result, stats = _post_training(nncf, model, settings, texts, encode, ignored)
     except (ExportError, KeyboardInterrupt):
@@ -92,7 +97,7 @@ def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings
                                 "precision": settings.precision, **stats})
 
 
-def _compress_weights(nncf, model, config: WeightCompressionSettings):
+def _compress_weights(nncf, model, config: WeightCompressionSettings, windows=None):
     group_size = config.group_size
 
     def compress(model, precision: str, ignored_names: list[str], **extra):
@@ -118,17 +123,38 @@ def _compress_weights(nncf, model, config: WeightCompressionSettings):
         wanted[lm_head] = config.lm_head_precision or "int8"
         if tied:  # one shared table: the LM head's precision decides
             wanted.update({name: wanted[lm_head] for name in embeddings})
-    keep_float = excluded + [name for name, p in wanted.items() if p == "fp32"]
     main = config.precision
-    # all_layers: with the special layers named apart, NNCF must not pick its own first/last layers.
-    extra = {"all_layers": True} if main == "int4" else {}
-    model = compress(model, main, keep_float + [n for n, p in wanted.items() if p not in ("fp32", main)], **extra)
-    for precision in sorted({p for p in wanted.values() if p not in ("fp32", main)}):
-        extra = {"all_layers": True} if precision == "int4" else {}
-        model = compress(model, precision, keep_float + [n for n, p in wanted.items() if p != precision], **extra)
+
+    def apply(model, wanted: dict[str, str]):
+        keep_float = excluded + [name for name, p in wanted.items() if p == "fp32"]
+        # all_layers: with the special layers named apart, NNCF must not pick its own first/last layers.
+        extra = {"all_layers": True} if main == "int4" else {}
+        model = compress(model, main, keep_float + [n for n, p in wanted.items() if p not in ("fp32", main)],
+                         **extra)
+        for precision in sorted({p for p in wanted.values() if p not in ("fp32", main)}):
+            extra = {"all_layers": True} if precision == "int4" else {}
+            model = compress(model, precision, keep_float + [n for n, p in wanted.items() if p != precision],
+                             **extra)
+        return model
+
+    check = {}
+    if config.int4_top1_target is not None and windows and "int4" in wanted.values():
+        from hfexport.backends._openvino.agreement import agreement, next_tokens
+
+        tokens, threads = windows
+        float_model, reference = model.clone(), next_tokens(model, tokens, threads)
+        compressed = apply(model, wanted)
+        top1 = agreement(reference, compressed, tokens, threads)
+        check = {"int4_top1_target": config.int4_top1_target, "int4_special_top1": round(top1, 4)}
+        if top1 < config.int4_top1_target:  # the LM head / embedding back to int8, measured again
+            wanted = {name: "int8" if p == "int4" else p for name, p in wanted.items()}
+            compressed = apply(float_model, wanted)
+            check["int8_special_top1"] = round(agreement(reference, compressed, tokens, threads), 4)
+    else:
+        compressed = apply(model, wanted)
     applied = {("lm_head" if name == lm_head else "embedding"): p for name, p in wanted.items()}
-    return model, {**settings, "lm_head": lm_head, "lm_head_precision": applied.get("lm_head"),
-                   "embedding_precision": applied.get("embedding"), "tied_embeddings": tied}
+    return compressed, {**settings, "lm_head": lm_head, "lm_head_precision": applied.get("lm_head"),
+                        "embedding_precision": applied.get("embedding"), "tied_embeddings": tied, **check}
 
 
 def find_lm_head_and_embeddings(model) -> tuple[str | None, list[str], bool]:
