@@ -41,6 +41,13 @@ paired so that drift in the machine's speed cancels (timed in separate blocks, o
 1.4x too fast in one process: its prefill, LM head over every prompt position, is half its full generation).
 The table gives medians over processes and their range.
 
+`--paired` adds a second table: each hfexport side against its peer on the same runtime library (PAIRS: cpu
+fp32 and int4 against onnxruntime-genai's, openvino int4 against openvino-genai's), both in one process of the
+peer's environment with hfexport on PYTHONPATH (one onnxruntime or OpenVINO build for both), --paired-runs rounds
+each, alternating and flipping the order each round; the ratio is the median of the per-round decode ratios. On
+this 2-core VM the same engine varied up to 1.5x between fresh processes (onnxruntime-genai int4 at 2 threads:
+517-853 tok/s across 5 processes), so the fresh-process table cannot resolve gaps under ~15%; the paired one can.
+
 Fidelity, the same for all sides, against PyTorch fp32 (transformers, eager) on --prompts prompts of
 --prompt-tokens tokens cut from the shipped evaluation text. PyTorch's reference continuation is its plain
 greedy argmax for --new-tokens tokens (EOS not stopping it).
@@ -124,6 +131,11 @@ SIDES = {s.name: s for s in [
          "convert_hf_to_gguf.py --outtype f32, then llama_model_quantize Q4_K_M"),
 ]}
 
+# --paired: hfexport's side and the peer on the same runtime library, timed in one process (the peer's environment,
+# hfexport on PYTHONPATH: one onnxruntime or OpenVINO for both), whole rounds alternating.
+PAIRS = [("hfexport cpu llm-fp32", "onnxruntime-genai fp32"), ("hfexport cpu llm-int4", "onnxruntime-genai int4"),
+         ("hfexport openvino llm-int4", "openvino-genai int4")]
+
 # Run in the llama-cpp environment: argv = llama.cpp source folder, model folder, output GGUF (f32).
 _GGUF_CONVERT = r'''
 import json, runpy, sys
@@ -191,6 +203,10 @@ def _parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--work", type=Path, default=None,
                         help="model and builds; what is there is reused [default: VENVS/work for the bench model, "
                              "VENVS/work-NAME-HASH for --model, one folder per model]")
+    parser.add_argument("--paired", action="store_true",
+                        help="also time each hfexport side against its peer in one process (see PAIRS), "
+                             "alternating: process-to-process spread cancels")
+    parser.add_argument("--paired-runs", type=int, default=10, help="rounds per side in a --paired process")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", action="store_true")
@@ -213,13 +229,41 @@ def plan(args) -> dict:
                                                                  ": random Llama 4 x 512, vocab 32000)"),
             "venvs": venvs, "builds": [{"side": s, "how": SIDES[s].how, "artifact": str(args.work / SIDES[s].artifact)}
                                        for s in args.sides],
-            "sides": list(args.sides),
+            "sides": list(args.sides), "paired": [list(pair) for pair in _pairs(args)],
             "timings": {"threads": args.threads, "processes_per_side": args.processes, "runs": args.runs,
                         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
                         "processes_total": len(args.sides) * len(args.threads) * args.processes},
             "fidelity": {"prompts": args.prompts, "reference": "PyTorch fp32 greedy argmax, EOS not stopping",
                          "metrics": ["greedy = PyTorch (share of prompts, mean common prefix)",
                                      "teacher-forced top-1 over PyTorch's sequence"]}}
+
+
+def _pairs(args) -> list[tuple[str, str]]:
+    return [pair for pair in PAIRS if args.paired and all(side in args.sides for side in pair)]
+
+
+def _paired(args, interpreters: dict, spec: dict, env: dict) -> list[dict]:
+    """Each pair in one process of the peer's interpreter, per thread count: decode tok/s, TTFT, the ratio."""
+    paired_spec = args.work / "spec-paired.json"
+    paired_spec.write_text(json.dumps({**spec, "runs": args.paired_runs}))
+    rows = []
+    for threads in args.threads:
+        for ours, peer in _pairs(args):
+            out = args.work / "timer-paired.json"
+            sides = [SIDES[ours], SIDES[peer]]
+            done = subprocess.run([interpreters[peer], str(args.work / "llm_timer.py"), "+".join(s.kind for s in sides),
+                                   "+".join(str(args.work / s.artifact) for s in sides), str(threads), str(paired_spec),
+                                   str(out), "0"], cwd=args.work, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                sys.exit(f"error: the paired timer of {ours} / {peer} failed:\n{done.stderr[-3000:]}")
+            mine, theirs = json.loads(out.read_text())["paired"]
+            ratios = [b / a for a, b in zip(mine["gaps"], theirs["gaps"])]  # decode speed, ours over theirs
+            mine_rate, their_rate = ((args.new_tokens - 1) / s["decode_ms"] * 1000 for s in (mine, theirs))
+            rows.append({"side": ours, "peer": peer, "threads": threads, "decode_tok_s": mine_rate,
+                         "peer_decode_tok_s": their_rate, "ratio": statistics.median(ratios),
+                         "ratio_range": [min(ratios), max(ratios)], "ttft_ms": mine["ttft_ms"],
+                         "peer_ttft_ms": theirs["ttft_ms"], "rounds": args.paired_runs})
+    return rows
 
 
 def _python_for(version: str | None) -> str:
@@ -361,8 +405,9 @@ def main(argv=None) -> int:
     prompts = token_windows(tokenizer, default_eval_texts(), args.prompts, args.prompt_tokens)
     reference = _reference(model, prompts, args.new_tokens)
     spec = args.work / "spec.json"
-    spec.write_text(json.dumps({"timing_prompt": prompts[0], "prompts": prompts, "reference": reference,
-                                "new_tokens": args.new_tokens, "runs": args.runs}))
+    spec_values = {"timing_prompt": prompts[0], "prompts": prompts, "reference": reference,
+                   "new_tokens": args.new_tokens, "runs": args.runs}
+    spec.write_text(json.dumps(spec_values))
     (args.work / "llm_timer.py").write_text(_TIMER)
 
     load_before = os.getloadavg()[0]
@@ -395,9 +440,10 @@ def main(argv=None) -> int:
                          "ttft_range": [min(ttft), max(ttft)], "decode_tok_s": statistics.median(decode),
                          "decode_range": [min(decode), max(decode)],
                          "size_mb": _size_mb(SIDES[name], args.work / SIDES[name].artifact), **fidelity[name]})
+    paired = _paired(args, interpreters, spec_values, env) if _pairs(args) else []
     result = {"model": str(model), "load_before": load_before, "load_after": os.getloadavg()[0],
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "prompts": args.prompts,
-              "processes": args.processes, "rows": rows}
+              "processes": args.processes, "rows": rows, "paired": paired}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     print(_markdown(result) if args.markdown else json.dumps(result, indent=1))
@@ -425,6 +471,15 @@ def _markdown(result: dict) -> str:
                      f"{r['decode_range'][1]:.0f}) | {r['greedy_match']:.2f} ({r['greedy_common_prefix']:.1f} of "
                      f"{result['new_tokens']}) | {r['top1_agreement']:.3f} ({round(r['top1_agreement'] * r['top1_positions'])}"
                      f"/{r['top1_positions']}) | {r['size_mb']:.1f} |")
+    if result.get("paired"):
+        lines += ["", f"Same process, alternating ({result['paired'][0]['rounds']} rounds each; the peer's environment "
+                  "with hfexport on PYTHONPATH): decode tok/s, ratio = median of per-round ratios (range)", "",
+                  "| hfexport side | peer | threads | decode tok/s | peer tok/s | ratio | TTFT ms | peer TTFT ms |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in result["paired"]:
+            lines.append(f"| {r['side']} | {r['peer']} | {r['threads']} | {r['decode_tok_s']:.0f} | "
+                         f"{r['peer_decode_tok_s']:.0f} | {r['ratio']:.2f}x ({r['ratio_range'][0]:.2f}-"
+                         f"{r['ratio_range'][1]:.2f}) | {r['ttft_ms']:.1f} | {r['peer_ttft_ms']:.1f} |")
     return "\n".join(lines)
 
 
@@ -440,143 +495,167 @@ spec = json.loads(Path(spec_file).read_text())
 new, runs = spec["new_tokens"], spec["runs"]
 last = lambda logits: int(np.asarray(logits, dtype=np.float32).reshape(-1, np.shape(logits)[-1])[-1].argmax())
 
-if kind == "hfexport":
-    from hfexport.runtime import load
-    onnx = any(Path(path).glob("*.onnx"))
-    generator = load(path, threads=threads, session_overrides={"allow_spinning": False} if onnx else None)
-    decoder = generator.decoder
+def make(kind, path):
+    """(generate, Stepper or None, the generate-only runner or None) of one engine."""
+    if kind == "hfexport":
+        from hfexport.runtime import load
+        onnx = any(Path(path).glob("*.onnx"))
+        generator = load(path, threads=threads, session_overrides={"allow_spinning": False} if onnx else None)
+        decoder = generator.decoder
 
-    def generate(prompt, n):
-        return len(generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)[0])
+        def generate(prompt, n):
+            return len(generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)[0])
 
-    class Stepper:
-        def __init__(self, prompt):
-            self.length, self.cache = len(prompt), decoder.empty_cache(1)
-            self.first = self._step(np.asarray([prompt], np.int64), 0)
-        def _step(self, ids, start):
-            mask = np.ones((1, start + ids.shape[1]), np.int64)
-            logits, self.cache = decoder.step(ids, mask, np.arange(start, start + ids.shape[1])[None], self.cache)
-            return last(logits)
-        def feed(self, token):
-            self.length += 1
-            return self._step(np.asarray([[token]], np.int64), self.length - 1)
-elif kind == "ortgenai":
-    import onnxruntime_genai as og
-    config = og.Config(path)
-    config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-        "intra_op_num_threads": threads, "inter_op_num_threads": 1, "session.intra_op.allow_spinning": "0",
-        "session.inter_op.allow_spinning": "0"}}}}))
-    model = og.Model(config)
+        class Stepper:
+            def __init__(self, prompt):
+                self.length, self.cache = len(prompt), decoder.empty_cache(1)
+                self.first = self._step(np.asarray([prompt], np.int64), 0)
+            def _step(self, ids, start):
+                mask = np.ones((1, start + ids.shape[1]), np.int64)
+                logits, self.cache = decoder.step(ids, mask, np.arange(start, start + ids.shape[1])[None], self.cache)
+                return last(logits)
+            def feed(self, token):
+                self.length += 1
+                return self._step(np.asarray([[token]], np.int64), self.length - 1)
+    elif kind == "ortgenai":
+        import onnxruntime_genai as og
+        config = og.Config(path)
+        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+            "intra_op_num_threads": threads, "inter_op_num_threads": 1, "session.intra_op.allow_spinning": "0",
+            "session.inter_op.allow_spinning": "0"}}}}))
+        model = og.Model(config)
 
-    def _generator(length, minimum=0):
-        params = og.GeneratorParams(model)
-        params.set_search_options(max_length=length, min_length=minimum, do_sample=False)
-        return og.Generator(model, params)
+        def _generator(length, minimum=0):
+            params = og.GeneratorParams(model)
+            params.set_search_options(max_length=length, min_length=minimum, do_sample=False)
+            return og.Generator(model, params)
 
-    def generate(prompt, n):
-        g = _generator(len(prompt) + n, len(prompt) + n)  # min_length: EOS suppressed
-        g.append_tokens(np.asarray([prompt], np.int32))
-        while not g.is_done():
-            g.generate_next_token()
-        return len(g.get_sequence(0)) - len(prompt)
+        def generate(prompt, n):
+            g = _generator(len(prompt) + n, len(prompt) + n)  # min_length: EOS suppressed
+            g.append_tokens(np.asarray([prompt], np.int32))
+            while not g.is_done():
+                g.generate_next_token()
+            return len(g.get_sequence(0)) - len(prompt)
 
-    class Stepper:
-        def __init__(self, prompt):
-            self.g = _generator(len(prompt) + new + 1)
-            self.g.append_tokens(np.asarray([prompt], np.int32))
-            self.first = last(self.g.get_logits())
-        def feed(self, token):
-            self.g.append_tokens(np.asarray([[token]], np.int32))
-            return last(self.g.get_logits())
-elif kind == "ovgenai":
-    import openvino as ov
-    import openvino_genai
-    # The default pipeline caches prompt prefixes: a repeated prompt's TTFT then skips the prefill (measured
-    # 5.6 ms vs 56 ms for a fresh prompt). Off here, the latency-oriented scheduler otherwise as by default.
-    scheduler = openvino_genai.SchedulerConfig()
-    scheduler.enable_prefix_caching, scheduler.max_num_batched_tokens = False, 2 ** 31
-    pipe = openvino_genai.LLMPipeline(path, "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
+        class Stepper:
+            def __init__(self, prompt):
+                self.g = _generator(len(prompt) + new + 1)
+                self.g.append_tokens(np.asarray([prompt], np.int32))
+                self.first = last(self.g.get_logits())
+            def feed(self, token):
+                self.g.append_tokens(np.asarray([[token]], np.int32))
+                return last(self.g.get_logits())
+    elif kind == "ovgenai":
+        import openvino as ov
+        import openvino_genai
+        # The default pipeline caches prompt prefixes: a repeated prompt's TTFT then skips the prefill (measured
+        # 5.6 ms vs 56 ms for a fresh prompt). Off here, the latency-oriented scheduler otherwise as by default.
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.enable_prefix_caching, scheduler.max_num_batched_tokens = False, 2 ** 31
+        pipe = openvino_genai.LLMPipeline(path, "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
 
-    def _run(prompt, n):
-        config = pipe.get_generation_config()
-        config.max_new_tokens, config.ignore_eos, config.do_sample = n, True, False
-        ids = np.asarray([prompt], np.int64)
-        return list(pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
-                                  config).tokens[0])
+        def _run(prompt, n):
+            config = pipe.get_generation_config()
+            config.max_new_tokens, config.ignore_eos, config.do_sample = n, True, False
+            ids = np.asarray([prompt], np.int64)
+            return list(pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
+                                      config).tokens[0])
 
-    generate = lambda prompt, n: len(_run(prompt, n))
-    Stepper = None
-else:
-    import cyllama.llama.llama_cpp as L
-    L.disable_logging()
-    L.ggml_backend_load_all()
-    model = L.LlamaModel(path, L.LlamaModelParams())
-    params = L.LlamaContextParams()
-    params.n_ctx = params.n_batch = 1024
-    params.n_threads = params.n_threads_batch = threads
-    ctx = L.LlamaContext(model, params)
-    chain = L.LlamaSamplerChainParams()
-    sampler = L.LlamaSampler(chain)
-    sampler.add_greedy()
+        generate = lambda prompt, n: len(_run(prompt, n))
+        Stepper = None
+    else:
+        import cyllama.llama.llama_cpp as L
+        L.disable_logging()
+        L.ggml_backend_load_all()
+        model = L.LlamaModel(path, L.LlamaModelParams())
+        params = L.LlamaContextParams()
+        params.n_ctx = params.n_batch = 1024
+        params.n_threads = params.n_threads_batch = threads
+        ctx = L.LlamaContext(model, params)
+        chain = L.LlamaSamplerChainParams()
+        sampler = L.LlamaSampler(chain)
+        sampler.add_greedy()
 
-    def generate(prompt, n):  # llama.cpp's own greedy sampler; EOS does not stop the loop
-        ctx.kv_cache_clear()
-        ctx.decode(L.llama_batch_get_one(prompt, 0))
-        for i in range(n):
-            token = sampler.sample(ctx, -1)
-            if i < n - 1:
-                ctx.decode(L.llama_batch_get_one([token], len(prompt) + i))
-        return n
-
-    class Stepper:
-        def __init__(self, prompt):
+        def generate(prompt, n):  # llama.cpp's own greedy sampler; EOS does not stop the loop
             ctx.kv_cache_clear()
-            self.length = len(prompt)
             ctx.decode(L.llama_batch_get_one(prompt, 0))
-            self.first = last(ctx.get_logits_ith(-1))
-        def feed(self, token):
-            ctx.decode(L.llama_batch_get_one([token], self.length))
-            self.length += 1
-            return last(ctx.get_logits_ith(-1))
+            for i in range(n):
+                token = sampler.sample(ctx, -1)
+                if i < n - 1:
+                    ctx.decode(L.llama_batch_get_one([token], len(prompt) + i))
+            return n
+
+        class Stepper:
+            def __init__(self, prompt):
+                ctx.kv_cache_clear()
+                self.length = len(prompt)
+                ctx.decode(L.llama_batch_get_one(prompt, 0))
+                self.first = last(ctx.get_logits_ith(-1))
+            def feed(self, token):
+                ctx.decode(L.llama_batch_get_one([token], self.length))
+                self.length += 1
+                return last(ctx.get_logits_ith(-1))
+    return generate, Stepper, (_run if kind == "ovgenai" else None)
 
 result = {}
-if with_fidelity == "1":
-    greedy, forced = [], []
-    for prompt, ref in zip(spec["prompts"], spec["reference"]):
-        if Stepper is None:  # generate only: one fresh 1-token generation per teacher-forced position
-            greedy.append(_run(prompt, new))
-            forced.append([_run(prompt + ref[:t], 1)[0] for t in range(new)])
-            continue
-        s = Stepper(prompt)
-        tokens = [s.first]
-        while len(tokens) < new:
-            tokens.append(s.feed(tokens[-1]))
-        greedy.append(tokens)
-        s = Stepper(prompt)
-        forced.append([s.first] + [s.feed(t) for t in ref[:new - 1]])
-    result.update(greedy=greedy, forced=forced)
-
+kinds, paths = kind.split("+"), path.split("+")
 prompt = spec["timing_prompt"]
-made = generate(prompt, new)  # warm-up, and a check that every side makes exactly `new` tokens
-assert made == new, f"{kind} generated {made} tokens, not {new}"
 
 
-def timed(n):
+def timed(generate, n):
     started = time.perf_counter()
     generate(prompt, n)
     return (time.perf_counter() - started) * 1000
 
 
-# Interleaved: each full generation between two 1-token ones, so a drift in the machine's speed moves both sides of
-# the difference alike; decode time is the median of the paired differences (a side whose prefill is half of the
-# full generation, as onnxruntime-genai's, is otherwise at the mercy of two separately timed blocks).
-firsts, fulls, gaps = [], [], []
-for _ in range(runs):
-    before, full, after = timed(1), timed(new), timed(1)
-    firsts += [before, after]
-    fulls.append(full)
-    gaps.append(full - (before + after) / 2)
-result.update(ttft_ms=statistics.median(firsts), full_ms=statistics.median(fulls), decode_ms=statistics.median(gaps))
+def rounds(generate):
+    """(TTFT samples, decode gap) of one round: each full generation between two 1-token ones, so a drift in the
+    machine's speed moves both sides of the difference alike (a side whose prefill is half of the full generation,
+    as onnxruntime-genai's, is otherwise at the mercy of two separately timed blocks)."""
+    before, full, after = timed(generate, 1), timed(generate, new), timed(generate, 1)
+    return [before, after], full, full - (before + after) / 2
+
+
+if len(kinds) == 1:
+    generate, Stepper, _run = make(kind, path)
+    if with_fidelity == "1":
+        greedy, forced = [], []
+        for p, ref in zip(spec["prompts"], spec["reference"]):
+            if Stepper is None:  # generate only: one fresh 1-token generation per teacher-forced position
+                greedy.append(_run(p, new))
+                forced.append([_run(p + ref[:t], 1)[0] for t in range(new)])
+                continue
+            s = Stepper(p)
+            tokens = [s.first]
+            while len(tokens) < new:
+                tokens.append(s.feed(tokens[-1]))
+            greedy.append(tokens)
+            s = Stepper(p)
+            forced.append([s.first] + [s.feed(t) for t in ref[:new - 1]])
+        result.update(greedy=greedy, forced=forced)
+    made = generate(prompt, new)  # warm-up, and a check that every side makes exactly `new` tokens
+    assert made == new, f"{kind} generated {made} tokens, not {new}"
+    firsts, fulls, gaps = [], [], []
+    for _ in range(runs):
+        first, full, gap = rounds(generate)
+        firsts += first
+        fulls.append(full)
+        gaps.append(gap)
+    result.update(ttft_ms=statistics.median(firsts), full_ms=statistics.median(fulls),
+                  decode_ms=statistics.median(gaps))
+else:  # --paired: the engines in this one process, whole rounds alternating, the order flipped each round
+    engines = [make(k, p)[0] for k, p in zip(kinds, paths)]
+    for k, generate in zip(kinds, engines):
+        made = generate(prompt, new)
+        assert made == new, f"{k} generated {made} tokens, not {new}"
+    samples = [{"firsts": [], "gaps": []} for _ in engines]
+    for number in range(runs):
+        for i in (range(len(engines)) if number % 2 == 0 else reversed(range(len(engines)))):
+            first, _, gap = rounds(engines[i])
+            samples[i]["firsts"] += first
+            samples[i]["gaps"].append(gap)
+    result["paired"] = [{"ttft_ms": statistics.median(s["firsts"]), "decode_ms": statistics.median(s["gaps"]),
+                         "gaps": s["gaps"]} for s in samples]
 Path(out_file).write_text(json.dumps(result))
 '''
 

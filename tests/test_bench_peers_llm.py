@@ -56,3 +56,21 @@ def test_bench_peers_llm_scores_greedy_and_teacher_forced_against_the_reference(
     table = bench._markdown({"prompt_tokens": 128, "new_tokens": 4, "processes": 3, "load_before": 0.5,
                              "load_after": 0.6, "prompts": 2, "rows": [row]})
     assert "| x | 2 | 10.0 (9.0-11.0) | 300 (290-310) | 0.50 (3.0 of 4) | 0.875 (7/8) | 12.5 |" in table
+
+
+def test_bench_peers_llm_paired_plans_only_pairs_whose_sides_run_and_tables_their_ratio(tmp_path, capsys):
+    """--paired: hfexport and its peer on the same runtime library, timed in one process; a pair is planned only
+    when both of its sides are."""
+    bench = _script("bench_peers_llm")
+    assert bench.main(["--dry-run", "--venvs", str(tmp_path / "v"), "--paired", "--sides", "hfexport cpu llm-int4",
+                       "onnxruntime-genai int4", "hfexport openvino llm-int4"]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == [["hfexport cpu llm-int4", "onnxruntime-genai int4"]]
+    assert bench.main(["--dry-run", "--venvs", str(tmp_path / "v")]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == []  # off unless asked
+    pair = {"side": "hfexport cpu llm-int4", "peer": "onnxruntime-genai int4", "threads": 2, "decode_tok_s": 700.0,
+            "peer_decode_tok_s": 710.0, "ratio": 0.99, "ratio_range": [0.9, 1.05], "ttft_ms": 26.0,
+            "peer_ttft_ms": 52.0, "rounds": 10}
+    table = bench._markdown({"prompt_tokens": 128, "new_tokens": 4, "processes": 3, "load_before": 0.5,
+                             "load_after": 0.6, "prompts": 2, "rows": [], "paired": [pair]})
+    assert "| hfexport cpu llm-int4 | onnxruntime-genai int4 | 2 | 700 | 710 | 0.99x (0.90-1.05) | 26.0 | 52.0 |" \
+        in table
