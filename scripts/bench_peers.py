@@ -29,6 +29,11 @@ What each side is given (--targets picks the rows):
   (share_inputs=True) as optimum-intel's own OVModel does, the output read in place. See decision 0190.
 - Every peer's text path is the same: the model folder's tokenizer.json through the `tokenizers` library
   (truncation to the model's max length, padding to the longest), mean pooling, L2 norm, in numpy.
+
+`--paired` adds a table where each hfexport bundle and its target's peer run in one process of the peer's
+environment (hfexport on PYTHONPATH: one onnxruntime or OpenVINO for both), --paired-runs rounds of 15 batch-1
+calls and one batch of 32, alternating, the order flipped each round; the ratio is the median of the per-round
+speed ratios. Fresh processes on the 2-core VM spread wider than the gaps being measured.
 """
 
 from __future__ import annotations
@@ -136,11 +141,15 @@ import numpy as np
 kind, path, threads, runs, texts_file, vectors_out = sys.argv[1:7]
 threads, runs = int(threads), int(runs)
 spec = json.loads(open(texts_file).read())
-if kind == "hfexport":
-    from hfexport.runtime import load
-    model = load(path, threads=threads, session_overrides={"allow_spinning": False, "intra_op_threads": threads})
-    embed = lambda texts: np.asarray(model(texts))
-else:  # a peer's encoder with a last_hidden_state output: tokenizer.json, mean pooling, L2 norm
+
+
+def make(kind, path):
+    # texts -> sentence vectors, for one engine
+    if kind == "hfexport":
+        from hfexport.runtime import load
+        model = load(path, threads=threads, session_overrides={"allow_spinning": False, "intra_op_threads": threads})
+        return lambda texts: np.asarray(model(texts))
+    # a peer's encoder with a last_hidden_state output: tokenizer.json, mean pooling, L2 norm
     from tokenizers import Tokenizer
     if kind == "onnx":
         import onnxruntime as ort
@@ -171,9 +180,10 @@ else:  # a peer's encoder with a last_hidden_state output: tokenizer.json, mean 
         hidden = forward({n: feed[n] for n in names})
         pooled = (hidden * mask[..., None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1)
         return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
-held_out = spec["held_out"]
-np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
-def timed(texts, calls, warmup):
+    return embed
+
+
+def timed(embed, texts, calls, warmup):
     for _ in range(warmup):
         embed(texts)
     times = []
@@ -182,8 +192,24 @@ def timed(texts, calls, warmup):
         embed(texts)
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
-print(json.dumps({"b1_ms": timed([spec["long_text"]], runs, 10),
-                  "b32_ms": timed([spec["long_text"]] * 32, max(3, runs // 20), 1)}))
+
+
+one, many = [spec["long_text"]], [spec["long_text"]] * 32
+if "+" not in kind:
+    embed = make(kind, path)
+    held_out = spec["held_out"]
+    np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
+    print(json.dumps({"b1_ms": timed(embed, one, runs, 10), "b32_ms": timed(embed, many, max(3, runs // 20), 1)}))
+else:  # --paired: the engines in this one process; rounds of (15 batch-1 calls, one batch of 32) alternating
+    engines = [make(k, p) for k, p in zip(kind.split("+"), path.split("+"))]
+    for embed in engines:
+        timed(embed, one, 1, 10), timed(embed, many, 1, 1)
+    samples = [{"b1_ms": [], "b32_ms": []} for _ in engines]
+    for number in range(runs):
+        for i in (range(len(engines)) if number % 2 == 0 else reversed(range(len(engines)))):
+            samples[i]["b1_ms"].append(timed(engines[i], one, 15, 0))
+            samples[i]["b32_ms"].append(timed(engines[i], many, 1, 0))
+    print(json.dumps({"paired": samples}))
 """
 
 
@@ -205,6 +231,10 @@ def _parse(argv=None) -> argparse.Namespace:
                         help="where the peers' virtual environments live (made on demand, then reused)")
     parser.add_argument("--work", type=Path, default=None,
                         help="builds go here and are reused when there [default: a temporary folder]")
+    parser.add_argument("--paired", action="store_true",
+                        help="also time each hfexport bundle against its target's peer in one process (the peer's "
+                             "environment, hfexport on PYTHONPATH), alternating: process-to-process spread cancels")
+    parser.add_argument("--paired-runs", type=int, default=8, help="rounds per side in a --paired process")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", action="store_true")
@@ -233,6 +263,12 @@ def _hfexport_sides(args) -> list[tuple[str, str, str]]:
     return [(f"hfexport {target} {Path(r).stem}", target, r) for target in args.targets for r in recipes[target]]
 
 
+def _pairs(args) -> list[tuple[str, str]]:
+    """(hfexport side, peer) on the same runtime library, for --paired."""
+    return [(side, peer) for side, target, _ in _hfexport_sides(args) for peer in args.peers
+            if args.paired and PEERS[peer].target == target]
+
+
 def plan(args) -> dict:
     model = args.model or "the packaged all-MiniLM-L6-v2"
     venv_steps = [{"peer": p, "venv": str(args.venvs / p), "pip": list(PEERS[p].packages),
@@ -245,6 +281,7 @@ def plan(args) -> dict:
                      {"calibration": "hfexport.data.default_calibration_texts()"})} for p in args.peers])
     sides = [side for side, _, _ in ours] + list(args.peers)
     return {"model": model, "targets": args.targets, "venvs": venv_steps, "builds": builds, "sides": sides,
+            "paired": [list(pair) for pair in _pairs(args)],
             "timings": {"threads": args.threads, "processes_per_side": args.processes, "batch1_runs": args.runs,
                         "processes_total": len(sides) * len(args.threads) * args.processes}}
 
@@ -337,6 +374,7 @@ def main(argv=None) -> int:
                 if name not in fidelity:
                     cos = (np.load(vectors) * reference).sum(1)
                     fidelity[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+    paired = _paired(args, sides, work) if _pairs(args) else []
     rows = []
     for name, (_, kind, artifact) in sides.items():
         for threads in args.threads:
@@ -349,7 +387,7 @@ def main(argv=None) -> int:
                          "size_mb": model_size(kind, artifact) / 1e6, **fidelity[name]})
     result = {"model": str(model_dir), "isa_preset": host_isa_preset(), "load_before": load_before,
               "load_after": os.getloadavg()[0], "processes": args.processes,
-              "wall_s": round(time.monotonic() - started), "rows": rows}
+              "wall_s": round(time.monotonic() - started), "rows": rows, "paired": paired}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     if args.markdown:
@@ -357,6 +395,28 @@ def main(argv=None) -> int:
     else:
         print(json.dumps(result, indent=1))
     return 0
+
+
+def _paired(args, sides: dict, work: Path) -> list[dict]:
+    """Each (hfexport side, peer) in one process of the peer's interpreter: per-round speed ratios, ours / theirs."""
+    rows = []
+    env = dict(os.environ, PYTHONPATH=str(_REPO))
+    for threads in args.threads:
+        for ours, peer in _pairs(args):
+            (_, kind, artifact), (python, peer_kind, peer_artifact) = sides[ours], sides[peer]
+            done = subprocess.run([python, str(work / "timer.py"), f"{kind}+{peer_kind}", f"{artifact}+{peer_artifact}",
+                                   str(threads), str(args.paired_runs), str(work / "texts.json"), "-"],
+                                  capture_output=True, text=True, cwd=_REPO, env=env)
+            if done.returncode:
+                sys.exit(f"{ours} / {peer}: the paired timer failed:\n{done.stderr[-2000:]}")
+            mine, theirs = json.loads(done.stdout.strip().splitlines()[-1])["paired"]
+            row = {"side": ours, "peer": peer, "threads": threads, "rounds": args.paired_runs}
+            for key in ("b1_ms", "b32_ms"):
+                ratios = [b / a for a, b in zip(mine[key], theirs[key])]  # speed, ours over theirs
+                row.update({key: statistics.median(mine[key]), f"peer_{key}": statistics.median(theirs[key]),
+                            f"{key}_ratio": statistics.median(ratios), f"{key}_ratio_range": [min(ratios), max(ratios)]})
+            rows.append(row)
+    return rows
 
 
 def markdown(result: dict) -> str:
@@ -370,6 +430,15 @@ def markdown(result: dict) -> str:
                      f"{r['b1_range'][1]:.2f}) | {r['b32_texts_per_s']:.0f} ({r['b32_range'][0]:.0f}-"
                      f"{r['b32_range'][1]:.0f}) | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | "
                      f"{r['size_mb']:.1f} |")
+    if result.get("paired"):
+        lines += ["", f"Same process, alternating ({result['paired'][0]['rounds']} rounds each; the peer's environment "
+                  "with hfexport on PYTHONPATH); ratio = median of per-round speed ratios, ours / the peer's (range)", "",
+                  "| hfexport side | peer | threads | b1 ms (peer) | b1 ratio | b32 ms (peer) | b32 ratio |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in result["paired"]:
+            cells = [f"{r[k]:.1f} ({r['peer_' + k]:.1f}) | {r[k + '_ratio']:.2f}x ({r[k + '_ratio_range'][0]:.2f}-"
+                     f"{r[k + '_ratio_range'][1]:.2f})" for k in ("b1_ms", "b32_ms")]
+            lines.append(f"| {r['side']} | {r['peer']} | {r['threads']} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

@@ -80,6 +80,22 @@ def test_bench_peers_dry_run_plans_without_installing(tmp_path, capsys):
     assert not venvs.exists()
 
 
+def test_bench_peers_paired_pairs_each_bundle_with_its_targets_peer_and_tables_the_ratio(tmp_path, capsys):
+    bench = _script("bench_peers")
+    assert bench.main(["--dry-run", "--venvs", str(tmp_path / "v"), "--paired", "--targets", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == [["hfexport cpu default", "optimum-onnx"],
+                                                             ["hfexport cpu int8-small", "optimum-onnx"]]
+    assert bench.main(["--dry-run", "--venvs", str(tmp_path / "v")]) == 0
+    assert json.loads(capsys.readouterr().out)["paired"] == []  # off unless asked
+    row = {"side": "hfexport cpu default", "peer": "optimum-onnx", "threads": 2, "rounds": 8, "b1_ms": 21.5,
+           "peer_b1_ms": 23.4, "b1_ms_ratio": 1.09, "b1_ms_ratio_range": [1.0, 1.2], "b32_ms": 571.4,
+           "peer_b32_ms": 539.8, "b32_ms_ratio": 0.95, "b32_ms_ratio_range": [0.86, 1.04]}
+    table = bench.markdown({"load_before": 0.1, "load_after": 0.2, "isa_preset": "avx2", "processes": 3, "wall_s": 9,
+                            "rows": [], "paired": [row]})
+    assert ("| hfexport cpu default | optimum-onnx | 2 | 21.5 (23.4) | 1.09x (1.00-1.20) | 571.4 (539.8) | "
+            "0.95x (0.86-1.04) |") in table
+
+
 def test_bench_peers_refuses_a_peer_outside_its_targets(capsys):
     bench = _script("bench_peers")
     with pytest.raises(SystemExit) as exited:
