@@ -103,8 +103,14 @@ def _compress_weights(nncf, model, config: WeightCompressionSettings, windows=No
     def compress(model, precision: str, ignored_names: list[str], **extra):
         scope = nncf.IgnoredScope(names=ignored_names) if ignored_names else None
         if precision == "int4":
+            from nncf.quantization.advanced_parameters import AdvancedCompressionParameters
+
+            # ADJUST: a matrix whose input size the group does not divide takes the largest divisor >= 32, or
+            # stays int8 when none exists (T5's 4-wide relative-position table), instead of failing the build.
+            fallback = AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST)
             return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=group_size,
-                                         ratio=config.ratio, ignored_scope=scope, **extra)
+                                         ratio=config.ratio, ignored_scope=scope, advanced_parameters=fallback,
+                                         **extra)
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_ASYM, ignored_scope=scope)
 
     if config.precision == "int4":
