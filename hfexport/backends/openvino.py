@@ -92,10 +92,9 @@ class OpenVINOBackend(Backend):
                 raise ExportError("NNCF post-training int8 calibrates on text feeds; an encoder-decoder's decoder "
                                   "takes weight compression (weights_only: true)")
             if getattr(settings, "int4_top1_target", None) is not None:
-                # The next-token check runs decoder-only graphs: without it, the special layers stay int8.
+                # The next-token check runs decoder-only graphs: unchecked, _compress_weights keeps them int8.
                 ctx.progress.info("int4 LM head check: an encoder-decoder is not checked; its LM head and "
                                   "embedding stay int8")
-                settings = _without_check(settings)
             return for_each_graph(artifact, out_dir, lambda one, folder: quantize_openvino(settings, one, folder),
                                   "quantize")
         if isinstance(settings, PostTrainingSettings):
@@ -105,16 +104,6 @@ class OpenVINOBackend(Backend):
         if getattr(settings, "int4_top1_target", None) is not None:
             windows = search_windows(ctx, settings.int4_top1_target, "int4 LM head and embedding: next-token check")
         return quantize_openvino(settings, artifact, out_dir, windows=windows)
-
-
-def _without_check(settings: WeightCompressionSettings) -> WeightCompressionSettings:
-    import dataclasses
-
-    def unchecked(p):
-        return "int8" if p == "int4" else p
-
-    return dataclasses.replace(settings, int4_top1_target=None, lm_head_precision=unchecked(settings.lm_head_precision),
-                               embedding_precision=unchecked(settings.embedding_precision))
 
 
 def _dual_encoder(ctx: BuildContext) -> bool:

@@ -144,7 +144,10 @@ def _compress_weights(nncf, model, config: WeightCompressionSettings, windows=No
         return model
 
     check = {}
-    if config.int4_top1_target is not None and windows and "int4" in wanted.values():
+    checked = config.int4_top1_target is not None and "int4" in wanted.values()
+    if checked and not windows:  # nothing to measure on (an encoder-decoder's graphs): no unchecked int4 here
+        wanted, checked = _int4_to_int8(wanted), False
+    if checked:
         from hfexport.backends._openvino.agreement import agreement, next_tokens
 
         tokens, threads = windows
@@ -153,7 +156,7 @@ def _compress_weights(nncf, model, config: WeightCompressionSettings, windows=No
         top1 = agreement(reference, compressed, tokens, threads)
         check = {"int4_top1_target": config.int4_top1_target, "int4_special_top1": round(top1, 4)}
         if top1 < config.int4_top1_target:  # the LM head / embedding back to int8, measured again
-            wanted = {name: "int8" if p == "int4" else p for name, p in wanted.items()}
+            wanted = _int4_to_int8(wanted)
             compressed = apply(float_model, wanted)
             check["int8_special_top1"] = round(agreement(reference, compressed, tokens, threads), 4)
     else:
@@ -161,6 +164,10 @@ def _compress_weights(nncf, model, config: WeightCompressionSettings, windows=No
     applied = {("lm_head" if name == lm_head else "embedding"): p for name, p in wanted.items()}
     return compressed, {**settings, "lm_head": lm_head, "lm_head_precision": applied.get("lm_head"),
                         "embedding_precision": applied.get("embedding"), "tied_embeddings": tied, **check}
+
+
+def _int4_to_int8(wanted: dict[str, str]) -> dict[str, str]:
+    return {name: "int8" if p == "int4" else p for name, p in wanted.items()}
 
 
 def find_lm_head_and_embeddings(model) -> tuple[str | None, list[str], bool]:

@@ -222,20 +222,15 @@ class OnnxRuntimeDecoder:
                 binding.bind_ortvalue_output(name, value)
             if self.keeps_logits:
                 binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
-            output = self.session.get_outputs()[0]
-            if isinstance(output.shape[-1], int):  # a fused graph's vocabulary is static
-                dtype = np.float16 if output.type == "tensor(float16)" else np.float32
-                cache.logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((len(input_ids), 1, output.shape[-1]), dtype))
-                binding.bind_ortvalue_output("logits", cache.logits)
-            else:
-                binding.bind_output("logits", "cpu")
+            output = self.session.get_outputs()[0]  # only a fused graph has buffers: its vocabulary is static
+            dtype = np.float16 if output.type == "tensor(float16)" else np.float32
+            cache.logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((len(input_ids), 1, output.shape[-1]), dtype))
+            binding.bind_ortvalue_output("logits", cache.logits)
             cache.binding = binding
         cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
         cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
         self.session.run_with_iobinding(cache.binding)
         cache.started = True
-        if cache.logits is None:
-            return cache.binding.get_outputs()[0].numpy()[:, -1]
         return cache.logits.numpy()[:, -1].copy()  # the buffer is the next step's output
 
     @staticmethod

@@ -204,7 +204,6 @@ class OpenVINOStatefulDecoder:
             request.set_tensor(name, self._tensor(value, shared_memory=True))
         request.start_async()
         request.wait()
-        del feeds
         return _logits(request, all_logits), cache
 
 
