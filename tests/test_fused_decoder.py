@@ -85,6 +85,34 @@ def test_fused_graph_every_position_logits_match_pytorch_per_row(tiny_llm, tmp_p
         np.testing.assert_allclose(logits[row, ids.shape[1] - len(prompt):], want, atol=1e-4)
 
 
+def test_in_place_decode_steps_give_each_rows_logits_alone_on_a_growing_cache(tiny_llm, tmp_path):
+    """Decode steps on a preallocated cache bind the ids and a cache-wide mask once and fill them in place;
+    each step's logits equal those of the row alone on a growing cache (fed the same tokens), and are a view
+    of the cache's logits buffer."""
+    decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
+    forced = [[3, 9, 27, 81], [50, 2, 60, 4], [7, 7, 7, 7]]  # teacher-forced tokens per row
+    ids, mask, positions = _left_padded(PROMPTS, 4)
+    width = ids.shape[1]
+    cache = decoder.empty_cache(len(PROMPTS), capacity=width + 4)
+    logits, cache = decoder.step(ids, mask[:, :width], positions, cache)
+    batched = [logits.copy()]
+    for step in range(4):
+        mask[:, width + step] = 1
+        logits, cache = decoder.step(np.array(forced)[:, step:step + 1], mask[:, :width + step + 1], None, cache)
+        batched.append(logits.copy())
+    assert np.shares_memory(logits, cache.logits) and cache.mask.shape == (3, width + 4)
+    for row, prompt in enumerate(PROMPTS):
+        alone = decoder.empty_cache(1)
+        logits, alone = decoder.step(np.array([prompt]), np.ones((1, len(prompt)), np.int64), None, alone)
+        got = [logits]
+        for step, token in enumerate(forced[row]):
+            logits, alone = decoder.step(np.array([[token]]), np.ones((1, len(prompt) + step + 1), np.int64), None,
+                                         alone)
+            got.append(logits)
+        for step, expected in enumerate(got):
+            np.testing.assert_allclose(batched[step][row], expected[0], rtol=1e-4, atol=1e-4)
+
+
 def test_fused_cache_buffer_refuses_a_step_past_its_capacity_and_ragged_rows_without_one(tiny_llm, tmp_path):
     decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
     ids, mask, positions = _left_padded(PROMPTS[:2], 2)

@@ -169,14 +169,18 @@ class OnnxRuntimeDecoder:
 
         if capacity and self.fused:
             shape = (batch, self.kv_heads, int(capacity), self.head_dim)
-            return _Buffers(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.cache_dtype), *self.device)
-                            for _ in self.past_names)
+            buffers = _Buffers(ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, self.cache_dtype), *self.device)
+                               for _ in self.past_names)
+            buffers.capacity = int(capacity)
+            return buffers
         empty = np.zeros((batch, self.kv_heads, 0, self.head_dim), self.cache_dtype)
         return [ort.OrtValue.ortvalue_from_numpy(empty, *self.device) for _ in self.past_names]
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: list, all_logits: bool = False) -> tuple[np.ndarray, list]:
-        """One forward over `input_ids`; returns logits (last position, or every position) and the new cache."""
+        """One forward over `input_ids`; returns logits (last position, or every position) and the new cache.
+        With a preallocated cache (`empty_cache(batch, capacity)`) the last-position logits are a view of the
+        cache's logits buffer, valid until its next step: copy them to keep them longer."""
         input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
         order = None
         if self.fused:
@@ -210,36 +214,61 @@ class OnnxRuntimeDecoder:
         return (logits if all_logits else logits[:, -1]), outputs[1:]
 
     def _step_in_place(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: _Buffers) -> np.ndarray:
-        """The decode loop's step over preallocated buffers: one IOBinding per cache, made at its first step with
-        the cache buffers and a logits buffer bound once; each step rebinds only the token ids and the mask."""
-        import onnxruntime as ort
-
+        """The decode loop's step over preallocated buffers: one IOBinding per cache, with the cache buffers and a
+        logits buffer bound once. The prompt step binds its token ids and mask as given; from the first decode
+        step on, the ids and a mask as wide as the cache are numpy-backed buffers bound once and filled in place,
+        so a step binds nothing. GroupQueryAttention reads each row's length from the mask's count, and a
+        one-token step with a total length of the whole buffer is its preallocated-cache decode case."""
         if cache.binding is None:
-            binding = self.session.io_binding()
-            for name, value in zip(self.past_names, cache):
-                binding.bind_ortvalue_input(name, value)
-            for name, value in zip(self.present_names, cache):  # the same buffer in and out: written in place
-                binding.bind_ortvalue_output(name, value)
-            if self.keeps_logits:
-                binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
-            output = self.session.get_outputs()[0]  # only a fused graph has buffers: its vocabulary is static
-            dtype = np.float16 if output.type == "tensor(float16)" else np.float32
-            cache.logits = ort.OrtValue.ortvalue_from_numpy(np.zeros((len(input_ids), 1, output.shape[-1]), dtype))
-            binding.bind_ortvalue_output("logits", cache.logits)
-            cache.binding = binding
-        cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
-        cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+            self._bind_cache(cache, len(input_ids))
+        if not cache.started:
+            cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
+            cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        else:
+            if cache.ids is None or cache.ids.shape != input_ids.shape:
+                self._bind_step_inputs(cache, input_ids.shape)
+            cache.ids[...] = input_ids
+            width = attention_mask.shape[1]
+            cache.mask[:, :width] = attention_mask
+            cache.mask[:, width:] = 0
         self.session.run_with_iobinding(cache.binding)
         cache.started = True
-        return cache.logits.numpy()[:, -1].copy()  # the buffer is the next step's output
+        # A view: the next step on this cache overwrites it (TextGenerator reads it before then).
+        return cache.logits[:, -1]
+
+    def _bind_cache(self, cache: _Buffers, batch: int) -> None:
+        from onnxruntime import OrtValue
+
+        binding = self.session.io_binding()
+        for name, value in zip(self.past_names, cache):
+            binding.bind_ortvalue_input(name, value)
+        for name, value in zip(self.present_names, cache):  # the same buffer in and out: written in place
+            binding.bind_ortvalue_output(name, value)
+        if self.keeps_logits:
+            binding.bind_cpu_input("logits_to_keep", _KEEP_LAST)
+        output = self.session.get_outputs()[0]  # only a fused graph has buffers: its vocabulary is static
+        dtype = np.float16 if output.type == "tensor(float16)" else np.float32
+        cache.logits = np.zeros((batch, 1, output.shape[-1]), dtype)
+        # A CPU OrtValue made from numpy shares the array's memory: each step's logits are read from the array.
+        binding.bind_ortvalue_output("logits", OrtValue.ortvalue_from_numpy(cache.logits))
+        cache.binding = binding
+
+    @staticmethod
+    def _bind_step_inputs(cache: _Buffers, shape: tuple[int, ...]) -> None:
+        from onnxruntime import OrtValue
+
+        cache.ids = np.zeros(shape, np.int64)
+        cache.mask = np.zeros((shape[0], cache.capacity), np.int64)
+        cache.binding.bind_ortvalue_input("input_ids", OrtValue.ortvalue_from_numpy(cache.ids))
+        cache.binding.bind_ortvalue_input("attention_mask", OrtValue.ortvalue_from_numpy(cache.mask))
 
     @staticmethod
     def _right_padded(input_ids: np.ndarray, attention_mask: np.ndarray, cache) -> tuple[np.ndarray, np.ndarray | None]:
         """A fused graph's rows start at their first token: the prompt step moves each left-padded row's tokens
         to the front (returning the permutation); a later step must fit in the cache."""
         if isinstance(cache, _Buffers):
-            if attention_mask.shape[1] > cache[0].shape()[2]:
-                raise ValueError(f"the cache holds {cache[0].shape()[2]} positions; this step needs "
+            if attention_mask.shape[1] > cache.capacity:
+                raise ValueError(f"the cache holds {cache.capacity} positions; this step needs "
                                  f"{attention_mask.shape[1]}")
             if cache.started:  # a decode step: the rows are already in the buffer's layout
                 return input_ids, None
@@ -260,4 +289,5 @@ class _Buffers(list):
     """A cache of preallocated past/present buffers, written in place (see `OnnxRuntimeDecoder`), with the
     IOBinding and logits buffer its steps reuse."""
 
-    started, binding, logits = False, None, None
+    capacity = 0  # positions each buffer holds
+    started, binding, logits, ids, mask = False, None, None, None, None
