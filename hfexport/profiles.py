@@ -118,6 +118,7 @@ class _QuantizeSection(_Strict):
                 values.pop(name, None)
         else:  # and the storage of float weights to dynamic mode (a static graph's QDQ fusions need it off)
             values.pop("float_weight_storage", None)
+            values.pop("attention_int8", None)
         return values
 
 
@@ -126,6 +127,7 @@ class OrtInt8Defaults(_Strict):
     op_types: list[str] | None = Field(None, min_length=1)
     calibration_samples: int | None = Field(None, ge=1)
     float_weight_storage: Literal["fp32", "int8"] | None = None  # mode dynamic
+    attention_int8: Literal["auto"] | bool | None = None  # mode dynamic
 
 
 class OrtWeightOnlyDefaults(_Strict):

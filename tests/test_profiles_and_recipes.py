@@ -140,7 +140,8 @@ def _int8(mode="dynamic", op_types=("MatMul",)):
     return ("Int8Settings", {"mode": mode, "op_types": list(op_types), "exclude_nodes": [],
                              "calibration_method": "minmax", "calibration_samples": 100,
                              "symmetric_activations": False, "float_fallback": 0,
-                             "float_weight_storage": "int8" if mode == "dynamic" else "fp32", "precision": "int8"})
+                             "float_weight_storage": "int8" if mode == "dynamic" else "fp32",
+                             "attention_int8": False, "precision": "int8"})
 
 
 def _matmul_nbits(precision, group, lm_head, embedding, search=None, symmetric=False):

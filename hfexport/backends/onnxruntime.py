@@ -38,7 +38,8 @@ class OnnxRuntimeBackend(Backend):
     quantizer = "ONNX Runtime quantiser"
     artifact = OnnxModel
     quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
-                                  "int4_top1_target", "float_fallback", "float_weight_storage", "symmetric_weights"})
+                                  "int4_top1_target", "float_fallback", "float_weight_storage", "symmetric_weights",
+                                  "attention_int8"})
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
@@ -94,7 +95,8 @@ class OnnxRuntimeBackend(Backend):
             weight_type=preset.weight_type, activation_type=preset.activation_type, isa=preset.isa,
             exclude_nodes=excluded, calibration_method=config.calibration_method,
             calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations,
-            float_fallback=config.float_fallback, float_weight_storage=config.float_weight_storage or "fp32")
+            float_fallback=config.float_fallback, float_weight_storage=config.float_weight_storage or "fp32",
+            attention_int8=config.attention_int8 or False)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own
@@ -126,9 +128,35 @@ class OnnxRuntimeBackend(Backend):
                 accuracy_level=settings.accuracy_level, exclude_nodes=list(settings.exclude_nodes),
                 search=_search_settings(settings, ctx), symmetric=settings.symmetric_weights)
         else:
-            stats = quantize_int8(settings, artifact.path, out, ctx.calibration_texts,
-                                  text_encoder(ctx, artifact.inputs))
+            encode = text_encoder(ctx, artifact.inputs)
+            check = _fidelity_check(ctx, artifact.inputs) if settings.attention_int8 == "auto" else None
+            stats = quantize_int8(settings, artifact.path, out, ctx.calibration_texts, encode, check)
         return OnnxModel(out, artifact.inputs, artifact.outputs, stats=stats)
+
+
+def _fidelity_check(ctx: BuildContext, names):
+    """The task's fidelity on calibration text against the float graph, for the recipe's gates; None for a task
+    that cannot be compared on plain calibration inputs (attention_int8: auto then keeps Attention float)."""
+    from hfexport.backends._onnx.int8_attention import FidelityCheck, text_sets
+    from hfexport.build.manifest import model_info
+    from hfexport.tasks import get_task
+
+    spec = get_task(ctx.source.task)
+    if not spec.calibration_fidelity or ctx.modality != "text":
+        return None
+    tokenizer = ctx.hf_tokenizer()
+    meta = model_info(ctx.source, tokenizer)
+
+    def encode_batch(texts: list[str]) -> dict:
+        encoded = tokenizer(texts, padding=True, truncation=True, max_length=ctx.source.max_length,
+                            return_tensors="np")
+        return {n: encoded[n].astype("int64") for n in names if n in encoded}
+
+    return FidelityCheck(
+        sets=text_sets(ctx.calibration_texts, encode_batch, ctx.recipe.evaluation.batch_size),
+        comparable=lambda outputs, feeds: spec.comparable(outputs, feeds.get("attention_mask"),
+                                                          feeds.get("input_ids"), None, meta),
+        fidelity=spec.fidelity, thresholds=spec.thresholds(ctx.recipe.gates.model_dump()))
 
 
 def _dual_encoder(ctx: BuildContext) -> bool:

@@ -71,6 +71,12 @@ class QuantizeConfig(PassConfig):
         "int8, mode dynamic: how the weights left in float (fused attention's Q/K/V, embedding tables, "
         "float_fallback's MatMuls) are stored; int8 = one scale per row or column, turned back to float once "
         "when the session loads; default: the target's (int8 on cpu)"))
+    # NOTE: measured per model (docs/decisions/0194-attention-int8-search.md).
+    attention_int8: Literal["auto"] | bool | None = Field(None, description=(
+        "int8, mode dynamic, onnxruntime: the fused Attention's Q/K/V projection in int8 too (QAttention); auto = "
+        "every Attention the recipe's gates allow, measured against the float graph on calibration data, the "
+        "largest int8 error back to float first (tasks without a calibration check keep them float); default: "
+        "the target's (auto on cpu)"))
     # NOTE: minmax only: the other calibrators failed on the fused BERT graph (docs/decisions/0044-...).
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")
@@ -109,6 +115,10 @@ class QuantizeConfig(PassConfig):
                                                        or self.mode != "dynamic"):
             raise ValueError("float_weight_storage applies to int8 with mode: dynamic (static graphs keep their "
                              "QDQ pairs; weights_only stores every weight in low bits already)")
+        if self.attention_int8 not in (None, False) and (self.precision != "int8" or self.weights_only
+                                                          or self.mode != "dynamic"):
+            raise ValueError("attention_int8 applies to int8 with mode: dynamic (QAttention quantises its input "
+                             "on the fly)")
         if self.precision == "int4" and not self.weights_only:
             raise ValueError("precision int4 quantises weights only: add weights_only: true")
         if self.weights_only and self.mode == "static":

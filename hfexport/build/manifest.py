@@ -173,18 +173,23 @@ def _session(profile, records) -> dict:
     return session
 
 
+def model_info(source, tokenizer, records=()) -> ModelInfo:
+    """The manifest's `model` section: what the runtime (and a task's comparable) needs to read outputs."""
+    spec = get_task(source.task)
+    fields = spec.manifest_fields(source.config, tokenizer, source.pooling)
+    if records and hasattr(spec, "recorded_fields"):  # values a pass read from the weights (logit_scale)
+        fields.update(spec.recorded_fields(records))
+    typed = {k: v for k, v in fields.items() if k in ModelInfo.model_fields}
+    return ModelInfo(id=source.model_id, revision=source.revision, task=source.task, model_type=source.model_type,
+                     max_length=source.max_length, **typed,
+                     task_fields={k: v for k, v in fields.items() if k not in typed})
+
+
 def manifest_body(source, profile, recipe, records, artifact, model_files, tokenizer, precision) -> dict:
     """Every section but the header and the file table, typed (write_manifest adds those and validates
     the whole); `validation` is added once the bundle has been validated."""
-    spec = get_task(source.task)
-    fields = spec.manifest_fields(source.config, tokenizer, source.pooling)
-    if hasattr(spec, "recorded_fields"):  # values a pass read from the weights (a dual encoder's logit_scale)
-        fields.update(spec.recorded_fields(records))
-    typed = {k: v for k, v in fields.items() if k in ModelInfo.model_fields}
     return {
-        "model": ModelInfo(id=source.model_id, revision=source.revision, task=source.task,
-                           model_type=source.model_type, max_length=source.max_length, **typed,
-                           task_fields={k: v for k, v in fields.items() if k not in typed}),
+        "model": model_info(source, tokenizer, records),
         "target": TargetInfo(name=profile.name, backend=profile.backend, device=profile.device,
                              execution_providers=profile.execution_providers, isa=profile.effective_isa(),
                              precision=precision, session=_session(profile, records),

@@ -16,4 +16,7 @@ def graph_stats_parts(stats: dict) -> list[str]:
                      f"({stats.get('isa') or stats.get('algorithm')})")
     if stats.get("float_fallback"):
         parts.append(f"{len(stats['float_fallback'])} MatMuls kept in float (largest int8 error)")
+    if isinstance(stats.get("attention_int8"), list):
+        chosen, total = len(stats["attention_int8"]), len(stats["attention_int8"]) + len(stats["attention_float"])
+        parts.append(f"Attention in int8: {chosen} of {total} (measured on calibration text)")
     return parts

@@ -39,6 +39,9 @@ class TaskSpec:
     modality: ClassVar[Literal["text", "image", "audio"]] = "text"
     # Fidelity gates: the defaults, and every metric a recipe may gate this task on.
     default_gates: ClassVar[dict[str, float]] = {}
+    # `comparable` works on one calibration text's outputs alone (no pairs, mask tokens or sequence ids), so a
+    # quantiser can measure its choices with this task's fidelity (attention_int8: auto).
+    calibration_fidelity: ClassVar[bool] = False
     gate_metrics: ClassVar[frozenset[str]] = frozenset()
     # Distillation: the kind of target the student matches and the held-out metric that scores it.
     distill_kind: ClassVar[Literal["embedding", "logits"]] = "logits"

@@ -23,6 +23,7 @@ class FeatureExtraction(TaskSpec):
     outputs = (Output("last_hidden_state", ("batch", "sequence", "hidden")),)
     aliases = ("sentence-similarity", "default")
     architecture_suffixes = ("Model",)
+    calibration_fidelity = True
     default_gates = {"cosine_mean": 0.99, "cosine_min": 0.975}
     gate_metrics = frozenset(default_gates)
     distill_kind = "embedding"

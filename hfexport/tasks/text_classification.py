@@ -15,6 +15,7 @@ class TextClassification(TaskSpec):
     outputs = (Output("logits", ("batch", "labels")),)
     aliases = ("sequence-classification",)
     architecture_suffixes = ("ForSequenceClassification",)
+    calibration_fidelity = True
     default_gates = {"top1_agreement": 0.98}
     gate_metrics = frozenset(default_gates)
 

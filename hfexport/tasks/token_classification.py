@@ -13,6 +13,7 @@ class TokenClassification(TaskSpec):
     outputs = (Output("logits", ("batch", "sequence", "labels")),)
     aliases = ("ner",)
     architecture_suffixes = ("ForTokenClassification",)
+    calibration_fidelity = True
     default_gates = {"token_agreement": 0.98}
     gate_metrics = frozenset(default_gates)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from hfexport.backends._onnx.external import PROTOBUF_LIMIT, graph_bytes
+from hfexport.backends._onnx.int8_attention import FidelityCheck
 from hfexport.errors import ExportError, first_line
 
 
@@ -33,6 +34,8 @@ class Int8Settings:
     symmetric_activations: bool = False  # static mode
     float_fallback: int = 0  # MatMuls kept in float, the largest measured int8 error first (int8_fallback.py)
     float_weight_storage: Literal["fp32", "int8"] = "fp32"  # dynamic mode: stored_int8.py
+    # dynamic mode: fused Attention in int8 too (True), per op_types (False), or where the gates allow (int8_attention.py)
+    attention_int8: Literal["auto"] | bool = False
     precision: Literal["int8"] = "int8"
 
     def describe(self) -> str:
@@ -40,8 +43,9 @@ class Int8Settings:
 
 
 def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[str] = (),
-                  encode: Callable[[str], dict] | None = None) -> dict:
-    """Quantise `source` into `out`; static mode calibrates on `texts`, each turned into feeds by `encode`."""
+                  encode: Callable[[str], dict] | None = None, check: FidelityCheck | None = None) -> dict:
+    """Quantise `source` into `out`; static mode calibrates on `texts`, each turned into feeds by `encode`;
+    `attention_int8: auto` measures its candidates with `check` (without one, Attention stays float)."""
     import onnx
     from onnxruntime.quantization import QuantType
 
@@ -62,13 +66,24 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
             excluded += [name for name, _ in kept]
             stats["float_fallback"] = [[name, round(error, 5)] for name, error in kept]
         if settings.mode == "dynamic":
-            from onnxruntime.quantization import quantize_dynamic
+            op_types = list(settings.op_types)
+            if settings.attention_int8 is True and "Attention" not in op_types:
+                op_types.append("Attention")
 
-            quantize_dynamic(str(source), str(out), op_types_to_quantize=list(settings.op_types),
-                             per_channel=settings.per_channel, reduce_range=settings.reduce_range,
-                             weight_type=types[settings.weight_type],
-                             nodes_to_exclude=excluded, extra_options=extra,
-                             use_external_data_format=graph_bytes(source) > PROTOBUF_LIMIT)
+            def dynamic(path: Path, floated: list[str] = (), ops: list[str] = op_types) -> None:
+                from onnxruntime.quantization import quantize_dynamic
+
+                quantize_dynamic(str(source), str(path), op_types_to_quantize=ops,
+                                 per_channel=settings.per_channel, reduce_range=settings.reduce_range,
+                                 weight_type=types[settings.weight_type],
+                                 nodes_to_exclude=excluded + list(floated), extra_options=extra,
+                                 use_external_data_format=graph_bytes(source) > PROTOBUF_LIMIT)
+
+            if settings.attention_int8 == "auto" and "Attention" not in op_types:
+                stats.update(_auto_attention(settings, source, out, texts, encode, check, excluded, dynamic,
+                                             op_types))
+            else:
+                dynamic(out)
         else:
             used = list(texts)[: settings.calibration_samples]
             _static(settings, source, out, _Reader(used, encode), types, extra, excluded)
@@ -84,6 +99,27 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
     graph = onnx.load(str(out), load_external_data=False).graph
     quantized_ops = sum(1 for n in graph.node if n.op_type in _INT8_OPS)
     return {"nodes": len(graph.node), "quantized_nodes": quantized_ops, **stats}
+
+
+def _auto_attention(settings: Int8Settings, source: Path, out: Path, texts, encode, check, excluded: list[str],
+                    dynamic, op_types: list[str]) -> dict:
+    """`attention_int8: auto`: every Attention in int8 that the measured gates allow (int8_attention.py)."""
+    from hfexport.backends._onnx.int8_attention import attention_nodes, choose
+
+    candidates = [name for name in attention_nodes(source) if name not in excluded]
+    if not candidates:
+        dynamic(out)
+        return {}
+    if check is None:  # nothing to measure with (a task without calibration fidelity): float, as before
+        dynamic(out)
+        return {"attention_int8": "not measured for this task: kept float"}
+    from hfexport.backends._onnx.int8_fallback import rank_matmuls
+
+    ranked = rank_matmuls(source, texts, encode, per_channel=settings.per_channel,
+                          reduce_range=settings.reduce_range, op_types=("Attention",))
+    ranked = [(name, error) for name, error in ranked if name in candidates]
+    with_attention = [*op_types, "Attention"]
+    return choose(source, out, lambda path, floated: dynamic(path, floated, with_attention), check, ranked)
 
 
 class _Reader:

@@ -26,8 +26,10 @@ _ITEMS = 32
 
 
 def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict], *, per_channel: bool,
-                 reduce_range: bool) -> list[tuple[str, float]]:
-    """(node name, mean relative int8 error) of every MatMul with a constant weight, largest error first."""
+                 reduce_range: bool, op_types: tuple[str, ...] = ("MatMul",)) -> list[tuple[str, float]]:
+    """(node name, mean relative int8 error) of every MatMul with a constant weight, largest error first.
+    `op_types` ("Attention") ranks fused Attention nodes by their Q/K/V projection (input 0 times weight 1),
+    the product QAttention computes in int8."""
     import onnx
     import onnxruntime as ort
 
@@ -35,7 +37,7 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
 
     model = onnx.load(str(source), load_external_data=False)
     weights = {init.name: init for init in model.graph.initializer}
-    nodes = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    nodes = [n for n in model.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in weights]
     if not nodes:
         return []
     known = {o.name for o in model.graph.output}
