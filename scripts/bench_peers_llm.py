@@ -42,7 +42,8 @@ paired so that drift in the machine's speed cancels (timed in separate blocks, o
 The table gives medians over processes and their range.
 
 `--paired` adds a second table: each hfexport side against its peer on the same runtime library (PAIRS: cpu
-fp32 and int4 against onnxruntime-genai's, openvino int4 against openvino-genai's), both in one process of the
+fp32 and int4 against onnxruntime-genai's, openvino int4 (f32, and bf16 as openvino-genai computes on a bf16 CPU)
+against openvino-genai's), both in one process of the
 peer's environment with hfexport on PYTHONPATH (one onnxruntime or OpenVINO build for both), --paired-runs rounds
 each, alternating and flipping the order each round; the ratio is the median of the per-round decode ratios. On
 this 2-core VM the same engine varied up to 1.5x between fresh processes (onnxruntime-genai int4 at 2 threads:
@@ -118,6 +119,11 @@ SIDES = {s.name: s for s in [
          "hfexport build --target openvino --recipe llm-int4"),
     Side("hfexport openvino llm-fp32", None, "hfexport", "hfexport-openvino-llm-fp32",
          "hfexport build --target openvino --recipe llm-fp32"),
+    # The llm-int4 bundle run in bf16, as openvino-genai runs by default on a CPU with bf16 (the target asks for
+    # f32 so a bundle computes alike on every CPU): the same compute precision on both sides of the pair.
+    Side("hfexport openvino llm-int4 bf16", None, "hfexport-bf16", "hfexport-openvino-llm-int4",
+         "hfexport build --target openvino --recipe llm-int4; load(..., session_overrides={'openvino': "
+         "{'inference_precision': 'bf16'}})"),
     Side("onnxruntime-genai fp32", "onnxruntime-genai", "ortgenai", "ortgenai-fp32",
          "python -m onnxruntime_genai.models.builder -i MODEL -o OUT -p fp32 -e cpu"),
     Side("onnxruntime-genai int4", "onnxruntime-genai", "ortgenai", "ortgenai-int4",
@@ -134,7 +140,7 @@ SIDES = {s.name: s for s in [
 # --paired: hfexport's side and the peer on the same runtime library, timed in one process (the peer's environment,
 # hfexport on PYTHONPATH: one onnxruntime or OpenVINO for both), whole rounds alternating.
 PAIRS = [("hfexport cpu llm-fp32", "onnxruntime-genai fp32"), ("hfexport cpu llm-int4", "onnxruntime-genai int4"),
-         ("hfexport openvino llm-int4", "openvino-genai int4")]
+         ("hfexport openvino llm-int4", "openvino-genai int4"), ("hfexport openvino llm-int4 bf16", "openvino-genai int4")]
 
 # Run in the llama-cpp environment: argv = llama.cpp source folder, model folder, output GGUF (f32).
 _GGUF_CONVERT = r'''
@@ -330,7 +336,7 @@ def _build_peer(args, side: Side, python: Path, model: Path) -> None:
 
 
 def _size_mb(side: Side, path: Path) -> float:
-    if side.kind == "hfexport":
+    if side.kind.startswith("hfexport"):
         files = [path / f for f in json.loads((path / "manifest.json").read_text())["model_files"]]
     elif side.kind == "ortgenai":
         files = list(path.glob("model.onnx*"))
@@ -385,12 +391,12 @@ def main(argv=None) -> int:
     interpreters: dict[str, str] = {}
     for name in args.sides:
         side, out = SIDES[name], args.work / SIDES[name].artifact
-        done = (out / "manifest.json").is_file() if side.kind == "hfexport" else out.exists()
+        done = (out / "manifest.json").is_file() if side.kind.startswith("hfexport") else out.exists()
         if side.peer is None:
             interpreters[name] = sys.executable
             if not done:
                 print(f"building {name} ...", file=sys.stderr)
-                target, recipe = name.split()[1:]
+                target, recipe = name.split()[1:3]
                 with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout stays the table
                     build(str(model), target=target, recipe=recipe, output=out, gates=False, validation="quick",
                           progress=Progress("quiet"), force=True)
@@ -497,10 +503,13 @@ last = lambda logits: int(np.asarray(logits, dtype=np.float32).reshape(-1, np.sh
 
 def make(kind, path):
     """(generate, Stepper or None, the generate-only runner or None) of one engine."""
-    if kind == "hfexport":
+    if kind in ("hfexport", "hfexport-bf16"):
         from hfexport.runtime import load
         onnx = any(Path(path).glob("*.onnx"))
-        generator = load(path, threads=threads, session_overrides={"allow_spinning": False} if onnx else None)
+        overrides = {"allow_spinning": False} if onnx else None
+        if kind == "hfexport-bf16":
+            overrides = {"openvino": {"inference_precision": "bf16"}}
+        generator = load(path, threads=threads, session_overrides=overrides)
         decoder = generator.decoder
 
         def generate(prompt, n):
