@@ -131,6 +131,24 @@ def test_report_json_round_trips_through_schema(built_bundle):
         assert stage.latency and stage.latency.runs == 5 and stage.throughput_per_s > 0
         assert stage.peak_rss_mb and stage.peak_rss_mb > 10
     assert report.host.isas and report.host.versions["onnxruntime"]
+    # the bundle once more one input at a time (evaluation batch 4): dynamic int8 ranges depend on the batch
+    bundle_stage = report.stages[-1]
+    assert set(bundle_stage.fidelity_batch1) == set(bundle_stage.fidelity)
+    assert not any(s.fidelity_batch1 for s in report.stages[:-1])
+    assert any("batch 1" in note for note in bundle_stage.notes)
+    for metric in ("cosine_mean", "cosine_min"):
+        assert report.summary[metric] == min(bundle_stage.fidelity[metric], bundle_stage.fidelity_batch1[metric])
+
+
+def test_gates_judge_the_worse_of_the_evaluation_batch_and_batch_1():
+    from hfexport.validation.metrics import check_gates, worst_fidelity
+
+    batched = {"cosine_mean": 0.995, "cosine_min": 0.980, "similarity_spearman": 0.99}
+    alone = {"cosine_mean": 0.996, "cosine_min": 0.970, "similarity_spearman": 0.50}
+    judged = worst_fidelity("feature-extraction", batched, alone)
+    assert judged == {"cosine_mean": 0.995, "cosine_min": 0.970, "similarity_spearman": 0.99}  # not gated: as is
+    assert [g.passed for g in check_gates("feature-extraction", {}, judged)] == [True, False]
+    assert worst_fidelity("feature-extraction", batched, {}) == batched  # batch 1 evaluation: nothing to add
 
 
 def test_validate_moved_bundle_writes_fresh_report(built_bundle, tmp_path):

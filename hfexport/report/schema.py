@@ -30,6 +30,9 @@ class StageMetrics(_Model):
     latency: Latency | None = None  # batch 1, text in -> result out, tokenisation included
     throughput_per_s: float | None = None  # texts per second at the evaluation batch size
     fidelity: dict[str, float] = Field(default_factory=dict)  # metric -> value, vs the pytorch reference
+    # The final bundle's fidelity with every input run on its own, when the evaluation batch is larger: dynamic
+    # int8 quantises a whole batch over one range, so the batch changes the numbers; gates judge the worse.
+    fidelity_batch1: dict[str, float] = Field(default_factory=dict)
     # Task metrics on labelled evaluation data (accuracy, F1, Spearman, exact match), when labels were given.
     task_metrics: dict[str, float] = Field(default_factory=dict)
     peak_rss_mb: float | None = None

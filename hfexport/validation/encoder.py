@@ -153,10 +153,13 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     images = getattr(spec, "modality", "text") != "text"  # images or audio clips
     unit = {"image": "images", "audio": "audio clips"}.get(spec.modality, "texts")
     progress.info(f"fidelity on {len(inputs)} held-out {unit}")
-    tick = progress.ticker("fidelity", len(inputs) * (1 + len(candidates)), unit)
+    alone = batch > 1 and bool(candidates)  # the bundle once more, one input at a time
+    tick = progress.ticker("fidelity", len(inputs) * (1 + len(candidates) + alone), unit)
     ref_values = batched(tick.counting(reference), inputs, batch)
     fid = {c.name: spec.fidelity(ref_values, batched(tick.counting(c.runner.comparable), inputs, batch))
            for c in candidates}
+    fid_alone = spec.fidelity(ref_values, batched(tick.counting(candidates[-1].runner.comparable), inputs, 1)) \
+        if alone else {}
 
     if images:  # one image: its size does not matter, the processor resizes every image alike
         progress.info(f"latency: batch 1 x one image, {settings.latency_runs} runs each")
@@ -185,6 +188,11 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     stages += [StageMetrics(name=c.name, kind=c.kind, size_bytes=c.size_bytes, pass_seconds=c.pass_seconds,
                             latency=latency_of(latency[c.name]), throughput_per_s=per_s[c.name], fidelity=fid[c.name],
                             notes=list(c.notes)) for c in candidates]
+    if fid_alone:
+        stages[-1].fidelity_batch1 = fid_alone
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in fid_alone.items())
+        stages[-1].notes.append(f"fidelity with each input alone (batch 1): {shown}; the gates judge the worse of "
+                                f"batch 1 and batch {batch}")
     if eval_set.labels:
         labelled = eval_set.labelled_inputs
         progress.info(f"task metrics on {len(eval_set.labels)} labelled examples")
