@@ -156,7 +156,7 @@ def _fidelity_check(ctx: BuildContext, names):
         sets=text_sets(ctx.calibration_texts, encode_batch, ctx.recipe.evaluation.batch_size),
         comparable=lambda outputs, feeds: spec.comparable(outputs, feeds.get("attention_mask"),
                                                           feeds.get("input_ids"), None, meta),
-        fidelity=spec.fidelity, thresholds=spec.thresholds(ctx.recipe.gates.model_dump()))
+        fidelity=spec.fidelity, thresholds=spec.thresholds(ctx.recipe.gates.model_dump()), note=ctx.progress.info)
 
 
 def _dual_encoder(ctx: BuildContext) -> bool:

@@ -19,6 +19,7 @@ class AutomaticSpeechRecognition(TaskSpec):
     architecture_suffixes = ("ForCTC",)
     modality = "audio"
     # NOTE: measured on tiny random-init wav2vec2 / HuBERT at int8 (docs/decisions/0141-speech-recognition.md).
+    padded_comparable = True  # frame logits: a batch pads every clip to its longest
     default_gates = {"ctc_token_agreement": 0.90}
     gate_metrics = frozenset({"ctc_token_agreement", "frame_top1_agreement"})
 

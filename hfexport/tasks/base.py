@@ -42,6 +42,9 @@ class TaskSpec:
     # `comparable` works on one calibration text's outputs alone (no pairs, mask tokens or sequence ids), so a
     # quantiser can measure its choices with this task's fidelity (attention_int8: auto).
     calibration_fidelity: ClassVar[bool] = False
+    # `comparable` depends on the padded batch (speech frames): validation then compares batches as they are and
+    # does not run the bundle a second time one input at a time.
+    padded_comparable: ClassVar[bool] = False
     gate_metrics: ClassVar[frozenset[str]] = frozenset()
     # Distillation: the kind of target the student matches and the held-out metric that scores it.
     distill_kind: ClassVar[Literal["embedding", "logits"]] = "logits"

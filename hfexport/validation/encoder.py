@@ -153,7 +153,7 @@ def evaluate(reference: TorchRunner, candidates: list, eval_set: EvalSet, judgin
     images = getattr(spec, "modality", "text") != "text"  # images or audio clips
     unit = {"image": "images", "audio": "audio clips"}.get(spec.modality, "texts")
     progress.info(f"fidelity on {len(inputs)} held-out {unit}")
-    alone = batch > 1 and bool(candidates)  # the bundle once more, one input at a time
+    alone = batch > 1 and bool(candidates) and not spec.padded_comparable  # the bundle again, one input at a time
     tick = progress.ticker("fidelity", len(inputs) * (1 + len(candidates) + alone), unit)
     ref_values = batched(tick.counting(reference), inputs, batch)
     fid = {c.name: spec.fidelity(ref_values, batched(tick.counting(c.runner.comparable), inputs, batch))

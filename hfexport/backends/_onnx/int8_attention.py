@@ -40,6 +40,7 @@ class FidelityCheck:
     comparable: Callable[[dict, dict], Any]  # (graph outputs by name, the feeds) -> what fidelity compares
     fidelity: Callable[[list, list], dict[str, float]]  # (reference, candidate) -> metrics
     thresholds: dict[str, float]  # the gates the build is judged by
+    note: Callable[[str], None] = lambda _message: None  # the build's progress line, one per measured candidate
     _reference: list | None = field(default=None, repr=False)
 
     def measure(self, graph: Path, reference: Path) -> tuple[bool, dict[str, float]]:
@@ -105,6 +106,9 @@ def choose(source: Path, out: Path, quantize: Callable[[Path, list[str]], None],
             quantize(candidate, floated)
             passed, metrics = check.measure(candidate, source)
             trials.append({"attention_float": len(floated), "passed": passed, **metrics})
+            measured = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            check.note(f"Attention in int8: {len(order) - count} of {len(order)}: {measured} on calibration text "
+                       f"({'holds the gates' if passed else 'short of the gates'})")
             if passed:  # written again at `out` (a graph past 2 GB names its external data file after itself)
                 quantize(out, floated)
                 break
