@@ -10,8 +10,9 @@ transformers versions than hfexport), builds its best artifact from the same loc
 side is timed in fresh processes, alternating sides, --processes per side and thread count: text in, sentence
 vector out (tokenisation included), batch 1 (one ~128-token text, median of --runs calls after warm-up) and
 batch 32. Fidelity is measured the same way for all: cosine of each side's vectors to PyTorch fp32's (mean
-pooling, L2-normalised, as sentence-transformers does) on the 128 shipped held-out texts. Check `uptime`
-first: a busy machine changes every number.
+pooling, L2-normalised, as sentence-transformers does) on the 128 shipped held-out texts, embedded in batches of
+32 and again one text at a time (dynamic int8 quantises a batch over one range, so the batch moves the numbers).
+Check `uptime` first: a busy machine changes every number.
 
 What each side is given (--targets picks the rows):
 - cpu (ONNX Runtime): hfexport `--target cpu` bundles (--recipes), loaded with hfexport.runtime.load, ONNX
@@ -199,6 +200,7 @@ if "+" not in kind:
     embed = make(kind, path)
     held_out = spec["held_out"]
     np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
+    np.save(vectors_out[:-len(".npy")] + "-b1.npy", np.concatenate([embed([text]) for text in held_out]))
     print(json.dumps({"b1_ms": timed(embed, one, runs, 10), "b32_ms": timed(embed, many, max(3, runs // 20), 1)}))
 else:  # --paired: the engines in this one process; rounds of (15 batch-1 calls, one batch of 32) alternating
     engines = [make(k, p) for k, p in zip(kind.split("+"), path.split("+"))]
@@ -371,9 +373,11 @@ def main(argv=None) -> int:
                 if done.returncode:
                     sys.exit(f"{name}: the timer failed ({kind} {artifact}):\n{done.stderr[-2000:]}")
                 times.setdefault((name, threads), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
-                if name not in fidelity:
+                if name not in fidelity:  # in batches of 32 and one text at a time: int8 ranges follow the batch
                     cos = (np.load(vectors) * reference).sum(1)
-                    fidelity[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())}
+                    alone = (np.load(vectors.with_name(vectors.stem + "-b1.npy")) * reference).sum(1)
+                    fidelity[name] = {"cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                                      "cosine_mean_b1": float(alone.mean()), "cosine_min_b1": float(alone.min())}
     paired = _paired(args, sides, work) if _pairs(args) else []
     rows = []
     for name, (_, kind, artifact) in sides.items():
@@ -423,12 +427,14 @@ def markdown(result: dict) -> str:
     lines = [f"load average {result['load_before']:.2f} before, {result['load_after']:.2f} after; ISA preset "
              f"{result['isa_preset']}; medians of {result['processes']} processes (range); {result['wall_s']} s "
              "in all (builds included)\n",
-             "| side | threads | b1 ms | b32 texts/s | cosine mean / min vs PyTorch | size MB |",
-             "|---|---|---|---|---|---|"]
+             "| side | threads | b1 ms | b32 texts/s | cosine mean / min vs PyTorch, batches of 32 | one text at a "
+             "time | size MB |",
+             "|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
+        alone = f"{r['cosine_mean_b1']:.4f} / {r['cosine_min_b1']:.4f}" if "cosine_min_b1" in r else "-"
         lines.append(f"| {r['side']} | {r['threads']} | {r['b1_ms']:.2f} ({r['b1_range'][0]:.2f}-"
                      f"{r['b1_range'][1]:.2f}) | {r['b32_texts_per_s']:.0f} ({r['b32_range'][0]:.0f}-"
-                     f"{r['b32_range'][1]:.0f}) | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | "
+                     f"{r['b32_range'][1]:.0f}) | {r['cosine_mean']:.4f} / {r['cosine_min']:.4f} | {alone} | "
                      f"{r['size_mb']:.1f} |")
     if result.get("paired"):
         lines += ["", f"Same process, alternating ({result['paired'][0]['rounds']} rounds each; the peer's environment "
