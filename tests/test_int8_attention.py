@@ -70,3 +70,12 @@ def test_attention_int8_is_refused_where_it_has_no_meaning():
     with pytest.raises(ValueError, match="attention_int8 applies to int8 with mode: dynamic"):
         QuantizeConfig(precision="int4", weights_only=True, attention_int8="auto")
     assert QuantizeConfig(precision="int8", mode="static", attention_int8=False).attention_int8 is False
+
+
+@pytest.mark.parametrize(("task", "gates"), [("text-classification", {"top1_agreement": 0.0}),
+                                             ("token-classification", {"token_agreement": 0.0})])
+def test_auto_measures_classifiers_with_their_own_agreement(built_bundle, task, gates):
+    stats = _quantize_stats(built_bundle("bert", task, passes=_int8(attention_int8="auto"), gates=gates))
+    metric = next(iter(gates))
+    assert stats["attention_float"] == [] and len(stats["attention_int8"]) >= 2
+    assert stats["attention_trials"][0]["passed"] and 0.0 <= stats["attention_trials"][0][metric] <= 1.0
