@@ -97,10 +97,17 @@ def text_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
         return image_encoder(ctx, names)
     if ctx.modality == "audio":
         return audio_encoder(ctx, names)
+    encode_batch = texts_encoder(ctx, names)
+    return lambda text: encode_batch([text])
+
+
+def texts_encoder(ctx: BuildContext, names: list[str] | tuple[str, ...]):
+    """Texts -> one feed dict, padded to the longest as the runtime pads a batch (a text's own length alone)."""
     max_length = ctx.source.max_length
 
-    def encode(text: str) -> dict:  # the tokenizer loads at the first text: dynamic int8 calibrates on none
-        encoded = ctx.hf_tokenizer()([text], truncation=True, max_length=max_length, return_tensors="np")
+    def encode(texts: list[str]) -> dict:  # the tokenizer loads at the first text: dynamic int8 calibrates on none
+        encoded = ctx.hf_tokenizer()(texts, padding=True, truncation=True, max_length=max_length,
+                                     return_tensors="np")
         return {n: encoded[n].astype("int64") for n in names}
 
     return encode

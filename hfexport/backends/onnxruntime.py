@@ -25,7 +25,7 @@ from hfexport.backends._onnx.fusions import fuse
 from hfexport.backends._onnx.int4_search import SearchSettings
 from hfexport.backends._onnx.int8 import Int8Settings, quantize_int8
 from hfexport.backends._onnx.weight_only import WeightOnlySettings, quantize_weights_only
-from hfexport.backends.base import Backend, search_windows, text_encoder
+from hfexport.backends.base import Backend, search_windows, text_encoder, texts_encoder
 from hfexport.backends.options import OptimizeConfig, QuantizeConfig
 from hfexport.context import BuildContext, PlanContext
 from hfexport.errors import PlanError
@@ -144,16 +144,9 @@ def _fidelity_check(ctx: BuildContext, names):
     spec = get_task(ctx.source.task)
     if not spec.calibration_fidelity or ctx.modality != "text":
         return None
-    tokenizer = ctx.hf_tokenizer()
-    meta = model_info(ctx.source, tokenizer)
-
-    def encode_batch(texts: list[str]) -> dict:
-        encoded = tokenizer(texts, padding=True, truncation=True, max_length=ctx.source.max_length,
-                            return_tensors="np")
-        return {n: encoded[n].astype("int64") for n in names if n in encoded}
-
+    meta = model_info(ctx.source, ctx.hf_tokenizer())
     return FidelityCheck(
-        sets=text_sets(ctx.calibration_texts, encode_batch, ctx.recipe.evaluation.batch_size),
+        sets=text_sets(ctx.calibration_texts, texts_encoder(ctx, names), ctx.recipe.evaluation.batch_size),
         comparable=lambda outputs, feeds: spec.comparable(outputs, feeds.get("attention_mask"),
                                                           feeds.get("input_ids"), None, meta),
         fidelity=spec.fidelity, thresholds=spec.thresholds(ctx.recipe.gates.model_dump()), note=ctx.progress.info)

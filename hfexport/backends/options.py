@@ -76,7 +76,7 @@ class QuantizeConfig(PassConfig):
         "int8, mode dynamic, onnxruntime: the fused Attention's Q/K/V projection in int8 too (QAttention); auto = "
         "every Attention the recipe's gates allow, measured against the float graph on calibration data, the "
         "largest int8 error back to float first (tasks without a calibration check keep them float); default: "
-        "the target's (auto on cpu)"))
+        "the target's (false on cpu)"))
     # NOTE: minmax only: the other calibrators failed on the fused BERT graph (docs/decisions/0044-...).
     calibration_method: Literal["minmax"] = "minmax"
     calibration_samples: int = Field(100, ge=1, description="static mode: calibration texts used")

@@ -5,8 +5,8 @@ in float. Quantising it too (QAttention: the layer's input as uint8, the packed 
 runs all-MiniLM-L6-v2 1.2-1.3x faster than MatMul-only int8 on an AVX512-VNNI host, and costs fidelity that
 differs per model. So the choice is measured, not assumed: every Attention goes to int8, the build's own fidelity
 metrics (the task's, against the float graph, on calibration items) are checked against the recipe's gates, and
-while they fail the Attention with the largest measured int8 error (int8_fallback.rank_matmuls) returns to
-float. The held-out evaluation stays untouched: the validation gates judge the result as they judge any build.
+if they fail, the half with the largest measured int8 error (int8_fallback.rank_matmuls) returns to float, then
+all of it. The held-out evaluation stays untouched: the validation gates judge the result as they judge any build.
 
 NOTE: docs/decisions/0194-attention-int8-search.md has the measurements.
 """
@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hfexport.backends._onnx.external import PROTOBUF_LIMIT, graph_bytes
 
 # Calibration texts the check runs through both graphs, once one by one and once in padded batches.
 ITEMS = 256
@@ -109,8 +111,11 @@ def choose(source: Path, out: Path, quantize: Callable[[Path, list[str]], None],
             measured = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
             check.note(f"Attention in int8: {len(order) - count} of {len(order)}: {measured} on calibration text "
                        f"({'holds the gates' if passed else 'short of the gates'})")
-            if passed:  # written again at `out` (a graph past 2 GB names its external data file after itself)
-                quantize(out, floated)
+            if passed:
+                if graph_bytes(source) > PROTOBUF_LIMIT:  # its external data file is named after the graph
+                    quantize(out, floated)
+                else:
+                    candidate.replace(out)
                 break
     int8 = [name for name in order if name not in floated]
     return {"attention_int8": int8, "attention_float": floated, "attention_trials": trials}
