@@ -108,6 +108,15 @@ def test_cuda_bundle_holds_an_fp16_graph_with_fp32_inputs_and_outputs(cuda_bundl
     assert (target.name, target.precision, target.runtime_packages) == ("cuda", "fp16", ["onnxruntime-gpu"])
 
 
+def test_cuda_bundle_keeps_skip_layer_norm_fused(cuda_bundle):
+    import onnx
+
+    out, result = cuda_bundle  # the cpu-only rewrite (skip_layer_norm.py) does not reach a cuda graph
+    assert "SkipLayerNormalization" in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    assert "disabled_optimizers" not in result.manifest.target.session or not \
+        result.manifest.target.session["disabled_optimizers"]
+
+
 def test_cuda_bundle_is_validated_and_says_where_it_ran(cuda_bundle):
     out, result = cuda_bundle
     report = json.loads((out / "report" / "report.json").read_text())

@@ -159,17 +159,22 @@ def _session(profile, records) -> dict:
     """The target's session options, plus the config entries a pass recorded for its graph (any graph of it)."""
     session = profile.session_options()
 
-    def found(stats) -> dict:
+    def found(stats, key: str) -> dict:
         if not isinstance(stats, dict):
             return {}
-        entries = dict(stats.get("session_config_entries") or {})
+        entries = dict.fromkeys(stats[key], "") if key == "session_disabled_optimizers" and key in stats else (
+            dict(stats.get(key) or {}))
         for value in stats.values():
-            entries.update(found(value))
+            entries.update(found(value, key))
         return entries
 
-    entries = {k: v for record in records for k, v in found(record["stats"]).items()}
+    entries = {k: v for record in records for k, v in found(record["stats"], "session_config_entries").items()}
     if entries:
         session["config_entries"] = {**session.get("config_entries", {}), **entries}
+    # ONNX Runtime rewrites a pass undid on purpose (skip_layer_norm.py), kept off when the session loads
+    disabled = [k for record in records for k in found(record["stats"], "session_disabled_optimizers")]
+    if disabled:
+        session["disabled_optimizers"] = sorted({*session.get("disabled_optimizers", []), *disabled})
     return session
 
 

@@ -1,7 +1,8 @@
 """Graph optimisation with ONNX Runtime's transformer fusions (onnxruntime.transformers.optimizer).
 
 The fused operators (Attention, SkipLayerNormalization, BiasGelu, ...) are ONNX Runtime contrib ops:
-the result runs on ONNX Runtime only, which is what the onnxruntime targets deploy.
+the result runs on ONNX Runtime only, which is what the onnxruntime targets deploy. For the CPU provider the
+residual LayerNorm is written back as standard ops (skip_layer_norm.py: faster there).
 """
 
 from __future__ import annotations
@@ -46,11 +47,19 @@ def fuse(artifact: OnnxModel, out: Path, *, hf_model_type: str, hf_config: dict,
     except Exception as exc:
         raise ExportError(f"ONNX Runtime optimisation failed: {first_line(exc)}") from exc
     fused = {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+    extra = {}
+    if not use_gpu:  # the CPU provider's SkipLayerNormalization is slower than the ops it fuses (0195)
+        from hfexport.backends._onnx.skip_layer_norm import FUSION, unfuse_skip_layer_norm
+
+        unfused = unfuse_skip_layer_norm(optimized.model)
+        if unfused:
+            fused.pop("SkipLayerNormalization", None)
+            extra = {"skip_layer_norm_unfused": unfused, "session_disabled_optimizers": [FUSION]}
     # Past 2 GB the fused graph keeps its weights in one sidecar, `model.onnx.data`, as the export's.
     optimized.save_model_to_file(str(out), use_external_data_format=graph_bytes(artifact.path) > PROTOBUF_LIMIT)
     return OnnxModel(out, artifact.inputs, artifact.outputs,
                      stats={"nodes_before": artifact.stats.get("nodes"), "nodes": _count_nodes(out),
-                            "fused_operators": fused, "fusion_model_type": model_type})
+                            "fused_operators": fused, "fusion_model_type": model_type, **extra})
 
 
 def _count_nodes(path) -> int:

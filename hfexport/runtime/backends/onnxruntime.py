@@ -106,7 +106,8 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
     # NOTE: external-data locations are checked here, before ONNX Runtime opens any file they name.
     check_external_data(Path(model_path))
     try:
-        opened = ort.InferenceSession(str(model_path), options, providers=usable)
+        opened = ort.InferenceSession(str(model_path), options, providers=usable,
+                                      disabled_optimizers=session.get("disabled_optimizers") or None)
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidProtobuf/RuntimeException types
         first = first_line(exc)
         raise BundleIntegrityError(f"{model_path}: ONNX Runtime cannot open the model ({first}); the file is "
@@ -127,6 +128,9 @@ def _check_session(model_path: Path, session: dict) -> None:
     entries = session.get("config_entries", {})
     if not isinstance(entries, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in entries.items()):
         raise BundleIntegrityError(f"{where}.config_entries should map strings to strings, got {entries!r}")
+    disabled = session.get("disabled_optimizers", [])
+    if not isinstance(disabled, list) or not all(isinstance(name, str) for name in disabled):
+        raise BundleIntegrityError(f"{where}.disabled_optimizers should be a list of names, got {disabled!r}")
     level = session.get("graph_optimization_level", "all")
     if level not in _LEVELS:
         raise BundleIntegrityError(f"{where}.graph_optimization_level should be one of {', '.join(_LEVELS)}, "
