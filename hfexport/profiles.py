@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 from functools import reduce
 from pathlib import Path
-from typing import Annotated, Any, Literal, NamedTuple
+from typing import Annotated, Any, ClassVar, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -40,6 +40,9 @@ class SessionOptions(_Strict):
     # ONNX Runtime's session config entries (SessionOptions.add_session_config_entry); a build adds the ones its
     # graph needs (float weights stored in int8: session.disable_quant_qdq).
     config_entries: dict[str, str] = Field(default_factory=dict)
+    # ONNX Runtime graph transformers the session must not run (InferenceSession's disabled_optimizers); a build
+    # adds the ones that would undo its graph (cpu: SkipLayerNormFusion, docs/decisions/0195-...).
+    disabled_optimizers: list[str] = Field(default_factory=list)
 
 
 class OpenVINOOptions(_Strict):
@@ -99,6 +102,8 @@ WeightPrecision = Literal["fp32", "int8", "int4"]
 
 
 class _QuantizeSection(_Strict):
+    # int8 defaults that calibrate and so belong to static mode only (dynamic NNCF compresses weights only)
+    _static_only: ClassVar[tuple[str, ...]] = ("smooth_quant_alpha", "calibration_samples")
     int8: BaseModel  # precision int8 on encoder models (weights and activations)
     weights_only: dict  # weights_only on encoder models, per precision
     llm: dict  # weights_only on text-generation (KV-cache) models, per precision
@@ -114,7 +119,7 @@ class _QuantizeSection(_Strict):
         values = self.int8.model_dump(exclude_none=True)
         if explicit.get("mode", values.get("mode", "dynamic")) != "static":
             # The calibration settings belong to static mode only.
-            for name in ("smooth_quant_alpha", "calibration_samples"):
+            for name in self._static_only:
                 values.pop(name, None)
         else:  # and the storage of float weights to dynamic mode (a static graph's QDQ fusions need it off)
             values.pop("float_weight_storage", None)
@@ -128,6 +133,7 @@ class OrtInt8Defaults(_Strict):
     calibration_samples: int | None = Field(None, ge=1)
     float_weight_storage: Literal["fp32", "int8"] | None = None  # mode dynamic
     attention_int8: Literal["auto"] | bool | None = None  # mode dynamic
+    smooth_quant_alpha: float | None = Field(None, ge=0, le=1)  # either mode (smooth.py)
 
 
 class OrtWeightOnlyDefaults(_Strict):
@@ -142,6 +148,7 @@ class OrtWeightOnlyDefaults(_Strict):
 class OnnxRuntimeQuantize(_QuantizeSection):
     """ONNX Runtime's quantisers: int8 QDQ/dynamic (flavoured by `quant_presets`), MatMulNBits, fp16."""
 
+    _static_only: ClassVar[tuple[str, ...]] = ("calibration_samples",)  # smoothing calibrates in both modes
     backend: Literal["onnxruntime"] = Field("onnxruntime", exclude=True)
     int8: OrtInt8Defaults = Field(default_factory=OrtInt8Defaults)
     weights_only: dict[Literal["int8", "int4"], OrtWeightOnlyDefaults] = Field(default_factory=dict)

@@ -239,8 +239,8 @@ def test_openvino_target_uses_its_default_recipe(tiny_model):
      "openvino", "accuracy_level: an ONNX Runtime quantiser option"),
     ([{"type": "export_openvino"}, {"type": "quantize", "weights_only": True, "group_size": 64}], "openvino",
      "group_size: NNCF compresses int8 weights per channel"),
-    ([{"type": "export_onnx"}, {"type": "quantize", "mode": "static", "smooth_quant_alpha": 0.8}], "cpu",
-     "smooth_quant_alpha: an NNCF option"),
+    ([{"type": "export_openvino"}, {"type": "quantize", "mode": "dynamic", "smooth_quant_alpha": 0.8}],
+     "openvino", "smooth_quant_alpha: mode dynamic on openvino compresses weights only"),
     ([{"type": "export_openvino"}, {"type": "quantize", "precision": "int4", "weights_only": True,
                                     "int4_top1_target": 0.9}], "openvino",
      "int4_top1_target measures next-token agreement, so it needs a text-generation model"),
@@ -255,7 +255,7 @@ def test_plan_rejects_what_the_target_cannot_do(tiny_model, specs, target, messa
     ({"group_size": 64}, "group_size applies to weights_only"),
     ({"ratio": 0.5}, "ratio"),
     ({"weights_only": True, "mode": "static"}, "weights_only needs no calibration"),
-    ({"smooth_quant_alpha": 0.8}, "smooth_quant_alpha applies to mode: static"),
+    ({"precision": "int4", "weights_only": True, "smooth_quant_alpha": 0.8}, "smooth_quant_alpha applies to int8"),
 ])
 def test_quantize_config_rejects_impossible_combinations(params, message):
     from hfexport.recipes import PassSpec, pass_config

@@ -141,7 +141,8 @@ def _int8(mode="dynamic", op_types=("MatMul",)):
                              "calibration_method": "minmax", "calibration_samples": 100,
                              "symmetric_activations": False, "float_fallback": 0,
                              "float_weight_storage": "int8" if mode == "dynamic" else "fp32",
-                             "attention_int8": False, "precision": "int8"})
+                             "attention_int8": "auto" if mode == "dynamic" else False, "smooth_quant_alpha": 0.5,
+                             "precision": "int8"})
 
 
 def _matmul_nbits(precision, group, lm_head, embedding, search=None, symmetric=False):
@@ -249,8 +250,8 @@ def test_target_quantize_section_takes_its_backends_options_only(tmp_path):
     text = (list_shipped("targets")[0]).read_text()  # cpu: onnxruntime
     assert text.count("    mode: dynamic") == 1
     wrong = tmp_path / "wrong.yaml"
-    wrong.write_text(text.replace("    mode: dynamic", "    smooth_quant_alpha: 0.8\n    mode: dynamic"))
-    with pytest.raises(ConfigError, match=r"quantize.onnxruntime.int8.smooth_quant_alpha: unknown key"):
+    wrong.write_text(text.replace("    mode: dynamic", "    ratio: 0.8\n    mode: dynamic"))
+    with pytest.raises(ConfigError, match=r"quantize.onnxruntime.int8.ratio: unknown key"):
         load_target(str(wrong))
 
 

@@ -118,7 +118,8 @@ def test_image_classification_builds_validates_and_runs(vision_bundle, family, t
     assert model(Image.fromarray(image)) == by_array
     top = model([image, synthetic_image(8)], top_k=3)
     assert len(top) == 2 and [len(r) for r in top] == [3, 3]
-    assert top[0][0]["label"] == by_array[0]["label"] and top[0][0]["score"] == pytest.approx(by_array[0]["score"], abs=1e-3)
+    # dynamic int8 quantises a batch over one range (decision 0092): a neighbour moves a score slightly
+    assert top[0][0]["label"] == by_array[0]["label"] and top[0][0]["score"] == pytest.approx(by_array[0]["score"], abs=5e-3)
     assert top[0][0]["score"] >= top[0][1]["score"] >= top[0][2]["score"]
 
 

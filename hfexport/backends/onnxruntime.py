@@ -39,7 +39,7 @@ class OnnxRuntimeBackend(Backend):
     artifact = OnnxModel
     quantize_options = frozenset({"per_channel", "reduce_range", "op_types", "calibration_method", "accuracy_level",
                                   "int4_top1_target", "float_fallback", "float_weight_storage", "symmetric_weights",
-                                  "attention_int8"})
+                                  "attention_int8", "smooth_quant_alpha"})
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
         return onnx_export.ExportOnnxGenerationConfig if generative else onnx_export.ExportOnnxConfig
@@ -96,7 +96,7 @@ class OnnxRuntimeBackend(Backend):
             exclude_nodes=excluded, calibration_method=config.calibration_method,
             calibration_samples=config.calibration_samples, symmetric_activations=config.symmetric_activations,
             float_fallback=config.float_fallback, float_weight_storage=config.float_weight_storage or "fp32",
-            attention_int8=config.attention_int8 or False)
+            attention_int8=config.attention_int8 or False, smooth_quant_alpha=config.smooth_quant_alpha or 0.0)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OnnxModel:
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own

@@ -57,6 +57,9 @@ class OpenVINOBackend(Backend):
         return ov_export.export_encoder(config, artifact, ctx, out_dir)
 
     def check_quantize(self, config: QuantizeConfig, plan: PlanContext) -> None:
+        if config.smooth_quant_alpha is not None and config.mode == "dynamic":
+            raise PlanError("smooth_quant_alpha: mode dynamic on openvino compresses weights only (activations "
+                            "stay float); use it with mode: static")
         if config.precision == "fp16":
             raise PlanError(f"precision fp16 converts ONNX graphs; OpenVINO chooses f16 when it compiles "
                             f"(set openvino.inference_precision: f16 in target {plan.target.name!r})")

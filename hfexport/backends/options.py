@@ -53,8 +53,11 @@ class QuantizeConfig(PassConfig):
     # -- openvino (NNCF) ----------------------------------------------------------------------------
     ratio: float = Field(1.0, gt=0, le=1, description="openvino int4: share of layers in int4, the rest int8")
     # NOTE: the openvino target sets 0.8 (docs/decisions/0046-nncf-post-training-settings.md).
+    # NOTE: onnxruntime's is hfexport's own (docs/decisions/0196-smoothquant-for-dynamic-int8.md).
     smooth_quant_alpha: float | None = Field(None, ge=0, le=1, description=(
-        "openvino, mode static: SmoothQuant strength on MatMul; null = NNCF's default, 0 = off"))
+        "SmoothQuant strength on the int8 inputs a LayerNorm makes; openvino, mode static: NNCF's (null = NNCF's "
+        "default, 0 = off); onnxruntime int8: folded into the LayerNorm and the weights that read it, measured "
+        "on calibration text (null or 0 = off; the cpu target sets 0.5)"))
     # -- onnxruntime ----------------------------------------------------------------------------------
     per_channel: bool | None = Field(None, description="default: the target's ISA preset")
     reduce_range: bool | None = Field(None, description="7-bit weights; default: the target's ISA preset")
@@ -127,8 +130,9 @@ class QuantizeConfig(PassConfig):
             raise ValueError("group_size applies to weights_only quantisation")
         if self.precision != "int4" and self.ratio != 1.0:
             raise ValueError("ratio (share of layers in int4) applies to precision int4 only")
-        if self.smooth_quant_alpha is not None and (self.weights_only or self.mode != "static"):
-            raise ValueError("smooth_quant_alpha applies to mode: static (post-training quantisation) only")
+        if self.smooth_quant_alpha is not None and (self.weights_only or self.precision != "int8"):
+            raise ValueError("smooth_quant_alpha applies to int8 activations (precision: int8 without "
+                             "weights_only)")
         if self.symmetric_weights is not None and not self.weights_only:
             raise ValueError("symmetric_weights applies to weights_only quantisation (MatMulNBits)")
         if self.int4_top1_target is not None and (self.precision != "int4" or not self.weights_only):

@@ -36,6 +36,7 @@ class Int8Settings:
     float_weight_storage: Literal["fp32", "int8"] = "fp32"  # dynamic mode: stored_int8.py
     # dynamic mode: fused Attention in int8 too (True), per op_types (False), or where the gates allow (int8_attention.py)
     attention_int8: Literal["auto"] | bool = False
+    smooth_quant_alpha: float = 0.0  # 0 = off; otherwise SmoothQuant on LayerNorm-made inputs first (smooth.py)
     precision: Literal["int8"] = "int8"
 
     def describe(self) -> str:
@@ -56,7 +57,18 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
     stats = {"isa": settings.isa, "per_channel": settings.per_channel, "reduce_range": settings.reduce_range,
              "weight_type": settings.weight_type, "mode": settings.mode}
     excluded = list(settings.exclude_nodes)
+    smoothed = out.with_name(out.stem + ".smoothed.onnx")
     try:
+        if settings.smooth_quant_alpha and texts and encode is not None:
+            if graph_bytes(source) > PROTOBUF_LIMIT:
+                stats["smooth_quant"] = "skipped: the graph is over 2 GB (weights in external data)"
+            else:
+                stats.update(_smooth(settings, source, smoothed, texts, encode))
+                source = smoothed
+                if check is not None and stats.get("smoothed_inputs"):
+                    from hfexport.backends._onnx.int8_attention import SMOOTHED_MIN_MARGIN
+
+                    check.min_margin = SMOOTHED_MIN_MARGIN
         if settings.float_fallback:
             from hfexport.backends._onnx.int8_fallback import rank_matmuls
 
@@ -96,9 +108,30 @@ def quantize_int8(settings: Int8Settings, source: Path, out: Path, texts: list[s
         raise
     except Exception as exc:
         raise ExportError(f"int8 quantisation failed: {first_line(exc)}") from exc
+    finally:
+        smoothed.unlink(missing_ok=True)
     graph = onnx.load(str(out), load_external_data=False).graph
     quantized_ops = sum(1 for n in graph.node if n.op_type in _INT8_OPS)
     return {"nodes": len(graph.node), "quantized_nodes": quantized_ops, **stats}
+
+
+def _smooth(settings: Int8Settings, source: Path, out: Path, texts, encode) -> dict:
+    """SmoothQuant on the inputs of the ops this int8 reaches: MatMul, and fused Attention when it may go int8."""
+    from hfexport.backends._onnx.smooth import smooth_graph
+
+    weighted = [op for op in ("MatMul", "Attention") if op in settings.op_types]
+    if settings.attention_int8 in (True, "auto") and "Attention" not in weighted:
+        weighted.append("Attention")
+    used = list(texts)[:SMOOTH_TEXTS]
+    try:  # a graph fed by another graph (an encoder-decoder's decoder) has no calibration feeds of its own
+        encode(used[0])
+    except (KeyError, ValueError, TypeError) as exc:
+        return {"smooth_quant": f"skipped: no calibration feeds for this graph's inputs ({first_line(exc)})"}
+    return smooth_graph(source, out, lambda: (encode(text) for text in used), settings.smooth_quant_alpha, weighted)
+
+
+# Calibration texts whose channel maxima set the smoothing scales (each run alone through the float graph).
+SMOOTH_TEXTS = 128
 
 
 def _auto_attention(settings: Int8Settings, source: Path, out: Path, texts, encode, check, excluded: list[str],

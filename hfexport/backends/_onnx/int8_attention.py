@@ -30,6 +30,9 @@ ITEMS = 256
 # calibration min over batch sizes 1-32, for the MatMul-only default as for int8 attention. So a gate on a
 # minimum (`*_min`) must hold with this to spare; means and agreements, stable statistics, hold as they are.
 MIN_MARGIN = 0.02
+# After SmoothQuant (smooth.py) the outliers that made that gap are gone: on all-MiniLM-L6-v2 with every Attention
+# in int8 the worst held-out min over batch sizes 1-32 sat 0.0076 under the calibration min (decision 0196).
+SMOOTHED_MIN_MARGIN = 0.01
 
 
 @dataclass
@@ -43,10 +46,11 @@ class FidelityCheck:
     fidelity: Callable[[list, list], dict[str, float]]  # (reference, candidate) -> metrics
     thresholds: dict[str, float]  # the gates the build is judged by
     note: Callable[[str], None] = lambda _message: None  # the build's progress line, one per measured candidate
+    min_margin: float = MIN_MARGIN  # what a gate on a minimum must hold to spare (SMOOTHED_MIN_MARGIN once smoothed)
     _reference: list | None = field(default=None, repr=False)
 
     def measure(self, graph: Path, reference: Path) -> tuple[bool, dict[str, float]]:
-        """(every gate holds in every set, a minimum's with MIN_MARGIN to spare; the worst of each metric)."""
+        """(every gate holds in every set, a minimum's with `min_margin` to spare; the worst of each metric)."""
         if self._reference is None:
             self._reference = self._outputs(reference)
         worst: dict[str, float] = {}
@@ -54,7 +58,7 @@ class FidelityCheck:
             for metric, value in self.fidelity(ref, cand).items():
                 if metric in self.thresholds:
                     worst[metric] = min(worst.get(metric, value), float(value))
-        passed = all(worst.get(m, -np.inf) >= t + (MIN_MARGIN if m.endswith("_min") else 0.0)
+        passed = all(worst.get(m, -np.inf) >= t + (self.min_margin if m.endswith("_min") else 0.0)
                      for m, t in self.thresholds.items())
         return passed, {m: round(v, 5) for m, v in worst.items()}
 
