@@ -199,8 +199,9 @@ one, many = [spec["long_text"]], [spec["long_text"]] * 32
 if "+" not in kind:
     embed = make(kind, path)
     held_out = spec["held_out"]
-    np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
-    np.save(vectors_out[:-len(".npy")] + "-b1.npy", np.concatenate([embed([text]) for text in held_out]))
+    if vectors_out != "-":  # fidelity: once per side (the first process), not in every timing process
+        np.save(vectors_out, np.concatenate([embed(held_out[i:i + 32]) for i in range(0, len(held_out), 32)]))
+        np.save(vectors_out[:-len(".npy")] + "-b1.npy", np.concatenate([embed([text]) for text in held_out]))
     print(json.dumps({"b1_ms": timed(embed, one, runs, 10), "b32_ms": timed(embed, many, max(3, runs // 20), 1)}))
 else:  # --paired: the engines in this one process; rounds of (15 batch-1 calls, one batch of 32) alternating
     engines = [make(k, p) for k, p in zip(kind.split("+"), path.split("+"))]
@@ -368,8 +369,8 @@ def main(argv=None) -> int:
                 python, kind, artifact = sides[name]
                 vectors = work / f"vectors-{name.replace(' ', '-')}.npy"
                 done = subprocess.run([python, str(work / "timer.py"), kind, artifact, str(threads), str(args.runs),
-                                       str(work / "texts.json"), str(vectors)], capture_output=True, text=True,
-                                      cwd=_REPO)
+                                       str(work / "texts.json"), "-" if name in fidelity else str(vectors)],
+                                      capture_output=True, text=True, cwd=_REPO)
                 if done.returncode:
                     sys.exit(f"{name}: the timer failed ({kind} {artifact}):\n{done.stderr[-2000:]}")
                 times.setdefault((name, threads), []).append(json.loads(done.stdout.strip().splitlines()[-1]))
