@@ -146,7 +146,7 @@ def _fidelity_check(ctx: BuildContext, names):
         return None
     meta = model_info(ctx.source, ctx.hf_tokenizer())
     return FidelityCheck(
-        sets=text_sets(ctx.calibration_texts, texts_encoder(ctx, names), ctx.recipe.evaluation.batch_size),
+        sets=lambda: text_sets(ctx.calibration_texts, texts_encoder(ctx, names), ctx.recipe.evaluation.batch_size),
         comparable=lambda outputs, feeds: spec.comparable(outputs, feeds.get("attention_mask"),
                                                           feeds.get("input_ids"), None, meta),
         fidelity=spec.fidelity, thresholds=spec.thresholds(ctx.recipe.gates.model_dump()), note=ctx.progress.info)

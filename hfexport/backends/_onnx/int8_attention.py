@@ -41,7 +41,9 @@ class FidelityCheck:
     feeds grouped in sets (batch 1, and padded batches as validation runs them: dynamic int8 quantises each
     batch over its padding too, so the batch changes the numbers)."""
 
-    sets: list[list[dict]]  # each a list of feed dicts
+    # each a list of feed dicts; or a function that makes them, called at the first measurement (a graph with no
+    # fused Attention is never measured, and its build tokenises nothing for it)
+    sets: list[list[dict]] | Callable[[], list[list[dict]]]
     comparable: Callable[[dict, dict], Any]  # (graph outputs by name, the feeds) -> what fidelity compares
     fidelity: Callable[[list, list], dict[str, float]]  # (reference, candidate) -> metrics
     thresholds: dict[str, float]  # the gates the build is judged by
@@ -71,6 +73,8 @@ class FidelityCheck:
         names = [o.name for o in session.get_outputs()]
         wanted = {i.name for i in session.get_inputs()}
         per_set = []
+        if callable(self.sets):
+            self.sets = self.sets()
         for feeds_list in self.sets:
             values = []
             for feeds in feeds_list:
