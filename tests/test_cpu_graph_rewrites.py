@@ -92,7 +92,7 @@ def test_smoothing_is_exact_in_float_and_balances_inputs_and_weights(built_bundl
     smoothed = onnx.load(str(out))
     weights = {i.name: numpy_helper.to_array(i) for i in smoothed.graph.initializer}
     after = channel_absmax(smoothed, list(targets), fixed)
-    for name, (_, _, _, readers) in targets.items():
+    for name, (_, readers) in targets.items():
         rows = np.max([np.abs(weights[w]).max(axis=1) for _, w in readers], axis=0)
         np.testing.assert_allclose(after[name], rows, rtol=1e-3)
     a, b = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, fixed[1])[0]

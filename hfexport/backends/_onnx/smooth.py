@@ -20,16 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-# The normalisations whose output[0] can absorb a per-channel scale: (op type, gamma input, beta input).
+# The normalisations whose output[0] can absorb a per-channel scale: op type -> (gamma input, beta input).
 _NORMS = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3), "EmbedLayerNormalization": (5, 6)}
-# How far one channel's scale may go either way: bounds a dead channel (max 0) and a degenerate weight row.
+# How far one channel's scale may go either way: bounds a near-dead channel and a degenerate weight row (a channel
+# that never moved on the calibration text keeps scale 1).
 _CLIP = (1e-3, 1e3)
 
 
 def smoothable(model, weighted_ops: Iterable[str]) -> dict[str, tuple]:
-    """{normalisation output: (its node, gamma, beta, [(consumer node, weight name)])} for each float
-    normalisation whose output some MatMul / Attention of `weighted_ops` reads as input 0 with a 2-D constant
-    weight that no other node reads (a gamma or beta that several normalisations share is copied for each)."""
+    """{normalisation output: (its node, [(consumer node, weight name)])} for each normalisation with float
+    gamma and beta whose output some MatMul / Attention of `weighted_ops` reads as input 0 with a 2-D float
+    constant weight that no other node reads."""
     from onnx import TensorProto
 
     graph = model.graph
@@ -58,7 +59,7 @@ def smoothable(model, weighted_ops: Iterable[str]) -> dict[str, tuple]:
                 continue
             weighted.append((user, user.input[1]))
         if weighted:
-            found[node.output[0]] = (node, gamma, beta, weighted)
+            found[node.output[0]] = (node, weighted)
     return found
 
 
@@ -86,7 +87,8 @@ def channel_absmax(model, names: list[str], feeds: Iterable[dict]) -> dict[str, 
 
 def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], alpha: float,
                  weighted_ops: Iterable[str]) -> dict:
-    """Write `source` smoothed at `alpha` to `out` (graphs under 2 GB); returns the pass's stats."""
+    """Write `source` smoothed at `alpha` to `out` (graphs under 2 GB); returns the pass's stats. A gamma or beta
+    that several normalisations share (exporters dedupe equal ones) is copied for each before it is scaled."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -107,8 +109,7 @@ def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], a
                                                      name))
 
     def own(node, index: int) -> str:
-        """The node's input `index` as an initializer only it reads (a copy when shared: exporters dedupe
-        equal LayerNorm scales, e.g. a fresh model's ones and zeros)."""
+        """The node's input `index` as an initializer only it reads (a copy when shared)."""
         name = node.input[index]
         if len(users[name]) > 1:
             copy = f"{name}_{node.name or node.output[0]}"
@@ -120,11 +121,13 @@ def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], a
         return name
 
     after: dict[str, onnx.NodeProto] = {}  # normalisation output -> the Mul that restores it for other readers
-    for name, (node, _, _, weighted) in targets.items():
+    done = 0
+    for name, (node, weighted) in targets.items():
         rows = np.max([np.abs(numpy_helper.to_array(inits[w])).max(axis=1) for _, w in weighted], axis=0)
-        if rows.shape != peaks[name].shape:
+        if rows.shape != peaks[name].shape:  # the weight does not read the tensor's last axis: leave it
             continue
-        scale = np.clip(peaks[name] ** alpha / np.maximum(rows, 1e-8) ** (1 - alpha), *_CLIP).astype(np.float32)
+        scale = np.clip(peaks[name] ** alpha / np.maximum(rows, 1e-8) ** (1 - alpha), *_CLIP)
+        scale = np.where(peaks[name] > 0, scale, 1.0).astype(np.float32)
         where = _NORMS[node.op_type]
         scaled(own(node, where[0]), 1 / scale)
         scaled(own(node, where[1]), 1 / scale)
@@ -139,6 +142,7 @@ def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], a
                                                      name=f"{node.name or name}_unsmooth")
             for user, k in readers:
                 user.input[k] = restored
+        done += 1
     nodes = []
     for node in model.graph.node:
         nodes.append(node)
@@ -147,4 +151,4 @@ def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], a
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     onnx.save(model, str(out))
-    return {"smooth_quant_alpha": alpha, "smoothed_inputs": len(targets), "residual_muls": len(after)}
+    return {"smooth_quant_alpha": alpha, "smoothed_inputs": done, "residual_muls": len(after)}
