@@ -156,23 +156,26 @@ class Manifest(_Section):
 
 
 def _session(profile, records) -> dict:
-    """The target's session options, plus the config entries a pass recorded for its graph (any graph of it)."""
+    """The target's session options, plus the config entries and disabled optimizers a pass recorded for its
+    graph (any graph of it)."""
     session = profile.session_options()
 
-    def found(stats, key: str) -> dict:
-        if not isinstance(stats, dict):
-            return {}
-        entries = dict.fromkeys(stats[key], "") if key == "session_disabled_optimizers" and key in stats else (
-            dict(stats.get(key) or {}))
-        for value in stats.values():
-            entries.update(found(value, key))
-        return entries
+    def recorded(stats, key: str):
+        """Every value a pass recorded under `key`, at any depth (an encoder-decoder records per graph)."""
+        if isinstance(stats, dict):
+            if stats.get(key):
+                yield stats[key]
+            for value in stats.values():
+                yield from recorded(value, key)
 
-    entries = {k: v for record in records for k, v in found(record["stats"], "session_config_entries").items()}
+    def everywhere(key: str) -> list:
+        return [value for record in records for value in recorded(record["stats"], key)]
+
+    entries = {k: v for found in everywhere("session_config_entries") for k, v in found.items()}
     if entries:
         session["config_entries"] = {**session.get("config_entries", {}), **entries}
     # ONNX Runtime rewrites a pass undid on purpose (skip_layer_norm.py), kept off when the session loads
-    disabled = [k for record in records for k in found(record["stats"], "session_disabled_optimizers")]
+    disabled = [name for found in everywhere("session_disabled_optimizers") for name in found]
     if disabled:
         session["disabled_optimizers"] = sorted({*session.get("disabled_optimizers", []), *disabled})
     return session

@@ -31,7 +31,6 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
     `op_types` ("Attention") ranks fused Attention nodes by their Q/K/V projection (input 0 times weight 1),
     the product QAttention computes in int8."""
     import onnx
-    import onnxruntime as ort
 
     from hfexport.backends._onnx.external import weight_array
 
@@ -40,25 +39,15 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
     nodes = [n for n in model.graph.node if n.op_type in op_types and len(n.input) > 1 and n.input[1] in weights]
     if not nodes:
         return []
-    known = {o.name for o in model.graph.output}
-    for name in dict.fromkeys(n.input[0] for n in nodes):
-        if name not in known:
-            model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     folder = source.parent  # external data (if any) resolves beside the graph
     arrays = {n.name: np.asarray(weight_array(weights[n.input[1]], folder), np.float32) for n in nodes}
     quantised = {name: _weights_int8(w, per_channel, reduce_range) for name, w in arrays.items()}
-    with tempfile.NamedTemporaryFile(suffix=".onnx", dir=folder) as probe:
-        onnx.save_model(model, probe.name)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(probe.name, options, providers=["CPUExecutionProvider"])
     names = [n.input[0] for n in nodes]
+    run = probe(model, names, folder)
     errors = np.zeros(len(nodes))
     count = 0
     for item in list(items)[:_ITEMS]:
-        feeds = encode(item)
-        feeds = {i.name: feeds[i.name] for i in session.get_inputs() if i.name in feeds}
-        activations = session.run(names, feeds)
+        activations = run(encode(item))
         for k, (node, x) in enumerate(zip(nodes, activations, strict=True)):
             exact = x @ arrays[node.name]
             approx = _activations_uint8(x) @ quantised[node.name]
@@ -68,6 +57,27 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
         return []
     ranked = sorted(zip((n.name for n in nodes), errors / count, strict=True), key=lambda pair: -pair[1])
     return [(name, float(error)) for name, error in ranked]
+
+
+def probe(model, names: list[str], folder: Path | None = None) -> Callable[[dict], list]:
+    """feeds -> the values of the tensors `names` of the float graph `model` (a ModelProto, left as it is; its
+    external data, if any, resolves in `folder`, the temporary directory when None): the graph runs with them exposed as extra outputs, and the
+    feeds a caller made for more inputs than the graph takes are cut to its own."""
+    import onnx
+    import onnxruntime as ort
+
+    exposed = onnx.ModelProto()
+    exposed.CopyFrom(model)
+    known = {o.name for o in exposed.graph.output}
+    exposed.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                                for name in dict.fromkeys(names) if name not in known)
+    with tempfile.NamedTemporaryFile(suffix=".onnx", dir=folder) as file:
+        onnx.save_model(exposed, file.name)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        session = ort.InferenceSession(file.name, options, providers=["CPUExecutionProvider"])
+    wanted = {i.name for i in session.get_inputs()}
+    return lambda feeds: session.run(names, {k: v for k, v in feeds.items() if k in wanted})
 
 
 def _weights_int8(w: np.ndarray, per_channel: bool, reduce_range: bool) -> np.ndarray:

@@ -27,6 +27,15 @@ _NORMS = {"LayerNormalization": (1, 2), "SkipLayerNormalization": (2, 3), "Embed
 _CLIP = (1e-3, 1e3)
 
 
+def _readers(graph) -> dict[str, list]:
+    """tensor name -> [(node, input index)] of every node that reads it."""
+    users: dict[str, list] = defaultdict(list)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            users[name].append((node, k))
+    return users
+
+
 def smoothable(model, weighted_ops: Iterable[str]) -> dict[str, tuple]:
     """{normalisation output: (its node, [(consumer node, weight name)])} for each normalisation with float
     gamma and beta whose output some MatMul / Attention of `weighted_ops` reads as input 0 with a 2-D float
@@ -35,10 +44,7 @@ def smoothable(model, weighted_ops: Iterable[str]) -> dict[str, tuple]:
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
-    users: dict[str, list] = defaultdict(list)
-    for node in graph.node:
-        for k, name in enumerate(node.input):
-            users[name].append((node, k))
+    users = _readers(graph)
     outputs = {o.name for o in graph.output}
     weighted_ops = set(weighted_ops)
     found = {}
@@ -63,23 +69,14 @@ def smoothable(model, weighted_ops: Iterable[str]) -> dict[str, tuple]:
     return found
 
 
-def channel_absmax(model, names: list[str], feeds: Iterable[dict]) -> dict[str, np.ndarray]:
+def channel_absmax(model, names: list[str], feeds: Iterable[dict], folder: Path | None = None) -> dict[str, np.ndarray]:
     """The largest |value| of each channel (last axis) of the tensors `names`, over the float graph's runs."""
-    import onnx
-    import onnxruntime as ort
+    from hfexport.backends._onnx.int8_fallback import probe
 
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
-                              for n in names if n not in have)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    wanted = {i.name for i in session.get_inputs()}
+    run = probe(model, names, folder)
     found: dict[str, np.ndarray] = {}
     for feed in feeds:
-        for name, value in zip(names, session.run(names, {k: v for k, v in feed.items() if k in wanted})):
+        for name, value in zip(names, run(feed)):
             peak = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
             found[name] = np.maximum(found[name], peak) if name in found else peak
     return found
@@ -97,12 +94,9 @@ def smooth_graph(source: Path, out: Path, feeds: Callable[[], Iterable[dict]], a
     if not targets:
         onnx.save(model, str(out))
         return {"smooth_quant_alpha": alpha, "smoothed_inputs": 0}
-    peaks = channel_absmax(model, list(targets), feeds())
+    peaks = channel_absmax(model, list(targets), feeds(), Path(source).parent)
     inits = {i.name: i for i in model.graph.initializer}
-    users: dict[str, list] = defaultdict(list)
-    for node in model.graph.node:
-        for k, name in enumerate(node.input):
-            users[name].append((node, k))
+    users = _readers(model.graph)
 
     def scaled(name: str, by: np.ndarray) -> None:
         inits[name].CopyFrom(numpy_helper.from_array((numpy_helper.to_array(inits[name]) * by).astype(np.float32),
