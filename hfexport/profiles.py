@@ -45,6 +45,9 @@ class SessionOptions(_Strict):
     disabled_optimizers: list[str] = Field(default_factory=list)
 
 
+InferencePrecision = Literal["f32", "bf16", "f16", "auto"]
+
+
 class OpenVINOOptions(_Strict):
     """How the OpenVINO runtime compiles a bundle (passed to `Core.compile_model` as properties)."""
 
@@ -54,7 +57,10 @@ class OpenVINOOptions(_Strict):
     performance_hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     # NOTE: always set. Left unset, OpenVINO picks bf16 on CPUs with AVX512-BF16 (and f16 on GPUs)
     # without saying so; the profile decides and the report records what the runtime actually used.
-    inference_precision: Literal["f32", "bf16", "f16"] = "f32"
+    # auto: bf16 on a CPU that computes bf16 natively (AVX512-BF16, AMX), f32 on other CPUs, the device's own
+    # default elsewhere; resolved by the runtime on each machine (docs/decisions/0197). A quantize step
+    # may set it for the bundle it makes (the openvino target's int4 LLMs: auto).
+    inference_precision: InferencePrecision = "f32"
     # NOTE: always set, for the same reason: OpenVINO's own default on x86 is a u8 cache
     # (docs/decisions/0049-openvino-f32-inference-and-kv-cache.md).
     kv_cache_precision: Literal["f32", "bf16", "f16", "u8"] = "f32"
@@ -167,6 +173,7 @@ class NNCFWeightDefaults(_Strict):
     lm_head_precision: WeightPrecision | None = None
     embedding_precision: WeightPrecision | None = None
     int4_top1_target: float | None = Field(None, gt=0, le=1)  # text generation: int4 LM head / embedding check
+    inference_precision: InferencePrecision | None = None  # the bundle's, over openvino.inference_precision
 
 
 class OpenVINOQuantize(_QuantizeSection):

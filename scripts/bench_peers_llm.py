@@ -42,8 +42,8 @@ paired so that drift in the machine's speed cancels (timed in separate blocks, o
 The table gives medians over processes and their range.
 
 `--paired` adds a second table: each hfexport side against its peer on the same runtime library (PAIRS: cpu
-fp32 and int4 against onnxruntime-genai's, openvino int4 (f32, and bf16 as openvino-genai computes on a bf16 CPU)
-against openvino-genai's), both in one process of the
+fp32 and int4 against onnxruntime-genai's, openvino int4 against openvino-genai's: the default, bf16 on a CPU
+with native bf16 as openvino-genai computes, and the same bundle in f32), both in one process of the
 peer's environment with hfexport on PYTHONPATH (one onnxruntime or OpenVINO build for both), --paired-runs rounds
 each, alternating and flipping the order each round; the ratio is the median of the per-round decode ratios. On
 this 2-core VM the same engine varied up to 1.5x between fresh processes (onnxruntime-genai int4 at 2 threads:
@@ -119,11 +119,11 @@ SIDES = {s.name: s for s in [
          "hfexport build --target openvino --recipe llm-int4"),
     Side("hfexport openvino llm-fp32", None, "hfexport", "hfexport-openvino-llm-fp32",
          "hfexport build --target openvino --recipe llm-fp32"),
-    # The llm-int4 bundle run in bf16, as openvino-genai runs by default on a CPU with bf16 (the target asks for
-    # f32 so a bundle computes alike on every CPU): the same compute precision on both sides of the pair.
-    Side("hfexport openvino llm-int4 bf16", None, "hfexport-bf16", "hfexport-openvino-llm-int4",
+    # The llm-int4 bundle run in f32: the target's int4 LLMs compute bf16 where the CPU has it natively (as
+    # openvino-genai does by default); this side shows what f32 compute costs and keeps (decision 0197).
+    Side("hfexport openvino llm-int4 f32", None, "hfexport-f32", "hfexport-openvino-llm-int4",
          "hfexport build --target openvino --recipe llm-int4; load(..., session_overrides={'openvino': "
-         "{'inference_precision': 'bf16'}})"),
+         "{'inference_precision': 'f32'}})"),
     Side("onnxruntime-genai fp32", "onnxruntime-genai", "ortgenai", "ortgenai-fp32",
          "python -m onnxruntime_genai.models.builder -i MODEL -o OUT -p fp32 -e cpu"),
     Side("onnxruntime-genai int4", "onnxruntime-genai", "ortgenai", "ortgenai-int4",
@@ -140,7 +140,7 @@ SIDES = {s.name: s for s in [
 # --paired: hfexport's side and the peer on the same runtime library, timed in one process (the peer's environment,
 # hfexport on PYTHONPATH: one onnxruntime or OpenVINO for both), whole rounds alternating.
 PAIRS = [("hfexport cpu llm-fp32", "onnxruntime-genai fp32"), ("hfexport cpu llm-int4", "onnxruntime-genai int4"),
-         ("hfexport openvino llm-int4", "openvino-genai int4"), ("hfexport openvino llm-int4 bf16", "openvino-genai int4")]
+         ("hfexport openvino llm-int4", "openvino-genai int4"), ("hfexport openvino llm-int4 f32", "openvino-genai int4")]
 
 # Run in the llama-cpp environment: argv = llama.cpp source folder, model folder, output GGUF (f32).
 _GGUF_CONVERT = r'''
@@ -503,12 +503,12 @@ last = lambda logits: int(np.asarray(logits, dtype=np.float32).reshape(-1, np.sh
 
 def make(kind, path):
     """(generate, Stepper or None, the generate-only runner or None) of one engine."""
-    if kind in ("hfexport", "hfexport-bf16"):
+    if kind in ("hfexport", "hfexport-f32"):
         from hfexport.runtime import load
         onnx = any(Path(path).glob("*.onnx"))
         overrides = {"allow_spinning": False} if onnx else None
-        if kind == "hfexport-bf16":
-            overrides = {"openvino": {"inference_precision": "bf16"}}
+        if kind == "hfexport-f32":
+            overrides = {"openvino": {"inference_precision": "f32"}}
         generator = load(path, threads=threads, session_overrides=overrides)
         decoder = generator.decoder
 

@@ -16,7 +16,7 @@ def test_bench_peers_llm_dry_run_plans_every_side_without_installing(tmp_path, c
     assert bench.main(["--dry-run", "--venvs", str(venvs), "--threads", "1", "2", "--processes", "3"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["sides"] == ["hfexport cpu llm-fp32", "hfexport cpu llm-int4", "hfexport openvino llm-int4",
-                             "hfexport openvino llm-fp32", "hfexport openvino llm-int4 bf16", "onnxruntime-genai fp32",
+                             "hfexport openvino llm-fp32", "hfexport openvino llm-int4 f32", "onnxruntime-genai fp32",
                              "onnxruntime-genai int4",
                              "openvino-genai int4", "llama.cpp q8_0", "llama.cpp q4_K_M"]
     venv = {v["peer"]: v for v in plan["venvs"]}
@@ -32,7 +32,7 @@ def test_bench_peers_llm_dry_run_plans_every_side_without_installing(tmp_path, c
     assert "--weight-format int4" in builds["openvino-genai int4"]
     assert "Q4_K_M" in builds["llama.cpp q4_K_M"]
     assert plan["timings"]["processes_total"] == 10 * 2 * 3
-    assert "inference_precision" in builds["hfexport openvino llm-int4 bf16"]
+    assert "inference_precision" in builds["hfexport openvino llm-int4 f32"]
     assert plan["timings"]["prompt_tokens"] == 128 and plan["timings"]["new_tokens"] == 64
     assert not venvs.exists()  # nothing installed, nothing made
 

@@ -181,6 +181,26 @@ def test_openvino_precision_and_cache_dir_from_the_profile(ov_bundle, tmp_path):
     assert any(cache.iterdir()), "no compiled blob cached"
 
 
+def test_openvino_auto_precision_is_bf16_only_on_a_cpu_that_computes_bf16(ov_bundle):
+    import openvino
+
+    from hfexport.runtime.backends.openvino import native_precision
+
+    class Capabilities:  # what OpenVINO's CPU plugin reports on a CPU without AVX512-BF16 or AMX (AVX2 host)
+        def get_property(self, device, name):
+            assert (device, name) == ("CPU", "OPTIMIZATION_CAPABILITIES")
+            return ["WINOGRAD", "FP32", "INT8", "BIN", "EXPORT_IMPORT"]
+
+    assert native_precision(Capabilities(), "CPU") == "f32"
+    assert native_precision(Capabilities(), "GPU") is None and native_precision(Capabilities(), "AUTO") is None
+    core = openvino.Core()
+    native = "bf16" if "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "f32"
+    assert native_precision(core, "CPU") == native
+    bundle = ov_bundle("bert", "feature-extraction")
+    effective = open_model(bundle / "model.xml", _with_openvino_options(bundle, inference_precision="auto")).effective
+    assert effective["inference_precision"] == native and effective["asked_precision"] == "auto"
+
+
 def test_openvino_load_device_override(ov_bundle):
     import openvino
 

@@ -227,6 +227,12 @@ def test_cli_build_target_openvino_on_a_tiny_llm_folder(tiny_llm, tmp_path):
     assert manifest.recipe.name == "llm-int4"
     assert [p.name for p in manifest.passes] == ["export", "quantize"]
     assert manifest.target.backend == "openvino" and manifest.target.precision == "int4"
+    # The target's int4 LLMs compute bf16 where the CPU has it natively: the runtime resolves auto per machine,
+    # and the validation says what this one computed.
+    assert manifest.target.session["openvino"]["inference_precision"] == "auto"
+    assert manifest.passes[1].stats["session_inference_precision"] == "auto"
+    runtime = json.loads((out / "report" / "report.json").read_text())["target"]["runtime"]
+    assert runtime["asked_precision"] == "auto" and runtime["inference_precision"] in ("bf16", "f32")
     assert (out / "report" / "report.html").is_file()
     run = CliRunner().invoke(main, ["run", str(out), "Once upon", "--max-new-tokens", "5"], catch_exceptions=False)
     assert run.exit_code == 0 and run.output.strip()
@@ -255,7 +261,7 @@ def test_openvino_target_defaults_to_openvino_llm_int4_for_text_generation(tiny_
     assert target.recipe_for("feature-extraction") == "default"
     plan = _plan(tiny_llm, recipe=load_recipe("llm-int4"))
     assert plan.describe() == ("export(openvino, generation, stateful) -> quantize(int4, weights only, group 32, "
-                               "int4 LM head while top-1 >= 0.93)")
+                               "int4 LM head while top-1 >= 0.93, computes auto)")
 
 
 @pytest.mark.parametrize("specs, target, message", [
@@ -269,12 +275,21 @@ def test_openvino_target_defaults_to_openvino_llm_int4_for_text_generation(tiny_
      "groups are for int4"),
     ([{"type": "export_onnx_generation"}, {"type": "quantize", "precision": "int8", "embedding_precision": "int8"}],
      "cpu", "embedding_precision applies to weight-only quantisation"),
+    ([{"type": "export_onnx_generation"}, {"type": "quantize", "precision": "int4", "weights_only": True,
+                                           "inference_precision": "bf16"}], "cpu", "inference_precision"),
 ])  # fmt: skip
 def test_plan_rejects_impossible_openvino_llm_chains(tiny_llm, specs, target, message):
     from hfexport.errors import PlanError
 
     with pytest.raises(PlanError, match=message):
         _plan(tiny_llm, *specs, target=target)
+
+
+def test_a_recipe_sets_the_openvino_bundle_s_compute_precision(tiny_llm):
+    """A quantize step's inference_precision wins over the target's llm.int4 default (auto)."""
+    plan = _plan(tiny_llm, FP32[0], {"type": "quantize", "precision": "int4", "weights_only": True,
+                                     "group_size": 32, "inference_precision": "f32"})
+    assert plan.describe().endswith("int4 LM head while top-1 >= 0.93, computes f32)")
 
 
 def test_plan_int8_with_an_int4_lm_head_takes_a_group_size(tiny_llm):

@@ -151,15 +151,17 @@ def _matmul_nbits(precision, group, lm_head, embedding, search=None, symmetric=F
                                    "int4_top1_target": search, "symmetric_weights": symmetric})
 
 
-def _nncf_weights(precision, group=128, ratio=1.0, lm_head=None, embedding=None, check=None):
+def _nncf_weights(precision, group=128, ratio=1.0, lm_head=None, embedding=None, check=None, computes=None):
     return ("WeightCompressionSettings", {"precision": precision, "group_size": group, "ratio": ratio,
                                           "lm_head_precision": lm_head, "embedding_precision": embedding,
-                                          "exclude_nodes": [], "weights_only": True, "int4_top1_target": check})
+                                          "exclude_nodes": [], "weights_only": True, "int4_top1_target": check,
+                                          "inference_precision": computes})
 
 
 _FP16 = ("Float16Settings", {"exclude_nodes": [], "precision": "fp16"})
 _NNCF_PTQ = ("PostTrainingSettings", {"calibration_samples": 300, "smooth_quant_alpha": 0.8,
-                                      "symmetric_activations": False, "exclude_nodes": [], "precision": "int8"})
+                                      "symmetric_activations": False, "exclude_nodes": [], "inference_precision": None,
+                                      "precision": "int8"})
 _LLM_EVAL = {"samples": 32, "latency_runs": 10, "sequence_length": 16, "generation_tokens": 32}
 
 OLD_RECIPES = {  # name: (target, [(step or scheme, settings)], gates set, new name)
@@ -184,9 +186,9 @@ OLD_RECIPES = {  # name: (target, [(step or scheme, settings)], gates set, new n
     "openvino-int4": ("openvino", [_OV, _nncf_weights("int4", ratio=0.8)], {}, "int4"),
     "openvino-int8-weights": ("openvino", [_OV, _nncf_weights("int8")], {}, "int8-weights"),
     "openvino-llm-fp32": ("openvino", [_OV_LLM], {"top1_agreement": 0.99, "greedy_agreement": 1.0}, "llm-fp32"),
-    # decision 0193: the LM head int4 while top-1 on calibration text holds
+    # decision 0193: the LM head int4 while top-1 on calibration text holds; 0197: bf16 where the CPU has it
     "openvino-llm-int4": ("openvino", [_OV_LLM, _nncf_weights("int4", 32, lm_head="int4", embedding="int8",
-                                                              check=0.93)],
+                                                              check=0.93, computes="auto")],
                           {"top1_agreement": 0.9}, "llm-int4"),
     "openvino-llm-int8": ("openvino", [_OV_LLM, _nncf_weights("int8", lm_head="int8", embedding="int8")],
                           {"top1_agreement": 0.9}, "llm-int8"),

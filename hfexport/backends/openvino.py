@@ -9,6 +9,8 @@
   leaves open): int8 `mode: static` is NNCF post-training quantisation calibrated on text; `mode: dynamic`
   or `weights_only: true` is NNCF weight compression (int8 per channel, int4 in groups with `ratio`).
   fp16 is not a quantiser step here: OpenVINO picks f16 when it compiles (`openvino.inference_precision`).
+  A step's `inference_precision` is the compute precision of the bundle it makes (recorded in the pass's
+  stats, written into the manifest's `target.session.openvino`): the target's int4 LLMs compute `auto`.
 - profile section: `OpenVINOQuantize` in hfexport/profiles.py (its runtime options: `OpenVINOOptions`).
 """
 
@@ -36,7 +38,7 @@ class OpenVINOBackend(Backend):
     title = "OpenVINO"
     quantizer = "NNCF"
     artifact = OpenVINOModel
-    quantize_options = frozenset({"smooth_quant_alpha", "ratio", "int4_top1_target"})
+    quantize_options = frozenset({"smooth_quant_alpha", "ratio", "int4_top1_target", "inference_precision"})
     optimize_skipped = "OpenVINO fuses the graph when it compiles it for the device, so there is nothing to do at build time"
 
     def export_config_class(self, generative: bool) -> type[PassConfig]:
@@ -75,10 +77,12 @@ class OpenVINOBackend(Backend):
                 precision=config.precision, group_size=config.group_size or DEFAULT_INT4_GROUP_SIZE,
                 ratio=config.ratio, lm_head_precision=config.lm_head_precision,
                 embedding_precision=config.embedding_precision, exclude_nodes=excluded,
-                weights_only=config.weights_only, int4_top1_target=config.int4_top1_target)
+                weights_only=config.weights_only, int4_top1_target=config.int4_top1_target,
+                inference_precision=config.inference_precision)
         return PostTrainingSettings(calibration_samples=config.calibration_samples,
                                     smooth_quant_alpha=config.smooth_quant_alpha,
-                                    symmetric_activations=config.symmetric_activations, exclude_nodes=excluded)
+                                    symmetric_activations=config.symmetric_activations, exclude_nodes=excluded,
+                                    inference_precision=config.inference_precision)
 
     def quantize(self, settings, artifact: Artifact, ctx: BuildContext, out_dir: Path) -> OpenVINOModel:
         if getattr(artifact, "parts", ()):  # an encoder-decoder: each graph on its own, weights only

@@ -52,6 +52,11 @@ class QuantizeConfig(PassConfig):
     group_size: Literal[32, 64, 128] | None = Field(None, description="weights_only: weights per scale (128)")
     # -- openvino (NNCF) ----------------------------------------------------------------------------
     ratio: float = Field(1.0, gt=0, le=1, description="openvino int4: share of layers in int4, the rest int8")
+    # NOTE: measured per host kind (docs/decisions/0197-openvino-llm-int4-computes-bf16-where-native.md).
+    inference_precision: Literal["f32", "bf16", "f16", "auto"] | None = Field(None, description=(
+        "openvino: the precision OpenVINO computes the bundle this step makes in, over the target's "
+        "openvino.inference_precision; auto = bf16 on a CPU with native bf16 (AVX512-BF16, AMX), f32 on other "
+        "CPUs, resolved on each machine; default: the target's (auto for int4 LLMs)"))
     # NOTE: the openvino target sets 0.8 (docs/decisions/0046-nncf-post-training-settings.md).
     # NOTE: onnxruntime's is hfexport's own (docs/decisions/0196-smoothquant-for-dynamic-int8.md).
     smooth_quant_alpha: float | None = Field(None, ge=0, le=1, description=(

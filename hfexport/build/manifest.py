@@ -156,8 +156,8 @@ class Manifest(_Section):
 
 
 def _session(profile, records) -> dict:
-    """The target's session options, plus the config entries and disabled optimizers a pass recorded for its
-    graph (any graph of it)."""
+    """The target's session options, plus the config entries, disabled optimizers and OpenVINO compute precision
+    a pass recorded for its graph (any graph of it)."""
     session = profile.session_options()
 
     def recorded(stats, key: str):
@@ -178,6 +178,10 @@ def _session(profile, records) -> dict:
     disabled = [name for found in everywhere("session_disabled_optimizers") for name in found]
     if disabled:
         session["disabled_optimizers"] = sorted({*session.get("disabled_optimizers", []), *disabled})
+    # OpenVINO: the compute precision a quantize step chose for its bundle (nncf.py), over the target's
+    precision = everywhere("session_inference_precision")
+    if precision and "openvino" in session:
+        session["openvino"]["inference_precision"] = precision[-1]
     return session
 
 

@@ -312,7 +312,11 @@ def _runtime_notes(target_info: dict) -> list[str]:
     if "asked_for" in runtime:  # an ONNX Runtime bundle checked where its first provider is missing
         return [f"ran on {runtime['execution_providers']}: this host lacks {runtime['asked_for'].split(', ')[0]}. "
                 f"Fidelity is the bundle graph's; speed and memory are this host's, not the target's"]
-    return ["runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v is not None)] if runtime else []
+    notes = ["runtime: " + ", ".join(f"{k} {v}" for k, v in runtime.items() if v is not None)] if runtime else []
+    if runtime.get("asked_precision") == "auto" and runtime.get("inference_precision") == "f32":
+        notes.append("inference_precision auto computed f32 on this CPU (no native bf16): on a CPU with bf16 the "
+                     "bundle computes bf16, which this validation did not measure")
+    return notes
 
 
 def _measure_memory(report: Report, ctx, staging: Path, stages, eval_set: EvalSet, threads: int) -> None:

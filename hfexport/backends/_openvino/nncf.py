@@ -36,10 +36,11 @@ class PostTrainingSettings:
     smooth_quant_alpha: float | None  # None: NNCF's default; 0: off
     symmetric_activations: bool = False
     exclude_nodes: tuple[str, ...] = ()
+    inference_precision: str | None = None  # the bundle's compute precision (None: the target's)
     precision: Literal["int8"] = "int8"
 
     def describe(self) -> str:
-        return "quantize(int8, static)"
+        return "quantize(int8, static" + _computes(self.inference_precision) + ")"
 
 
 @dataclass(frozen=True)
@@ -55,13 +56,19 @@ class WeightCompressionSettings:
     weights_only: bool = True  # False: asked for as `mode: dynamic`, which on OpenVINO is the same
     # int4 LM head / embedding kept only if top-1 agreement with the float graph stays >= this (agreement.py)
     int4_top1_target: float | None = None
+    inference_precision: str | None = None  # the bundle's compute precision (None: the target's)
 
     def describe(self) -> str:
+        computes = _computes(self.inference_precision)
         if not self.weights_only:
-            return f"quantize({self.precision}, dynamic)"
+            return f"quantize({self.precision}, dynamic{computes})"
         check = (f", int4 LM head while top-1 >= {self.int4_top1_target:g}"
                  if self.int4_top1_target is not None and self.lm_head_precision == "int4" else "")
-        return f"quantize({self.precision}, weights only, group {self.group_size}{check})"
+        return f"quantize({self.precision}, weights only, group {self.group_size}{check}{computes})"
+
+
+def _computes(precision: str | None) -> str:
+    return f", computes {precision}" if precision else ""
 
 
 def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings, artifact: OpenVINOModel,
@@ -91,6 +98,8 @@ def quantize_openvino(settings: PostTrainingSettings | WeightCompressionSettings
         nncf_logger.setLevel(saved_level)
     out = out_dir / "model.xml"
     ov.save_model(result, str(out), compress_to_fp16=False)
+    if settings.inference_precision:  # the manifest's target.session.openvino takes it (build/manifest.py)
+        stats["session_inference_precision"] = settings.inference_precision
     return OpenVINOModel(out, artifact.inputs, artifact.outputs,
                          stats={"nodes": len(result.get_ops()), "quantized_nodes": _quantized_nodes(result),
                                 "precision": settings.precision, **stats})

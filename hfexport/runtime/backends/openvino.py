@@ -24,9 +24,10 @@ from hfexport.errors import HfExportError, first_line
 class OpenVINOSession:
     backend = "openvino"
 
-    def __init__(self, compiled, device: str):
+    def __init__(self, compiled, device: str, asked_precision: str | None = None):
         self.compiled = compiled
         self.device = device
+        self.asked_precision = asked_precision  # "auto" when the runtime resolved it on this machine
         self.input_names = [port.get_any_name() for port in compiled.inputs]
         self.output_names = [port.get_any_name() for port in compiled.outputs]
         self.streams = _streams(compiled)
@@ -46,6 +47,7 @@ class OpenVINOSession:
         return {"device": self.device, "execution_devices": prop("EXECUTION_DEVICES"),
                 "inference_precision": _PRECISION_NAMES.get(precision, precision),
                 "kv_cache_precision": _PRECISION_NAMES.get(kv_cache, kv_cache),
+                **({"asked_precision": self.asked_precision} if self.asked_precision == "auto" else {}),
                 "performance_hint": prop("PERFORMANCE_HINT"), "streams": self.streams,
                 "threads": prop("INFERENCE_NUM_THREADS")}
 
@@ -105,6 +107,19 @@ def _streams(compiled) -> int:
         return 1
 
 
+def native_precision(core, device: str) -> str | None:
+    """`inference_precision: auto`: bf16 on a CPU that computes bf16 natively (AVX512-BF16, AMX: OpenVINO lists
+    BF16 among its optimisation capabilities), f32 on other CPUs; elsewhere (GPU, NPU, AUTO) None, the device's
+    own default. NOTE: why (docs/decisions/0197-openvino-llm-int4-computes-bf16-where-native.md)."""
+    if device.split(".")[0] != "CPU":
+        return None
+    try:
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    except RuntimeError:
+        return "f32"
+    return "bf16" if "BF16" in capabilities else "f32"
+
+
 def open_session(model_path: Path, session: dict, *, providers=None, threads=None, device=None) -> OpenVINOSession:
     try:
         import openvino as ov
@@ -112,12 +127,15 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
         raise HfExportError("this bundle needs OpenVINO: pip install openvino") from exc
     options = dict(session.get("openvino") or {})
     device = device or options.get("device") or "CPU"
-    config = {"PERFORMANCE_HINT": options.get("performance_hint", "LATENCY"),
-              "INFERENCE_PRECISION_HINT": options.get("inference_precision", "f32")}
+    config = {"PERFORMANCE_HINT": options.get("performance_hint", "LATENCY")}
     if options.get("streams") is not None:
         config["NUM_STREAMS"] = str(options["streams"])
     intra = threads if threads is not None else session.get("intra_op_threads", 0)
     core = ov.Core()
+    asked = options.get("inference_precision", "f32")
+    precision = native_precision(core, device) if asked == "auto" else asked
+    if precision:
+        config["INFERENCE_PRECISION_HINT"] = precision
     if options.get("cache_dir"):
         core.set_property({"CACHE_DIR": str(Path(options["cache_dir"]).expanduser())})
     if device.split(":")[0] in ("CPU", "AUTO"):
@@ -134,7 +152,7 @@ def open_session(model_path: Path, session: dict, *, providers=None, threads=Non
         compiled = core.compile_model(str(model_path), device, config)
     except RuntimeError as exc:
         raise HfExportError(f"OpenVINO cannot compile the bundle for {device}: {first_line(exc)}") from exc
-    result = OpenVINOSession(compiled, device)
+    result = OpenVINOSession(compiled, device, asked)
     # Another graph of the same bundle (an encoder-decoder's decoder) compiles with exactly these settings.
     result.open_sibling = lambda path: open_session(path, session, threads=threads, device=device)
     return result
