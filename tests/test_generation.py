@@ -95,6 +95,30 @@ def test_generation_batch_with_left_padding_equals_each_prompt_alone(llm_bundle,
     assert sampled == batched  # top_k=1 sampling is greedy, whatever the padding
 
 
+def test_generation_one_row_and_a_batch_end_at_eos_and_honour_min_new_tokens_alike(llm_bundle, tiny_llm):
+    """One row decoded greedily takes its own lean loop (decision 0198); it must stop at an end-of-sequence id and
+    keep going past one under min_new_tokens exactly as the batch loop and transformers' generate do."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from hfexport.runtime import load
+
+    generator = load(llm_bundle("llama")[0])
+    prompt = generator.encode(PROMPTS[0])
+    free = generator.generate_ids([prompt], max_new_tokens=8)[0]
+    generator.eos_token_ids = [free[2]]  # the greedy path now "wants to stop" at its third token
+    assert generator.generate_ids([prompt], max_new_tokens=8)[0] == free[:2]
+    assert generator.generate_ids([prompt, prompt], max_new_tokens=8) == [free[:2]] * 2
+    forced = generator.generate_ids([prompt], max_new_tokens=8, min_new_tokens=8)[0]
+    assert len(forced) == 8 and forced[:2] == free[:2] and forced[2] != free[2]
+    assert generator.generate_ids([prompt, prompt], max_new_tokens=8, min_new_tokens=8) == [forced] * 2
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_llm("llama")), attn_implementation="eager").eval()
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([prompt]), max_new_tokens=8, min_new_tokens=8, do_sample=False,
+                             eos_token_id=free[2], pad_token_id=0)
+    assert out[0, len(prompt):].tolist() == forced
+
+
 def test_generation_sampling_repeats_with_a_seed(llm_bundle):
     from hfexport.runtime import load
 

@@ -96,10 +96,11 @@ class TextGenerator:
         rows: list[list[int]] = [[] for _ in prompt_ids]
         stopped = np.zeros(len(prompt_ids), bool)
         for tokens, active in self._steps(prompt_ids, max_new_tokens, seed, sampling, stopped):
-            for row in np.flatnonzero(active):
-                rows[row].append(int(tokens[row]))
-                if stops and _cut_at_stop(self.decode(rows[row]), stops)[1]:
-                    stopped[row] = True
+            for row, (token, on) in enumerate(zip(tokens, active)):
+                if on:
+                    rows[row].append(token)
+                    if stops and _cut_at_stop(self.decode(rows[row]), stops)[1]:
+                        stopped[row] = True
         return rows
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int | None = None, stop=None, seed: int | None = None,
@@ -146,8 +147,9 @@ class TextGenerator:
         return SamplingSettings(**values)
 
     def _steps(self, prompt_ids: list[list[int]], max_new_tokens: int | None, seed: int | None, sampling: dict,
-               stopped: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (next tokens [batch], rows still active [batch]) per step; callers may set `stopped[row]`."""
+               stopped: np.ndarray) -> Iterator[tuple[list[int], list[bool]]]:
+        """Yield (next token of each row, whether each row is still active) per step; callers may set
+        `stopped[row]`."""
         if not prompt_ids or any(len(p) == 0 for p in prompt_ids):
             raise ValueError("every prompt needs at least one token")
         sampling = dict(sampling)
@@ -171,27 +173,66 @@ class TextGenerator:
         rng = np.random.default_rng(seed)
         eos = np.asarray(self.eos_token_ids, np.int64)
         done = np.zeros(batch, bool)
+        finished = False  # any row done
         # capacity: a decoder that can preallocate the cache (a fused ONNX graph) never grows it
         cache = self.decoder.empty_cache(batch, capacity=longest + budget)
         logits, cache = self.decoder.step(input_ids, mask[:, :longest], positions, cache)
+        # NOTE: the loop's own work runs right after ONNX Runtime or OpenVINO has streamed the weights through
+        # the caches, so each Python and numpy call costs several times its warm price: ~100 us a token on the
+        # fp32 bench Llama (3% of its step) against ~14 us for a bare loop. One row decoded greedily, the common
+        # case, keeps its bookkeeping in Python ints (_greedy_row); plain greedy takes the argmax before any EOS
+        # suppression (docs/decisions/0198-lean-decode-loop.md).
+        greedy = not settings.do_sample and settings.repetition_penalty == 1.0
+        if batch == 1 and greedy:
+            yield from self._greedy_row(logits, cache, mask, next_position, longest, budget, min_new_tokens, stopped)
+            return
         for step in range(budget):
-            if step < min_new_tokens and eos.size:
-                logits = logits.copy()
-                logits[:, eos] = -np.inf  # as transformers' MinNewTokensLengthLogitsProcessor
+            suppress = step < min_new_tokens and eos.size
+            if suppress and not greedy:
+                logits = _without(logits, eos)  # as transformers' MinNewTokensLengthLogitsProcessor
             tokens = choose(logits, seen, settings, rng)
-            tokens[done] = self.pad_token_id
-            active = ~done
-            ended = (tokens[:, None] == eos).any(1)  # np.isin's setup costs more than this at a handful of ids
-            done = done | ended
-            yield tokens, active & ~ended
+            if suppress and greedy and (tokens[:, None] == eos).any():  # the same tokens as suppressing first
+                tokens = choose(_without(logits, eos), seen, settings, rng)
+            if finished:
+                tokens[done] = self.pad_token_id
+            done |= (tokens == eos[0]) if eos.size == 1 else (tokens[:, None] == eos).any(1)
+            yield tokens.tolist(), (~done).tolist()  # rows that were active and did not just end
             done |= stopped
-            if done.all() or step == budget - 1:
+            finished = bool(done.any())
+            if (finished and done.all()) or step == budget - 1:
                 return
             if settings.repetition_penalty != 1.0:
-                seen = [np.append(s, t) if a else s for s, t, a in zip(seen, tokens, active)]
+                seen = [np.append(s, t) if not d else s for s, t, d in zip(seen, tokens, done)]
             total = longest + step + 1
             logits, cache = self.decoder.step(tokens[:, None], mask[:, :total], next_position, cache)
             next_position = next_position + 1
+
+
+    def _greedy_row(self, logits, cache, mask: np.ndarray, position: np.ndarray, longest: int, budget: int,
+                    min_new_tokens: int, stopped: np.ndarray) -> Iterator[tuple[list[int], list[bool]]]:
+        """_steps for one row and plain greedy: the same tokens, with a few calls a token."""
+        eos = frozenset(self.eos_token_ids)
+        step_ = self.decoder.step
+        for step in range(budget):
+            logits = np.asarray(logits)
+            token = int(logits[0].argmax())
+            if token in eos and step < min_new_tokens:  # the same token as suppressing EOS first
+                token = int(_without(logits, np.asarray(sorted(eos), np.int64))[0].argmax())
+            ended = token in eos
+            yield [token], [not ended]
+            if ended or stopped[0] or step == budget - 1:
+                return
+            logits, cache = step_(np.array([[token]], np.int64), mask[:, :longest + step + 1], position, cache)
+            position = position + 1
+
+
+def _without(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """`logits` with `ids` at -inf: in place where the backend hands out a writable buffer of its own (the next
+    step overwrites it anyway), else a copy."""
+    if not logits.flags.writeable:
+        logits = logits.copy()
+    logits[:, ids] = -np.inf
+    return logits
 
 
 def _as_batch(prompts) -> tuple[list[Prompt], bool]:

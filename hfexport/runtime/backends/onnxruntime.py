@@ -185,6 +185,9 @@ class OnnxRuntimeDecoder:
         """One forward over `input_ids`; returns logits (last position, or every position) and the new cache.
         With a preallocated cache (`empty_cache(batch, capacity)`) the last-position logits are a view of the
         cache's logits buffer, valid until its next step: copy them to keep them longer."""
+        if type(cache) is _Buffers and cache.started and not all_logits and cache.ids is not None:
+            # a decode step on preallocated buffers: the shortest way to the run (its checks in _step_in_place)
+            return self._step_in_place(input_ids, attention_mask, cache), cache
         input_ids, attention_mask = np.asarray(input_ids, np.int64), np.asarray(attention_mask, np.int64)
         order = None
         if self.fused:
@@ -229,10 +232,12 @@ class OnnxRuntimeDecoder:
             cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
             cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
         else:
-            if cache.ids is None or cache.ids.shape != input_ids.shape:
-                self._bind_step_inputs(cache, input_ids.shape)
-            cache.ids[...] = input_ids
+            if cache.ids is None or cache.ids.shape != np.shape(input_ids):
+                self._bind_step_inputs(cache, np.shape(input_ids))
             width = attention_mask.shape[1]
+            if width > cache.capacity:
+                raise ValueError(f"the cache holds {cache.capacity} positions; this step needs {width}")
+            cache.ids[...] = input_ids
             cache.mask[:, :width] = attention_mask
             cache.mask[:, width:] = 0
         self.session.run_with_iobinding(cache.binding)
