@@ -207,7 +207,6 @@ class TextGenerator:
             logits, cache = self.decoder.step(tokens[:, None], mask[:, :total], next_position, cache)
             next_position = next_position + 1
 
-
     def _greedy_row(self, logits, cache, mask: np.ndarray, position: np.ndarray, longest: int, budget: int,
                     min_new_tokens: int, stopped: np.ndarray) -> Iterator[tuple[list[int], list[bool]]]:
         """_steps for one row and plain greedy: the same tokens, with a few calls a token."""
