@@ -211,9 +211,8 @@ class TextGenerator:
                     min_new_tokens: int, stopped: np.ndarray) -> Iterator[tuple[list[int], list[bool]]]:
         """_steps for one row and plain greedy: the same tokens, with a few calls a token."""
         eos = frozenset(self.eos_token_ids)
-        step_ = self.decoder.step
+        step_, step_token = self.decoder.step, getattr(self.decoder, "step_token", None)
         for step in range(budget):
-            logits = np.asarray(logits)
             token = int(logits[0].argmax())
             if token in eos and step < min_new_tokens:  # the same token as suppressing EOS first
                 token = int(_without(logits, np.asarray(sorted(eos), np.int64))[0].argmax())
@@ -221,8 +220,11 @@ class TextGenerator:
             yield [token], [not ended]
             if ended or stopped[0] or step == budget - 1:
                 return
-            logits, cache = step_(np.array([[token]], np.int64), mask[:, :longest + step + 1], position, cache)
-            position = position + 1
+            if step_token is not None:  # the decoder's own one-row step (ONNX Runtime, OpenVINO stateful)
+                logits, cache = step_token(token, longest + step + 1, cache)
+            else:
+                logits, cache = step_(np.array([[token]], np.int64), mask[:, :longest + step + 1], position, cache)
+                position = position + 1
 
 
 def _without(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -220,6 +220,20 @@ class OnnxRuntimeDecoder:
             return (logits if all_logits else logits[:, -1]), cache
         return (logits if all_logits else logits[:, -1]), outputs[1:]
 
+    def step_token(self, token: int, total: int, cache) -> tuple[np.ndarray, list]:
+        """One row's decode step: `token` at position `total - 1`, the cache holding the `total - 1` before it;
+        returns what `step` does. On preallocated buffers whose last step was `total - 1` wide it writes the token
+        and one mask entry and runs, nothing else (docs/decisions/0198)."""
+        if type(cache) is _Buffers and cache.width == total - 1 and total <= cache.capacity and cache.ids is not None \
+                and cache.ids.shape == (1, 1):
+            cache.ids[0, 0] = token
+            cache.mask[0, total - 1] = 1
+            cache.width = total
+            self.session.run_with_iobinding(cache.binding)
+            return cache.logits[:, -1], cache
+        return self.step(np.array([[token]], np.int64), np.ones((1, total), np.int64),
+                         np.array([[total - 1]], np.int64), cache)
+
     def _step_in_place(self, input_ids: np.ndarray, attention_mask: np.ndarray, cache: _Buffers) -> np.ndarray:
         """The decode loop's step over preallocated buffers: one IOBinding per cache, with the cache buffers and a
         logits buffer bound once. The prompt step binds its token ids and mask as given; from the first decode
@@ -240,6 +254,7 @@ class OnnxRuntimeDecoder:
             cache.ids[...] = input_ids
             cache.mask[:, :width] = attention_mask
             cache.mask[:, width:] = 0
+            cache.width = width
         self.session.run_with_iobinding(cache.binding)
         cache.started = True
         # A view: the next step on this cache overwrites it (TextGenerator reads it before then).
@@ -299,4 +314,5 @@ class _Buffers(list):
     IOBinding and logits buffer its steps reuse."""
 
     capacity = 0  # positions each buffer holds
+    width = 0  # positions the last decode step's mask covered (step_token's fast case: the next one)
     started, binding, logits, ids, mask = False, None, None, None, None

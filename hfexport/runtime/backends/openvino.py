@@ -187,9 +187,14 @@ def _logits(request, all_logits: bool, view: bool = False) -> np.ndarray:
 
 @dataclass
 class StatefulCache:
-    """One sequence batch's cache: the request whose variables hold it (its beam_idx already set)."""
+    """One sequence batch's cache: the request whose variables hold it (its beam_idx already set), and the input
+    arrays `step_token` reuses (made at its first call)."""
 
     request: object
+    capacity: int | None = None
+    ids: np.ndarray | None = None
+    position: np.ndarray | None = None
+    ones: np.ndarray | None = None
 
 
 class OpenVINOStatefulDecoder:
@@ -213,7 +218,7 @@ class OpenVINOStatefulDecoder:
     def empty_cache(self, batch: int, capacity: int | None = None) -> StatefulCache:
         request = self.compiled.create_infer_request()
         request.set_tensor("beam_idx", self._tensor(np.arange(batch, dtype=np.int32)))
-        return StatefulCache(request)
+        return StatefulCache(request, capacity)
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              cache: StatefulCache, all_logits: bool = False) -> tuple[np.ndarray, StatefulCache]:
@@ -228,6 +233,25 @@ class OpenVINOStatefulDecoder:
         request.start_async()
         request.wait()
         return _logits(request, all_logits, view=True), cache
+
+    def step_token(self, token: int, total: int, cache: StatefulCache) -> tuple[np.ndarray, StatefulCache]:
+        """One unpadded row's decode step: `token` at position `total - 1`; returns what `step` does. Its ids,
+        position and mask are arrays made once per cache and filled in place (docs/decisions/0198)."""
+        if cache.ids is None:
+            cache.ids, cache.position = np.zeros((1, 1), np.int64), np.zeros((1, 1), np.int64)
+            cache.ones = np.ones((1, max(cache.capacity or 0, total)), np.int64)
+            if self.keeps_logits:  # the last position's only (a prompt step left it set; a fresh cache has none)
+                cache.request.set_tensor("logits_to_keep", self._tensor(_KEEP_LAST, shared_memory=True))
+        if total > cache.ones.shape[1]:
+            cache.ones = np.ones((1, 2 * total), np.int64)
+        cache.ids[0, 0], cache.position[0, 0] = token, total - 1
+        request, tensor = cache.request, self._tensor
+        request.set_tensor("input_ids", tensor(cache.ids, shared_memory=True))
+        request.set_tensor("attention_mask", tensor(cache.ones[:, :total], shared_memory=True))
+        request.set_tensor("position_ids", tensor(cache.position, shared_memory=True))
+        request.start_async()
+        request.wait()
+        return _logits(request, False, view=True), cache
 
 
 @dataclass
