@@ -113,6 +113,33 @@ def test_in_place_decode_steps_give_each_rows_logits_alone_on_a_growing_cache(ti
             np.testing.assert_allclose(batched[step][row], expected[0], rtol=1e-4, atol=1e-4)
 
 
+def test_step_token_gives_steps_logits_on_buffers_and_on_a_growing_cache(tiny_llm, tmp_path):
+    """`step_token` (the greedy one-row loop's step, decision 0198): on preallocated buffers it writes the token and
+    one mask entry and runs; on a growing cache it is `step`. Either way the logits are `step`'s."""
+    decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
+    prompt, forced = PROMPTS[0], [3, 9, 27, 81, 2]
+    total = len(prompt) + len(forced)
+
+    def run(capacity, by_token):
+        cache = decoder.empty_cache(1, capacity=capacity)
+        logits, cache = decoder.step(np.array([prompt]), np.ones((1, len(prompt)), np.int64), None, cache)
+        got = [logits.copy()]
+        for step, token in enumerate(forced):
+            width = len(prompt) + step + 1
+            if by_token:
+                logits, cache = decoder.step_token(token, width, cache)
+            else:
+                logits, cache = decoder.step(np.array([[token]]), np.ones((1, width), np.int64), None, cache)
+            got.append(logits.copy())
+        return np.concatenate(got), cache
+
+    reference, _ = run(None, False)
+    for capacity in (None, total):  # a growing cache, then buffers
+        got, cache = run(capacity, True)
+        np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
+    assert cache.width == total and cache.mask[0].tolist() == [1] * total  # the buffers' fast case ran
+
+
 def test_fused_cache_buffer_refuses_a_step_past_its_capacity_and_ragged_rows_without_one(tiny_llm, tmp_path):
     decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
     ids, mask, positions = _left_padded(PROMPTS[:2], 2)

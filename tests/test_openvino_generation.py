@@ -101,6 +101,27 @@ def test_openvino_generation_state_resets_between_calls(ov_llm_bundle):
     assert [generator.generate("Again and again", max_new_tokens=12) for _ in range(2)] == [text, text]
 
 
+def test_openvino_step_token_gives_steps_logits(ov_llm_bundle):
+    """The stateful decoder's one-row step (decision 0198) fills arrays it made once; its logits equal `step`'s, and
+    past the capacity it was made for it still runs."""
+    decoder = load(ov_llm_bundle("llama")[0]).decoder
+    ids = np.asarray([[5, 17, 42, 99]], np.int64)
+    forced = [3, 9, 27, 81, 2]
+
+    def run(by_token):
+        cache = decoder.empty_cache(1, capacity=len(ids[0]) + 2)  # a capacity shorter than the run
+        logits, cache = decoder.step(ids, np.ones_like(ids), np.arange(ids.shape[1])[None], cache)
+        got = [logits.copy()]
+        for step, token in enumerate(forced):
+            total = ids.shape[1] + step + 1
+            logits, cache = (decoder.step_token(token, total, cache) if by_token else decoder.step(
+                np.array([[token]]), np.ones((1, total), np.int64), np.array([[total - 1]]), cache))
+            got.append(logits.copy())
+        return np.concatenate(got)
+
+    np.testing.assert_array_equal(run(True), run(False))
+
+
 def test_openvino_generation_concurrent_calls_get_their_own_state(ov_llm_bundle):
     from concurrent.futures import ThreadPoolExecutor
 
