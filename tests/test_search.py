@@ -15,7 +15,7 @@ def test_candidates_are_the_targets_recipes_and_their_knobs_without_duplicates(t
     model = str(tiny_model("bert", "feature-extraction"))
     cpu = [p.stem for p in candidate_recipes("cpu", "feature-extraction", tmp_path / "cpu", model=model)]
     assert {"default", "fp32", "int8-small", "int8-static", "default+qkv-int8", "default+per-tensor",
-            "default+float3", "default+float6", "default+qkv-int8+float6", "default+attention-int8"} <= set(cpu)
+            "default+float3", "default+float6", "default+qkv-int8+float6", "default+attention-float"} <= set(cpu)
     assert not [name for name in cpu if "float" in name and not name.startswith("default+")]  # default's only
     assert "reference" not in cpu  # plans exactly as `default`
     assert not [name for name in cpu if name.startswith("llm-") or "distill" in name]
