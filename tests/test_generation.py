@@ -168,6 +168,38 @@ def test_generation_stream_pieces_join_to_generate_in_order(llm_bundle):
     assert "".join(pieces) == generator.generate("Streaming", max_new_tokens=20)
 
 
+def _llama2_style_tokenizer():
+    """A byte-fallback SentencePiece-style BPE (Llama 2's decoder: Replace, ByteFallback, Fuse, Strip), trained here."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"), normalizers.Replace(" ", "\u2581")])
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                           decoders.Strip(" ", 1, 0)])
+    special = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    text = " ".join(PROMPTS) + " déjà vu, naïve café: 東京 " + "the quick brown fox jumps over the lazy dog " * 20
+    tokenizer.train_from_iterator([text] * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=special))
+    return lambda ids: tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def test_detokenizer_pieces_join_to_one_decode_of_every_token(llm_bundle):
+    """stream() and stop strings decode a window per token (decision 0198), not every token each time: for random
+    token ids (split characters, byte tokens, leading spaces), the pieces plus what is held back at the end equal
+    one decode of the whole sequence, on byte-level BPE and on a byte-fallback SentencePiece-style tokenizer."""
+    import numpy as np
+
+    from hfexport.runtime import load
+    from hfexport.runtime.generation import _Detokenizer
+
+    generator = load(llm_bundle("gpt2")[0])
+    rng = np.random.default_rng(0)
+    for decode, vocab in ((generator.decode, generator.tokenizer.get_vocab_size()), (_llama2_style_tokenizer(), 400)):
+        for _ in range(100):
+            ids = rng.integers(0, vocab, 40).tolist()
+            detokenizer = _Detokenizer(decode)
+            assert "".join(detokenizer.add(i) for i in ids) + detokenizer.rest() == decode(ids)
+
+
 def test_generation_rejects_bad_options(llm_bundle):
     from hfexport.runtime import load
 

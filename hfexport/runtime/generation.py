@@ -94,13 +94,17 @@ class TextGenerator:
         """Token ids in, generated token ids out (EOS excluded); what validation compares with PyTorch."""
         stops = _stops(stop)
         rows: list[list[int]] = [[] for _ in prompt_ids]
+        texts = [_Detokenizer(self.decode) for _ in prompt_ids] if stops else []
+        written = [""] * len(prompt_ids)  # each row's text so far, where stop strings are looked for
         stopped = np.zeros(len(prompt_ids), bool)
         for tokens, active in self._steps(prompt_ids, max_new_tokens, seed, sampling, stopped):
             for row, (token, on) in enumerate(zip(tokens, active)):
                 if on:
                     rows[row].append(token)
-                    if stops and _cut_at_stop(self.decode(rows[row]), stops)[1]:
-                        stopped[row] = True
+                    if stops:
+                        written[row] += texts[row].add(token)
+                        if _cut_at_stop(written[row], stops)[1]:
+                            stopped[row] = True
         return rows
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int | None = None, stop=None, seed: int | None = None,
@@ -109,24 +113,26 @@ class TextGenerator:
         stops = _stops(stop)
         # Text that could still become the start of a stop string is held back until it cannot.
         hold = max((len(s) for s in stops), default=1) - 1
-        tokens: list[int] = []
+        detokenizer = _Detokenizer(self.decode)
         emitted = 0
         stopped = np.zeros(1, bool)
         text = ""
         for step, active in self._steps([self.encode(prompt)], max_new_tokens, seed, sampling, stopped):
             if not active[0]:
                 break
-            tokens.append(int(step[0]))
-            text, hit = _cut_at_stop(self.decode(tokens), stops)
+            piece = detokenizer.add(step[0])
+            if not piece:  # nothing new yet (a multi-byte character split across tokens: wait for the rest)
+                continue
+            text, hit = _cut_at_stop(text + piece, stops)
             if hit:
                 stopped[0] = True
                 break
-            if text.endswith("\ufffd"):  # a multi-byte character split across tokens: wait for the rest
-                continue
             safe = len(text) - hold
             if safe > emitted:
                 yield text[emitted:safe]
                 emitted = safe
+        if not stopped[0]:  # what a split character left pending, as decoding every token at once gives it
+            text = _cut_at_stop(text + detokenizer.rest(), stops)[0]
         if len(text) > emitted:
             yield text[emitted:]
 
@@ -225,6 +231,30 @@ class TextGenerator:
             else:
                 logits, cache = step_(np.array([[token]], np.int64), mask[:, :longest + step + 1], position, cache)
                 position = position + 1
+
+
+class _Detokenizer:
+    """The text of a growing token sequence, a piece per token. Decoding the whole sequence at every token costs
+    O(length) a token (85 us at 1,000 tokens, 171 at 2,000 on the bench tokenizer); this decodes a window from the
+    token before the last piece: the window's text minus its first tokens' text is the new piece (the first
+    tokens give context, so a tokenizer that drops a leading space at the start of a decode does so on both).
+    A window that ends in U+FFFD (a character split across tokens) waits for the rest."""
+
+    def __init__(self, decode):
+        self.decode, self.tokens, self.start, self.read = decode, [], 0, 0
+
+    def add(self, token: int) -> str:
+        self.tokens.append(token)
+        context = self.decode(self.tokens[self.start:self.read])
+        window = self.decode(self.tokens[self.start:])
+        if len(window) <= len(context) or window.endswith("\ufffd"):
+            return ""
+        self.start, self.read = self.read, len(self.tokens)
+        return window[len(context):]
+
+    def rest(self) -> str:
+        """What `add` held back at the end (a character still split when the sequence stopped)."""
+        return self.decode(self.tokens[self.start:])[len(self.decode(self.tokens[self.start:self.read])):]
 
 
 def _without(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
