@@ -163,9 +163,11 @@ def test_generation_stream_pieces_join_to_generate_in_order(llm_bundle):
     from hfexport.runtime import load
 
     generator = load(llm_bundle("qwen2")[0])
-    pieces = list(generator.stream("Streaming", max_new_tokens=20))
+    tokens: list[int] = []
+    pieces = list(generator.stream("Streaming", max_new_tokens=20, tokens=tokens))
     assert len(pieces) > 1
     assert "".join(pieces) == generator.generate("Streaming", max_new_tokens=20)
+    assert tokens == generator.generate_ids([generator.encode("Streaming")], max_new_tokens=20)[0]  # usage counts
 
 
 def _llama2_style_tokenizer():

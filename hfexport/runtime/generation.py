@@ -108,12 +108,13 @@ class TextGenerator:
         return rows
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int | None = None, stop=None, seed: int | None = None,
-               **sampling) -> Iterator[str]:
-        """Text pieces in order; joined, they equal `generate(prompt, ...)` with the same arguments."""
+               tokens: list[int] | None = None, **sampling) -> Iterator[str]:
+        """Text pieces in order; joined, they equal `generate(prompt, ...)` with the same arguments. `tokens`: a
+        list the generated token ids are appended to as they come (a server counts usage with it)."""
         stops = _stops(stop)
         # Text that could still become the start of a stop string is held back until it cannot.
         hold = max((len(s) for s in stops), default=1) - 1
-        detokenizer = _Detokenizer(self.decode)
+        detokenizer = _Detokenizer(self.decode, tokens if tokens is not None else [])
         emitted = 0
         stopped = np.zeros(1, bool)
         text = ""
@@ -240,8 +241,8 @@ class _Detokenizer:
     tokens give context, so a tokenizer that drops a leading space at the start of a decode does so on both).
     A window that ends in U+FFFD (a character split across tokens) waits for the rest."""
 
-    def __init__(self, decode):
-        self.decode, self.tokens, self.start, self.read = decode, [], 0, 0
+    def __init__(self, decode, tokens: list[int] | None = None):
+        self.decode, self.tokens, self.start, self.read = decode, [] if tokens is None else tokens, 0, 0
 
     def add(self, token: int) -> str:
         self.tokens.append(token)

@@ -7,7 +7,6 @@ runtime's own `TextGenerator.stream`, so its text equals `generate()`'s for the 
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable
@@ -101,20 +100,10 @@ class GenerationQueue:
         self.metrics.observe("hfexport_queue_wait_seconds", labels, started - enqueued)
         if job.cancel.is_set():  # timed out or disconnected while waiting
             return GenerationOutcome("", 0, "stop")
-        # NOTE: stream() yields text, but usage needs the token count. It decodes the running completion
-        # after every token through self.decode, so a per-request copy whose decode keeps the token list
-        # counts exactly, with no second pass (tests/test_serve.py checks it against generate_ids).
-        seen: list[list[int]] = [[]]
-        counting = copy.copy(self.generator)
-
-        def decode(ids: list[int]) -> str:
-            seen[0] = ids
-            return self.generator.decode(ids)
-
-        counting.decode = decode
+        tokens: list[int] = []  # stream() appends the generated ids: usage counts them
         pieces: list[str] = []
-        stream = counting.stream(job.prompt, max_new_tokens=job.max_new_tokens, stop=job.stop, seed=job.seed,
-                                 **job.sampling)
+        stream = self.generator.stream(job.prompt, max_new_tokens=job.max_new_tokens, stop=job.stop, seed=job.seed,
+                                       tokens=tokens, **job.sampling)
         try:
             for piece in stream:
                 pieces.append(piece)
@@ -125,13 +114,13 @@ class GenerationQueue:
         finally:
             stream.close()
         text = "".join(pieces)
-        tokens = len(seen[0])
-        raw = self.generator.decode(seen[0]) if seen[0] else ""
+        raw = self.generator.decode(tokens) if tokens else ""
         stopped = any(s in raw for s in job.stop or ())
-        finish = "length" if tokens >= job.max_new_tokens and not stopped else "stop"
+        count = len(tokens)
+        finish = "length" if count >= job.max_new_tokens and not stopped else "stop"
         elapsed = time.monotonic() - started
         self.metrics.inc("hfexport_tokens_total", (*labels, ("kind", "prompt")), job.prompt_tokens)
-        self.metrics.inc("hfexport_tokens_total", (*labels, ("kind", "completion")), tokens)
-        if tokens and elapsed > 0:
-            self.metrics.observe("hfexport_generation_tokens_per_second", labels, tokens / elapsed)
-        return GenerationOutcome(text, tokens, finish)
+        self.metrics.inc("hfexport_tokens_total", (*labels, ("kind", "completion")), count)
+        if count and elapsed > 0:
+            self.metrics.observe("hfexport_generation_tokens_per_second", labels, count / elapsed)
+        return GenerationOutcome(text, count, finish)
