@@ -94,7 +94,7 @@ class TextGenerator:
         """Token ids in, generated token ids out (EOS excluded); what validation compares with PyTorch."""
         stops = _stops(stop)
         rows: list[list[int]] = [[] for _ in prompt_ids]
-        texts = [_Detokenizer(self.decode) for _ in prompt_ids] if stops else []
+        detokenizers = [_Detokenizer(self.decode) for _ in prompt_ids] if stops else []
         written = [""] * len(prompt_ids)  # each row's text so far, where stop strings are looked for
         stopped = np.zeros(len(prompt_ids), bool)
         for tokens, active in self._steps(prompt_ids, max_new_tokens, seed, sampling, stopped):
@@ -102,7 +102,7 @@ class TextGenerator:
                 if on:
                     rows[row].append(token)
                     if stops:
-                        written[row] += texts[row].add(token)
+                        written[row] += detokenizers[row].add(token)
                         if _cut_at_stop(written[row], stops)[1]:
                             stopped[row] = True
         return rows

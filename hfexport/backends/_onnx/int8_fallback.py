@@ -61,8 +61,8 @@ def rank_matmuls(source: Path, items: Iterable, encode: Callable[[object], dict]
 
 def probe(model, names: list[str], folder: Path | None = None) -> Callable[[dict], list]:
     """feeds -> the values of the tensors `names` of the float graph `model` (a ModelProto, left as it is; its
-    external data, if any, resolves in `folder`, the temporary directory when None): the graph runs with them exposed as extra outputs, and the
-    feeds a caller made for more inputs than the graph takes are cut to its own."""
+    external data, if any, resolves in `folder`, the temporary directory when None): the graph runs with them
+    exposed as extra outputs, and the feeds a caller made for more inputs than the graph takes are cut to its own."""
     import onnx
     import onnxruntime as ort
 
