@@ -86,7 +86,7 @@ def test_fused_graph_every_position_logits_match_pytorch_per_row(tiny_llm, tmp_p
 
 
 def test_in_place_decode_steps_give_each_rows_logits_alone_on_a_growing_cache(tiny_llm, tmp_path):
-    """Decode steps on a preallocated cache bind the ids and a cache-wide mask once and fill them in place;
+    """Decode steps on a preallocated cache bind the ids and each row's length once and fill them in place;
     each step's logits equal those of the row alone on a growing cache (fed the same tokens), and are a view
     of the cache's logits buffer."""
     decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
@@ -100,7 +100,7 @@ def test_in_place_decode_steps_give_each_rows_logits_alone_on_a_growing_cache(ti
         mask[:, width + step] = 1
         logits, cache = decoder.step(np.array(forced)[:, step:step + 1], mask[:, :width + step + 1], None, cache)
         batched.append(logits.copy())
-    assert np.shares_memory(logits, cache.logits) and cache.mask.shape == (3, width + 4)
+    assert np.shares_memory(logits, cache.logits) and cache.lengths.tolist() == (mask.sum(1) - 1).tolist()
     for row, prompt in enumerate(PROMPTS):
         alone = decoder.empty_cache(1)
         logits, alone = decoder.step(np.array([prompt]), np.ones((1, len(prompt)), np.int64), None, alone)
@@ -115,7 +115,7 @@ def test_in_place_decode_steps_give_each_rows_logits_alone_on_a_growing_cache(ti
 
 def test_step_token_gives_steps_logits_on_buffers_and_on_a_growing_cache(tiny_llm, tmp_path):
     """`step_token` (the greedy one-row loop's step, decision 0198): on preallocated buffers it writes the token and
-    one mask entry and runs; on a growing cache it is `step`. Either way the logits are `step`'s."""
+    the row's length and runs; on a growing cache it is `step`. Either way the logits are `step`'s."""
     decoder, _ = _decoder(_model(tiny_llm, "llama"), tmp_path / "model.onnx")
     prompt, forced = PROMPTS[0], [3, 9, 27, 81, 2]
     total = len(prompt) + len(forced)
@@ -137,7 +137,7 @@ def test_step_token_gives_steps_logits_on_buffers_and_on_a_growing_cache(tiny_ll
     for capacity in (None, total):  # a growing cache, then buffers
         got, cache = run(capacity, True)
         np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
-    assert cache.width == total and cache.mask[0].tolist() == [1] * total  # the buffers' fast case ran
+    assert cache.width == total and cache.lengths.tolist() == [total - 1]  # the buffers' fast case ran
 
 
 def test_fused_cache_buffer_refuses_a_step_past_its_capacity_and_ragged_rows_without_one(tiny_llm, tmp_path):
@@ -211,3 +211,67 @@ def test_graph_fused_on_a_model_it_cannot_write_fails_naming_the_option(build_ll
 
     with pytest.raises(HfExportError, match="graph: fused cannot write this model .*model type 'gpt2'.*graph: traced"):
         build_llm("gpt2", [{"type": "export_onnx_generation", "graph": "fused"}])
+
+
+def _as_before_0199(path, out) -> None:
+    """The fused graph as bundles before decision 0199 hold it: an attention mask and `logits_to_keep` in, the
+    lengths and the kept position computed inside (0: every position; else each row's last real one)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    consts = {"c_axis1": [1], "c_one": [1], "c_zero": [0], "c_axis2": [2], "c_scalar": np.zeros(0, np.int64),
+              "c_zero_scalar": 0, "c_one_scalar": 1}
+    graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.int64), k) for k, v in consts.items())
+
+    def node(kind, inputs, output, **attrs):
+        return helper.make_node(kind, inputs, [output], **attrs)
+
+    computed = [
+        node("ReduceSum", ["attention_mask", "c_axis1"], "counts", keepdims=0), node("Sub", ["counts", "c_one"], "last"),
+        node("Cast", ["last"], "seqlens_k", to=TensorProto.INT32),
+        node("Shape", ["attention_mask"], "width", start=1, end=2), node("Reshape", ["width", "c_scalar"], "width0"),
+        node("Cast", ["width0"], "total_sequence_length", to=TensorProto.INT32),
+        node("Shape", ["input_ids"], "length", start=1, end=2), node("Reshape", ["logits_to_keep", "c_one"], "keep"),
+        node("Equal", ["keep", "c_zero"], "every"), node("Where", ["every", "length", "c_one"], "kept"),
+        node("Reshape", ["kept", "c_scalar"], "kept0"), node("Range", ["c_zero_scalar", "kept0", "c_one_scalar"], "base"),
+        node("Sub", ["length", "c_one"], "end"), node("Min", ["end", "last"], "least"),
+        node("Where", ["every", "c_zero", "least"], "offset"), node("Unsqueeze", ["base", "c_zero"], "base2"),
+        node("Unsqueeze", ["offset", "c_one"], "offset2"), node("Add", ["base2", "offset2"], "index"),
+        node("Unsqueeze", ["index", "c_axis2"], "logits_index")]
+    rest = list(graph.node)
+    del graph.node[:]
+    graph.node.extend(computed + rest)
+    kept = [i for i in graph.input if i.name not in ("seqlens_k", "total_sequence_length", "logits_index")]
+    del graph.input[:]
+    graph.input.extend([kept[0], helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+                        helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, []), *kept[1:]])
+    onnx.save(model, str(out))
+
+
+def test_fused_graph_from_before_0199_decodes_as_todays(tiny_llm, tmp_path):
+    """A bundle built before decision 0199 (mask-fed fused graph) goes on decoding through the same runtime paths
+    (a growing cache, buffers, step_token) with the same tokens and logits as today's graph."""
+    from hfexport.runtime.backends.onnxruntime import open_session
+
+    model = _model(tiny_llm, "llama")
+    today, _ = _decoder(model, tmp_path / "model.onnx")
+    _as_before_0199(tmp_path / "model.onnx", tmp_path / "old.onnx")
+    old = open_session(tmp_path / "old.onnx", {"execution_providers": ["CPUExecutionProvider"]}).decoder()
+    assert today.fed and not old.fed and old.fused and old.keeps_logits
+    assert _greedy(old, PROMPTS, 6) == _greedy(today, PROMPTS, 6)
+    assert _greedy(old, PROMPTS[:1], 6, capacity=False) == _greedy(today, PROMPTS[:1], 6)
+    ids, mask, positions = _left_padded(PROMPTS, 0)
+    every = [d.step(ids, mask, positions, d.empty_cache(3), all_logits=True)[0] for d in (old, today)]
+    np.testing.assert_allclose(every[0], every[1], atol=1e-6)
+    prompt = PROMPTS[0]
+    for decoder in (old, today):
+        cache = decoder.empty_cache(1, capacity=len(prompt) + 3)
+        logits, cache = decoder.step(np.array([prompt]), np.ones((1, len(prompt)), np.int64), None, cache)
+        for step, token in enumerate([3, 9, 27]):
+            logits, cache = decoder.step_token(token, len(prompt) + step + 1, cache)
+        assert cache.width == len(prompt) + 3
+        if decoder is old:
+            first = logits.copy()
+    np.testing.assert_allclose(first, logits, atol=1e-6)

@@ -1,6 +1,6 @@
-"""Last-position LM head in prefill: the decoder graphs (ONNX and OpenVINO) take `logits_to_keep` and compute
-the LM head for the positions asked for only; graphs exported without the input (bundles built before it)
-keep working through the same runtime decoders."""
+"""Last-position LM head in prefill: the decoder graphs take `logits_to_keep` (traced ONNX, OpenVINO) or
+`logits_index` (the fused ONNX graph, decision 0199) and compute the LM head for the positions asked for only;
+graphs exported without the input (bundles built before it) keep working through the same runtime decoders."""
 
 from __future__ import annotations
 
@@ -17,16 +17,21 @@ def _prompt(length: int = 9) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ids, np.ones_like(ids), np.arange(length, dtype=np.int64)[None]
 
 
-def _ort_prefill(path, keep: int) -> np.ndarray:
-    """A raw onnxruntime session over the bundle's graph: what the graph itself returns."""
+def _ort_prefill(path, keep: int | None = None, index: list[int] | None = None) -> np.ndarray:
+    """A raw onnxruntime session over the bundle's graph: what the graph itself returns for `logits_to_keep` =
+    `keep` (a traced graph) or the positions `index` (a fused graph's `logits_index`; None: every one)."""
     import onnxruntime as ort
+
+    from hfexport.runtime.backends.onnxruntime import fused_feeds
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     ids, mask, positions = _prompt()
     known = {"input_ids": ids, "attention_mask": mask, "position_ids": positions,
-             "logits_to_keep": np.array(keep, np.int64)}
+             "logits_to_keep": np.array(keep or 0, np.int64), **fused_feeds(mask, ids.shape[1], all_logits=True)}
+    if index is not None:
+        known["logits_index"] = np.array(index, np.int64)[None, :, None]
     feeds = {}
-    for value in session.get_inputs():  # a fused graph has no position_ids (it counts positions from the mask)
+    for value in session.get_inputs():  # a fused graph has no mask nor position_ids (decision 0199)
         if value.name.startswith("past_key_values."):
             feeds[value.name] = np.zeros((1, value.shape[1], 0, value.shape[3]), np.float32)
         else:
@@ -34,22 +39,31 @@ def _ort_prefill(path, keep: int) -> np.ndarray:
     return session.run(["logits"], feeds)[0]
 
 
-@pytest.mark.parametrize("graph", ["traced", "fused"])
-def test_onnx_prefill_graph_computes_only_the_kept_positions(build_llm, graph):
-    """traced: `logits_to_keep` k keeps the last k positions; fused (decision 0191): any k > 0 keeps each row's
-    last real position."""
-    from hfexport.runtime.backends.onnxruntime import open_session
-
-    bundle, _ = build_llm("llama", [{"type": "export_onnx_generation", "graph": graph}])
-    every, last, three = (_ort_prefill(bundle / "model.onnx", k) for k in (0, 1, 3))
+def test_onnx_traced_prefill_graph_computes_only_the_kept_positions(build_llm):
+    """`logits_to_keep` k keeps the last k positions (0: every one), as transformers' forward."""
+    bundle, _ = build_llm("llama", [{"type": "export_onnx_generation", "graph": "traced"}])
+    every, last, three = (_ort_prefill(bundle / "model.onnx", keep=k) for k in (0, 1, 3))
     assert every.shape[:2] == (1, 9) and last.shape == (1, 1, every.shape[2])
     np.testing.assert_allclose(last[:, 0], every[:, -1], atol=1e-5)
-    if graph == "traced":
-        np.testing.assert_allclose(three, every[:, -3:], atol=1e-5)
-    else:
-        np.testing.assert_allclose(three, last, atol=1e-6)
+    np.testing.assert_allclose(three, every[:, -3:], atol=1e-5)
+    _runtime_prefill_is_the_last_row(bundle, every, keeps=True)
+
+
+def test_onnx_fused_prefill_graph_computes_only_the_named_positions(build_llm):
+    """A fused graph (decisions 0191, 0199) computes the LM head for the positions `logits_index` names."""
+    bundle, _ = build_llm("llama", [{"type": "export_onnx_generation", "graph": "fused"}])
+    every, last, some = (_ort_prefill(bundle / "model.onnx", index=i) for i in (None, [8], [2, 5, 8]))
+    assert every.shape[:2] == (1, 9) and last.shape == (1, 1, every.shape[2])
+    np.testing.assert_allclose(last[:, 0], every[:, -1], atol=1e-5)
+    np.testing.assert_allclose(some, every[:, [2, 5, 8]], atol=1e-5)
+    _runtime_prefill_is_the_last_row(bundle, every, keeps=False)
+
+
+def _runtime_prefill_is_the_last_row(bundle, every: np.ndarray, keeps: bool) -> None:
+    from hfexport.runtime.backends.onnxruntime import open_session
+
     decoder = open_session(bundle / "model.onnx", {"intra_op_threads": 1}).decoder()
-    assert decoder.keeps_logits
+    assert decoder.keeps_logits is keeps and decoder.fed is not keeps
     logits, _ = decoder.step(*_prompt(), decoder.empty_cache(1))
     assert logits.shape == (1, every.shape[2])
     np.testing.assert_allclose(logits, every[:, -1], atol=1e-5)

@@ -10,14 +10,20 @@ is one buffer the attention writes in place (docs/decisions/0191-fused-decoder-g
       -> GroupQueryAttention (rotary inside) -> MatMul(o)
     SkipSimplifiedLayerNorm -> MatMul(gate|up packed) -> Split -> Sigmoid, Mul, Mul -> MatMul(down)
 
-Layout (differs from the traced graph's in `_generation_graph.py` in two ways; model metadata
-`FUSED_DECODER` tells the runtime):
-- rows are right-padded: GroupQueryAttention counts each row's tokens from the mask (seqlens_k = count - 1)
-  and places row b's new tokens, and their rotary positions, after its own count. There is no
-  `position_ids` input. The runtime's decoder moves a left-padded prompt's tokens to the front of each row.
-- `logits_to_keep` 0 gives every position's logits; any other value gives each row's last real position.
-With a past buffer longer than the mask (bound as input and output at once) the attention writes the new
-positions into it in place; with a past of exactly the cached length it concatenates, as the traced graph.
+Layout (differs from the traced graph's in `_generation_graph.py`; model metadata `FUSED_DECODER` tells the
+runtime):
+- rows are right-padded: GroupQueryAttention places row b's new tokens, and their rotary positions, after its
+  `seqlens_k[b] + 1 - sequence` cached ones. The runtime's decoder moves a left-padded prompt's tokens to the
+  front of each row.
+- no attention mask and no `position_ids`: the runtime feeds GroupQueryAttention's own `seqlens_k` (int32
+  [batch], each row's length - 1) and `total_sequence_length` (int32 scalar), and `logits_index` (int64
+  [batch, kept, 1]: the positions of this step whose logits to compute). Computed in the graph from a mask and
+  a `logits_to_keep`, as graphs before decision 0199 did, they were 19 of its 67 operators for a 4-layer
+  Llama, and ~45 us of an int4 step's ~520 (docs/decisions/0199-fused-graph-fed-lengths.md);
+  `fused_feeds` (runtime) computes them from a mask.
+With a past buffer longer than the step (bound as input and output at once, `total_sequence_length` its width)
+the attention writes the new positions into it in place; with a past of exactly the cached length it
+concatenates, as the traced graph.
 
 Supported: model types in `ARCHITECTURES` with SiLU MLPs, full-width rotary with a length-independent
 frequency table, and no sliding window; `fused_refusal` says why any other model is not (it is then traced).
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hfexport.runtime.backends.onnxruntime import FUSED_DECODER
+from hfexport.runtime.backends.onnxruntime import FED_INPUTS, FUSED_DECODER
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn")
@@ -40,7 +46,7 @@ _EXTERNAL_FROM = 1_800_000_000  # float bytes past which weights go to a sidecar
 def fused_inputs(layers: int) -> list[str]:
     from hfexport.backends._generation_graph import past_names
 
-    return ["input_ids", "attention_mask", "logits_to_keep", *past_names(layers)]
+    return ["input_ids", *FED_INPUTS, *past_names(layers)]
 
 
 def fused_refusal(model) -> str | None:
@@ -157,8 +163,9 @@ def write_fused_graph(model, path: Path, *, layers: int, kv_heads: int, head_dim
     vocab = int(model.get_output_embeddings().weight.shape[0])
     floats = TensorProto.FLOAT
     inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "sequence"]),
-              helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
-              helper.make_tensor_value_info("logits_to_keep", TensorProto.INT64, []),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+              helper.make_tensor_value_info("logits_index", TensorProto.INT64, ["batch", "kept", 1]),
               *[helper.make_tensor_value_info(n, floats, ["batch", kv_heads, "past", head_dim])
                 for n in past_names(layers)]]
     outputs = [helper.make_tensor_value_info("logits", floats, ["batch", "kept", vocab]),
@@ -178,17 +185,8 @@ def write_fused_graph(model, path: Path, *, layers: int, kv_heads: int, head_dim
 
 def _write_nodes(g: _Graph, model, *, layers: int, kv_heads: int, head_dim: int, positions: int, heads: int,
                  eps: float) -> None:
-    from onnx import TensorProto
-
     from hfexport.backends._generation_graph import past_names, present_names
 
-    # Shared by every layer: seqlens_k (each row's mask count - 1) and the total length (the mask's width).
-    counts = g.op("ReduceSum", ["attention_mask", g.const("/const/axis1", np.array([1], np.int64))], keepdims=0)
-    last = g.op("Sub", [counts, g.const("/const/one_i64", np.array([1], np.int64))])
-    seqlens = g.op("Cast", [last], to=TensorProto.INT32)
-    width = g.op("Shape", ["attention_mask"], start=1, end=2)
-    total = g.op("Cast", [g.op("Reshape", [width, g.const("/const/scalar", np.zeros(0, np.int64))])],
-                 to=TensorProto.INT32)
     cos, sin = _rotary_tables(model, positions)
     cos, sin = g.const("cos_cache", cos), g.const("sin_cache", sin)
 
@@ -213,7 +211,7 @@ def _write_nodes(g: _Graph, model, *, layers: int, kv_heads: int, head_dim: int,
             q, k, v = qkv, "", ""
         past_k, past_v = past_names(layers)[2 * i:2 * i + 2]
         out_k, out_v = present_names(layers)[2 * i:2 * i + 2]
-        attended, _, _ = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, seqlens, total, cos, sin],
+        attended, _, _ = g.op("GroupQueryAttention", [q, k, v, past_k, past_v, *FED_INPUTS[:2], cos, sin],
                               [f"/attn_{i}/out", out_k, out_v], _MS, num_heads=heads, kv_num_heads=kv_heads,
                               scale=float(attn.scaling), do_rotary=1, rotary_interleaved=0)
         projected = _linear(g, attended, f"layers.{i}.attn.o", [attn.o_proj])
@@ -227,7 +225,7 @@ def _write_nodes(g: _Graph, model, *, layers: int, kv_heads: int, head_dim: int,
         pending = _linear(g, act, f"layers.{i}.mlp.down", [mlp.down_proj])
     norm = g.const("model.norm.weight", _array(inner.norm.weight))
     final, _, _, _ = g.op("SkipSimplifiedLayerNormalization", [pending, residual, norm], 4, _MS, epsilon=eps)
-    _lm_head(g, final, last, model)
+    _lm_head(g, final, model)
 
 
 
@@ -237,22 +235,9 @@ def _head_norm(g: _Graph, x: str, heads: int, head_dim: int, weight: np.ndarray,
     return g.op("Reshape", [normed, g.const(f"{name}/flat", np.array([0, 0, heads * head_dim], np.int64))])
 
 
-def _lm_head(g: _Graph, hidden: str, last: str, model) -> None:
-    """logits for every position (`logits_to_keep` 0) or each row's last real one (any other value): row b's
-    last real token sits at min(sequence - 1, seqlens_k[b]) in a right-padded prefill, at 0 in a decode step."""
-    one = g.const("/const/one_i64", np.array([1], np.int64))
-    zero = g.const("/const/zero_i64", np.array([0], np.int64))
-    length = g.op("Shape", ["input_ids"], start=1, end=2)
-    keep = g.op("Reshape", ["logits_to_keep", one])
-    every = g.op("Equal", [keep, zero])
-    kept = g.op("Where", [every, length, one])
-    scalar = g.const("/const/scalar", np.zeros(0, np.int64))
-    base = g.op("Range", [g.const("/const/zero_scalar", np.array(0, np.int64)), g.op("Reshape", [kept, scalar]),
-                          g.const("/const/one_scalar", np.array(1, np.int64))])
-    offset = g.op("Where", [every, zero, g.op("Min", [g.op("Sub", [length, one]), last])])
-    index = g.op("Add", [g.op("Unsqueeze", [base, zero]), g.op("Unsqueeze", [offset, one])])
-    rows = g.op("GatherND", [hidden, g.op("Unsqueeze", [index, g.const("/const/axis2", np.array([2], np.int64))])],
-                batch_dims=1)
+def _lm_head(g: _Graph, hidden: str, model) -> None:
+    """logits for the positions `logits_index` names in each row: [batch, kept, vocab]."""
+    rows = g.op("GatherND", [hidden, "logits_index"], batch_dims=1)
     head = model.get_output_embeddings()
     out = g.op("MatMul", [rows, g.const("lm_head.weight", _array(head.weight).T)],
                ["logits"] if getattr(head, "bias", None) is None else 1)

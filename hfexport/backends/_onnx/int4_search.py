@@ -39,6 +39,7 @@ import numpy as np
 from hfexport.backends._onnx.blocks import Rounded, WeightMatrix, rounded
 from hfexport.backends._onnx.external import PROTOBUF_LIMIT
 from hfexport.errors import ExportError
+from hfexport.runtime.backends.onnxruntime import fused_feeds
 
 _BATCH = 4  # windows per probe call: bounds the [batch, tokens, vocab] logits held at once
 
@@ -214,7 +215,8 @@ class _Probe:
         ids = np.asarray(windows, np.int64)
         known = {"input_ids": ids, "attention_mask": np.ones_like(ids),
                  "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy(),
-                 "logits_to_keep": np.array(0, np.int64)}  # every position's logits (a graph that has the input)
+                 "logits_to_keep": np.array(0, np.int64),  # every position's logits (a graph that has the input)
+                 **fused_feeds(np.ones_like(ids), ids.shape[1], all_logits=True)}  # a fused graph's (0199)
         feeds = {}
         for value in self.session.get_inputs():
             if value.name in known:

@@ -31,6 +31,22 @@ _ORT_INPUT_ERRORS = _ort_input_errors()
 # an attention that writes new positions into a preallocated past buffer in place.
 FUSED_DECODER = ("hfexport.decoder_layout", "right-padded-gqa")
 _KEEP_ALL, _KEEP_LAST = np.array(0, np.int64), np.array(1, np.int64)
+# What a fused graph built since decision 0199 takes instead of an attention mask and `logits_to_keep`.
+FED_INPUTS = ("seqlens_k", "total_sequence_length", "logits_index")
+
+
+def fused_feeds(attention_mask: np.ndarray, sequence: int, all_logits: bool = False) -> dict[str, np.ndarray]:
+    """A fused graph's `FED_INPUTS` for a step of `sequence` tokens under `attention_mask` [batch, total]: each
+    row's length - 1, the total width, and the positions whose logits to compute: every one, or each row's last
+    real one (min(sequence - 1, length - 1): its prompt's end in a right-padded prefill, 0 in a decode step)."""
+    counts = np.asarray(attention_mask).sum(1)
+    batch = counts.shape[0]
+    if all_logits:
+        index = np.broadcast_to(np.arange(sequence, dtype=np.int64)[None, :, None], (batch, sequence, 1))
+    else:
+        index = np.minimum(sequence - 1, counts - 1).astype(np.int64)[:, None, None]
+    return {"seqlens_k": (counts - 1).astype(np.int32), "total_sequence_length": np.array(attention_mask.shape[1],
+            np.int32), "logits_index": np.ascontiguousarray(index)}
 
 
 class OnnxRuntimeSession:
@@ -157,6 +173,7 @@ class OnnxRuntimeDecoder:
         self.past_names = [i.name for i in inputs if i.name.startswith("past_key_values.")]
         self.present_names = [o.name for o in runtime.session.get_outputs() if o.name.startswith("present.")]
         self.keeps_logits = any(i.name == "logits_to_keep" for i in inputs)  # absent from bundles before it
+        self.fed = any(i.name == FED_INPUTS[0] for i in inputs)  # a fused graph since decision 0199
         self.takes_positions = any(i.name == "position_ids" for i in inputs)  # a fused graph counts its own
         past = next(i for i in inputs if i.name in self.past_names)
         self.kv_heads, self.head_dim = int(past.shape[1]), int(past.shape[3])
@@ -196,7 +213,7 @@ class OnnxRuntimeDecoder:
             return self._step_in_place(input_ids, attention_mask, cache), cache
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
-        binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+        self._bind_mask(binding, attention_mask, input_ids.shape[1], all_logits)
         if self.takes_positions:
             binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, np.int64))
         if self.keeps_logits:  # 0: every position, 1: the last one
@@ -223,11 +240,14 @@ class OnnxRuntimeDecoder:
     def step_token(self, token: int, total: int, cache) -> tuple[np.ndarray, list]:
         """One row's decode step: `token` at position `total - 1`, the cache holding the `total - 1` before it;
         returns what `step` does. On preallocated buffers whose last step was `total - 1` wide it writes the token
-        and one mask entry and runs, nothing else (docs/decisions/0198)."""
+        and its length (or one mask entry) and runs, nothing else (docs/decisions/0198)."""
         if type(cache) is _Buffers and cache.width == total - 1 and total <= cache.capacity and cache.ids is not None \
                 and cache.ids.shape == (1, 1):
             cache.ids[0, 0] = token
-            cache.mask[0, total - 1] = 1
+            if self.fed:
+                cache.lengths[0] = total - 1
+            else:
+                cache.mask[0, total - 1] = 1
             cache.width = total
             self.session.run_with_iobinding(cache.binding)
             return cache.logits[:, -1], cache
@@ -244,7 +264,7 @@ class OnnxRuntimeDecoder:
             self._bind_cache(cache, len(input_ids))
         if not cache.started:
             cache.binding.bind_cpu_input("input_ids", np.ascontiguousarray(input_ids))
-            cache.binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask))
+            self._bind_mask(cache.binding, attention_mask, input_ids.shape[1])
         else:
             if cache.ids is None or cache.ids.shape != np.shape(input_ids):
                 self._bind_step_inputs(cache, np.shape(input_ids))
@@ -252,8 +272,11 @@ class OnnxRuntimeDecoder:
             if width > cache.capacity:
                 raise ValueError(f"the cache holds {cache.capacity} positions; this step needs {width}")
             cache.ids[...] = input_ids
-            cache.mask[:, :width] = attention_mask
-            cache.mask[:, width:] = 0
+            if self.fed:
+                cache.lengths[:] = attention_mask.sum(1) - 1
+            else:
+                cache.mask[:, :width] = attention_mask
+                cache.mask[:, width:] = 0
             cache.width = width
         self.session.run_with_iobinding(cache.binding)
         cache.started = True
@@ -277,13 +300,28 @@ class OnnxRuntimeDecoder:
         binding.bind_ortvalue_output("logits", OrtValue.ortvalue_from_numpy(cache.logits))
         cache.binding = binding
 
-    @staticmethod
-    def _bind_step_inputs(cache: _Buffers, shape: tuple[int, ...]) -> None:
+    def _bind_mask(self, binding, attention_mask: np.ndarray, sequence: int, all_logits: bool = False) -> None:
+        """The step's attention: the mask itself, or for a fused graph since decision 0199 what it computed."""
+        if not self.fed:
+            binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, np.int64))
+            return
+        for name, value in fused_feeds(attention_mask, sequence, all_logits).items():
+            binding.bind_cpu_input(name, value)
+
+    def _bind_step_inputs(self, cache: _Buffers, shape: tuple[int, ...]) -> None:
+        """Decode steps' inputs as numpy-backed buffers bound once: the ids and a mask as wide as the cache, or for
+        a fused graph since decision 0199 each row's length (total: the buffer's width; logits: position 0)."""
         from onnxruntime import OrtValue
 
         cache.ids = np.zeros(shape, np.int64)
-        cache.mask = np.zeros((shape[0], cache.capacity), np.int64)
         cache.binding.bind_ortvalue_input("input_ids", OrtValue.ortvalue_from_numpy(cache.ids))
+        if self.fed:
+            cache.lengths = np.zeros(shape[0], np.int32)
+            cache.binding.bind_ortvalue_input("seqlens_k", OrtValue.ortvalue_from_numpy(cache.lengths))
+            cache.binding.bind_cpu_input("total_sequence_length", np.array(cache.capacity, np.int32))
+            cache.binding.bind_cpu_input("logits_index", np.zeros((shape[0], 1, 1), np.int64))
+            return
+        cache.mask = np.zeros((shape[0], cache.capacity), np.int64)
         cache.binding.bind_ortvalue_input("attention_mask", OrtValue.ortvalue_from_numpy(cache.mask))
 
     @staticmethod
@@ -315,4 +353,4 @@ class _Buffers(list):
 
     capacity = 0  # positions each buffer holds
     width = 0  # positions the last decode step's mask covered (step_token's fast case: the next one)
-    started, binding, logits, ids, mask = False, None, None, None, None
+    started, binding, logits, ids, mask, lengths = False, None, None, None, None, None
