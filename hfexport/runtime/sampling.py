@@ -1,12 +1,13 @@
 """Next-token choice from logits: repetition penalty, temperature, top-k, top-p, greedy (numpy only).
 
 The order and formulas follow transformers' logits processors, so a seedless greedy run gives the
-same tokens as `generate(do_sample=False)` and the knobs mean what users expect from them.
+same tokens as `generate(do_sample=False)` and the knobs mean what users expect from them. Sampling draws
+among the tokens top-k and top-p keep, found without sorting the vocabulary (decision 0200).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -49,24 +50,83 @@ def choose(logits: np.ndarray, seen: list[np.ndarray], settings: SamplingSetting
     apply_repetition_penalty(scores, seen, settings.repetition_penalty)
     if not settings.do_sample:
         return scores.argmax(-1).astype(np.int64)
-    scores /= settings.temperature
-    if 0 < settings.top_k < scores.shape[-1]:
-        kth = np.partition(scores, -settings.top_k, axis=-1)[:, -settings.top_k][:, None]
-        scores[scores < kth] = -np.inf
+    if settings.temperature != 1.0:  # in place on the copy: no other vocabulary-wide array
+        scores /= np.float32(settings.temperature)
+        settings = replace(settings, temperature=1.0)
+    chosen = []
+    for row in scores:
+        ids, weights = candidates(row, settings)
+        pick = _draw(weights, rng.random())
+        chosen.append(pick if ids is None else ids[pick])
+    return np.array(chosen, np.int64)
+
+
+# NOTE: sampling works on the tokens top-k and top-p can keep, not on the whole vocabulary: sorting it for top-p,
+# a float64 softmax over it and numpy's `Generator.choice` (which validates and sums `p`) took 1.1-1.2 ms a token
+# for a 32,000-token vocabulary, 1.4x an int4 decode step of the bench Llama (docs/decisions/0200).
+_NUCLEUS_FIRST = 64  # candidates tried first for top-p without top-k (then 16x more, then every token)
+_BLOCK = 512  # _draw's block: a cumulative sum over blocks, then inside one
+
+
+def candidates(scores: np.ndarray, settings: SamplingSettings) -> tuple[np.ndarray | None, np.ndarray]:
+    """One row's sampling distribution after temperature, top-k and top-p, as transformers' warpers give it: the
+    kept token ids in ascending order (None: every token) and their unnormalised float64 weights."""
+    vocab = scores.shape[-1]
+    ids = None
+    if settings.temperature != 1.0:  # first, as transformers (rounding can make ties)
+        scores = scores / np.float32(settings.temperature)
+    if 0 < settings.top_k < vocab:  # every token at least as likely as the k-th (ties kept, as transformers)
+        kth = np.partition(scores, vocab - settings.top_k)[vocab - settings.top_k]
+        ids = np.flatnonzero(scores >= kth)
+        scores = scores[ids]
     if settings.top_p < 1.0:
-        order = np.argsort(scores, axis=-1)  # ascending, as transformers' TopPLogitsWarper
-        ordered = np.take_along_axis(scores, order, -1)
-        probs = _softmax(ordered)
-        remove = np.cumsum(probs, -1) <= 1 - settings.top_p
-        remove[:, -1] = False  # always keep the most likely token
-        mask = np.zeros_like(remove)
-        np.put_along_axis(mask, order, remove, -1)
-        scores[mask] = -np.inf
-    probs = _softmax(scores.astype(np.float64))
-    return np.array([rng.choice(probs.shape[-1], p=row / row.sum()) for row in probs], np.int64)
+        kept = _nucleus(scores, settings.top_p)
+        ids, scores = (kept if ids is None else ids[kept]), scores[kept]
+    weights = np.exp(scores.astype(np.float64) - np.float64(scores.max()))
+    return ids, weights
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(-1, keepdims=True)
+def _nucleus(scores: np.ndarray, top_p: float) -> np.ndarray:
+    """Positions (ascending) of the most likely tokens whose mass before each is < top_p: transformers' top-p
+    (float32 probabilities; the most likely token always stays). Looked for among the 64, then 1,024 most likely
+    tokens (a peaked distribution's nucleus is there); a flat one sorts them all, as transformers does."""
+    probs = np.exp(scores - scores.max())
+    probs /= probs.sum()
+    size = probs.shape[0]
+    for wanted in (_NUCLEUS_FIRST, _NUCLEUS_FIRST * 16):
+        if wanted * 4 > size:
+            break
+        top = np.argpartition(probs, size - wanted)[size - wanted:]
+        order = top[np.argsort(-probs[top], kind="stable")]
+        mass = np.cumsum(probs[order])
+        if mass[-1] >= top_p:
+            count = min(int(np.searchsorted(mass, np.float32(top_p), side="left")) + 1, wanted)
+            return np.sort(order[:count])
+    order = np.argsort(probs)  # ascending: the tail whose mass is <= 1 - top_p goes
+    drop = np.cumsum(probs[order]) <= 1 - top_p
+    drop[-1] = False
+    keep = np.ones(size, bool)
+    keep[order[drop]] = False
+    return np.flatnonzero(keep)
+
+
+def _draw(weights: np.ndarray, uniform: float) -> int:
+    """The index `Generator.choice(len(weights), p=weights / weights.sum())` returns for the draw `uniform`: the
+    first whose cumulative weight passes uniform x total, found block by block (a cumulative sum over the whole
+    vocabulary is ~250 us). Never a zero-weight index."""
+    size = weights.shape[0]
+    starts = np.arange(0, size, _BLOCK)
+    sums = np.add.reduceat(weights, starts)
+    cumulative = np.cumsum(sums)
+    target = uniform * cumulative[-1]
+    block = int(np.searchsorted(cumulative, target, side="right"))
+    if block >= starts.shape[0]:  # rounding at the very end: the last block that has weight
+        block = int(np.flatnonzero(sums)[-1])
+    inside = weights[starts[block]:starts[block] + _BLOCK]
+    before = cumulative[block - 1] if block else 0.0
+    index = int(np.searchsorted(np.cumsum(inside) + before, target, side="right"))
+    if index >= inside.shape[0] or inside[index] == 0:  # rounding between the two sums: the next weighted token
+        weighted = np.flatnonzero(inside)
+        later = weighted[weighted >= index]
+        index = int(later[0] if later.size else weighted[-1])
+    return int(starts[block]) + index
