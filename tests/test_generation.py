@@ -119,6 +119,35 @@ def test_generation_one_row_and_a_batch_end_at_eos_and_honour_min_new_tokens_ali
     assert out[0, len(prompt):].tolist() == forced
 
 
+def test_generation_one_row_sampled_draws_what_the_batch_loop_draws(llm_bundle):
+    """One row sampled without a repetition penalty takes the lean loop too (decision 0200): the same tokens as
+    the batch loop's `choose` fed the same logits and the same seeded stream, EOS suppressed under
+    min_new_tokens before each draw."""
+    import numpy as np
+
+    from hfexport.runtime import load
+    from hfexport.runtime.generation import _without
+    from hfexport.runtime.sampling import choose
+
+    generator = load(llm_bundle("llama")[0])
+    prompt = generator.encode(PROMPTS[1])
+    options = {"do_sample": True, "temperature": 1.7, "top_k": 40, "top_p": 0.9}
+    got = generator.generate_ids([prompt], max_new_tokens=12, min_new_tokens=6, seed=11, **options)[0]
+    settings, rng, eos = generator.settings(**options), np.random.default_rng(11), np.asarray(generator.eos_token_ids)
+    decoder, want = generator.decoder, []
+    logits, cache = decoder.step(np.array([prompt]), np.ones((1, len(prompt)), np.int64),
+                                 np.arange(len(prompt))[None], decoder.empty_cache(1))
+    for step in range(12):
+        token = int(choose(_without(logits, eos) if step < 6 else logits, [], settings, rng)[0])
+        if token in eos:
+            break
+        want.append(token)
+        width = len(prompt) + step + 1
+        logits, cache = decoder.step(np.array([[token]]), np.ones((1, width), np.int64), np.array([[width - 1]]),
+                                     cache)
+    assert got == want and len(got) >= 6
+
+
 def test_generation_sampling_repeats_with_a_seed(llm_bundle):
     from hfexport.runtime import load
 

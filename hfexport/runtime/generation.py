@@ -16,7 +16,7 @@ import numpy as np
 
 from hfexport.runtime.chat import read_chat_template, render_chat
 from hfexport.runtime.manifest import Manifest
-from hfexport.runtime.sampling import SamplingSettings, choose
+from hfexport.runtime.sampling import SamplingSettings, choose, sample_token
 
 Prompt = str | list[dict]  # a text, or a conversation rendered with the chat template
 
@@ -187,11 +187,12 @@ class TextGenerator:
         # NOTE: the loop's own work runs right after ONNX Runtime or OpenVINO has streamed the weights through
         # the caches, so each Python and numpy call costs several times its warm price: ~100 us a token on the
         # fp32 bench Llama (3% of its step) against ~14 us for a bare loop. One row decoded greedily, the common
-        # case, keeps its bookkeeping in Python ints (_greedy_row); plain greedy takes the argmax before any EOS
+        # case, keeps its bookkeeping in Python ints (_one_row); plain greedy takes the argmax before any EOS
         # suppression (docs/decisions/0198-lean-decode-loop.md).
         greedy = not settings.do_sample and settings.repetition_penalty == 1.0
-        if batch == 1 and greedy:
-            yield from self._greedy_row(logits, cache, mask, next_position, longest, budget, min_new_tokens, stopped)
+        if batch == 1 and settings.repetition_penalty == 1.0:
+            yield from self._one_row(logits, cache, mask, next_position, longest, budget, min_new_tokens, stopped,
+                                     None if greedy else (settings, rng))
             return
         for step in range(budget):
             suppress = step < min_new_tokens and eos.size
@@ -214,15 +215,23 @@ class TextGenerator:
             logits, cache = self.decoder.step(tokens[:, None], mask[:, :total], next_position, cache)
             next_position = next_position + 1
 
-    def _greedy_row(self, logits, cache, mask: np.ndarray, position: np.ndarray, longest: int, budget: int,
-                    min_new_tokens: int, stopped: np.ndarray) -> Iterator[tuple[list[int], list[bool]]]:
-        """_steps for one row and plain greedy: the same tokens, with a few calls a token."""
+    def _one_row(self, logits, cache, mask: np.ndarray, position: np.ndarray, longest: int, budget: int,
+                 min_new_tokens: int, stopped: np.ndarray,
+                 sampling: tuple | None) -> Iterator[tuple[list[int], list[bool]]]:
+        """_steps for one row without a repetition penalty, greedy (`sampling` None) or sampled (`(settings, rng)`,
+        one draw a token as `choose`): the same tokens, with a few calls a token."""
         eos = frozenset(self.eos_token_ids)
+        eos_ids = np.asarray(sorted(eos), np.int64)
         step_, step_token = self.decoder.step, getattr(self.decoder, "step_token", None)
         for step in range(budget):
-            token = int(logits[0].argmax())
-            if token in eos and step < min_new_tokens:  # the same token as suppressing EOS first
-                token = int(_without(logits, np.asarray(sorted(eos), np.int64))[0].argmax())
+            if sampling is None:
+                token = int(logits[0].argmax())
+                if token in eos and step < min_new_tokens:  # the same token as suppressing EOS first
+                    token = int(_without(logits, eos_ids)[0].argmax())
+            else:
+                if step < min_new_tokens and eos:  # before drawing, as transformers
+                    logits = _without(logits, eos_ids)
+                token = sample_token(logits[0], *sampling)
             ended = token in eos
             yield [token], [not ended]
             if ended or stopped[0] or step == budget - 1:

@@ -7,7 +7,7 @@ among the tokens top-k and top-p keep, found without sorting the vocabulary (dec
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,19 +46,20 @@ def choose(logits: np.ndarray, seen: list[np.ndarray], settings: SamplingSetting
     """[batch, vocab] float logits -> [batch] int64 next tokens."""
     if not settings.do_sample and settings.repetition_penalty == 1.0:  # plain greedy: nothing to rewrite
         return np.asarray(logits).argmax(-1).astype(np.int64)
-    scores = np.array(logits, dtype=np.float32, copy=True)
-    apply_repetition_penalty(scores, seen, settings.repetition_penalty)
+    scores = np.asarray(logits, dtype=np.float32)
+    if settings.repetition_penalty != 1.0:
+        scores = scores.copy()
+        apply_repetition_penalty(scores, seen, settings.repetition_penalty)
     if not settings.do_sample:
         return scores.argmax(-1).astype(np.int64)
-    if settings.temperature != 1.0:  # in place on the copy: no other vocabulary-wide array
-        scores /= np.float32(settings.temperature)
-        settings = replace(settings, temperature=1.0)
-    chosen = []
-    for row in scores:
-        ids, weights = candidates(row, settings)
-        pick = _draw(weights, rng.random())
-        chosen.append(pick if ids is None else ids[pick])
-    return np.array(chosen, np.int64)
+    return np.array([sample_token(row, settings, rng) for row in scores], np.int64)
+
+
+def sample_token(scores: np.ndarray, settings: SamplingSettings, rng: np.random.Generator) -> int:
+    """One row's next token, drawn from `candidates` with one `rng.random()` (as `Generator.choice` draws)."""
+    ids, weights = candidates(scores, settings)
+    pick = _draw(weights, rng.random())
+    return pick if ids is None else int(ids[pick])
 
 
 # NOTE: sampling works on the tokens top-k and top-p can keep, not on the whole vocabulary: sorting it for top-p,
@@ -70,15 +71,26 @@ _BLOCK = 512  # _draw's block: a cumulative sum over blocks, then inside one
 
 def candidates(scores: np.ndarray, settings: SamplingSettings) -> tuple[np.ndarray | None, np.ndarray]:
     """One row's sampling distribution after temperature, top-k and top-p, as transformers' warpers give it: the
-    kept token ids in ascending order (None: every token) and their unnormalised float64 weights."""
+    kept token ids in ascending order (None: every token) and their unnormalised float64 weights. `scores` is
+    only read."""
     vocab = scores.shape[-1]
+    temperature = np.float32(settings.temperature)
     ids = None
-    if settings.temperature != 1.0:  # first, as transformers (rounding can make ties)
-        scores = scores / np.float32(settings.temperature)
     if 0 < settings.top_k < vocab:  # every token at least as likely as the k-th (ties kept, as transformers)
         kth = np.partition(scores, vocab - settings.top_k)[vocab - settings.top_k]
-        ids = np.flatnonzero(scores >= kth)
-        scores = scores[ids]
+        if temperature == 1:
+            ids = np.flatnonzero(scores >= kth)
+            scores = scores[ids]
+        else:
+            # transformers compares after the temperature, whose rounding can put a value just under the k-th on
+            # the k-th's own scaled value: take a little more, scale only those, then compare as it does.
+            near = kth - (abs(kth) * np.float32(1e-5) + np.float32(1e-30)) if np.isfinite(kth) else kth
+            ids = np.flatnonzero(scores >= near)
+            scores = scores[ids] / temperature
+            kept = scores >= kth / temperature
+            ids, scores = ids[kept], scores[kept]
+    elif temperature != 1:
+        scores = scores / temperature
     if settings.top_p < 1.0:
         kept = _nucleus(scores, settings.top_p)
         ids, scores = (kept if ids is None else ids[kept]), scores[kept]
@@ -102,11 +114,13 @@ def _nucleus(scores: np.ndarray, top_p: float) -> np.ndarray:
         if mass[-1] >= top_p:
             count = min(int(np.searchsorted(mass, np.float32(top_p), side="left")) + 1, wanted)
             return np.sort(order[:count])
-    order = np.argsort(probs)  # ascending: the tail whose mass is <= 1 - top_p goes
+    # Every token, by transformers' own rule (its float32 sums over thousands of tokens round as these do):
+    # ascending, the tail whose mass is <= 1 - top_p goes.
+    order = np.argsort(probs)
     drop = np.cumsum(probs[order]) <= 1 - top_p
     drop[-1] = False
-    keep = np.ones(size, bool)
-    keep[order[drop]] = False
+    keep = np.zeros(size, bool)
+    keep[order[~drop]] = True
     return np.flatnonzero(keep)
 
 
@@ -115,6 +129,14 @@ def _draw(weights: np.ndarray, uniform: float) -> int:
     first whose cumulative weight passes uniform x total, found block by block (a cumulative sum over the whole
     vocabulary is ~250 us). Never a zero-weight index."""
     size = weights.shape[0]
+    if size <= _BLOCK:  # one block: the cumulative sum directly
+        cumulative = np.cumsum(weights)
+        index = int(np.searchsorted(cumulative, uniform * cumulative[-1], side="right"))
+        if index >= size or weights[index] == 0:
+            weighted = np.flatnonzero(weights)
+            later = weighted[weighted >= index]
+            index = int(later[0] if later.size else weighted[-1])
+        return index
     starts = np.arange(0, size, _BLOCK)
     sums = np.add.reduceat(weights, starts)
     cumulative = np.cumsum(sums)
