@@ -131,12 +131,7 @@ def _draw(weights: np.ndarray, uniform: float) -> int:
     size = weights.shape[0]
     if size <= _BLOCK:  # one block: the cumulative sum directly
         cumulative = np.cumsum(weights)
-        index = int(np.searchsorted(cumulative, uniform * cumulative[-1], side="right"))
-        if index >= size or weights[index] == 0:
-            weighted = np.flatnonzero(weights)
-            later = weighted[weighted >= index]
-            index = int(later[0] if later.size else weighted[-1])
-        return index
+        return _weighted(weights, int(np.searchsorted(cumulative, uniform * cumulative[-1], side="right")))
     starts = np.arange(0, size, _BLOCK)
     sums = np.add.reduceat(weights, starts)
     cumulative = np.cumsum(sums)
@@ -146,9 +141,15 @@ def _draw(weights: np.ndarray, uniform: float) -> int:
         block = int(np.flatnonzero(sums)[-1])
     inside = weights[starts[block]:starts[block] + _BLOCK]
     before = cumulative[block - 1] if block else 0.0
-    index = int(np.searchsorted(np.cumsum(inside) + before, target, side="right"))
-    if index >= inside.shape[0] or inside[index] == 0:  # rounding between the two sums: the next weighted token
-        weighted = np.flatnonzero(inside)
-        later = weighted[weighted >= index]
-        index = int(later[0] if later.size else weighted[-1])
-    return int(starts[block]) + index
+    return int(starts[block]) + _weighted(inside, int(np.searchsorted(np.cumsum(inside) + before, target,
+                                                                       side="right")))
+
+
+def _weighted(weights: np.ndarray, index: int) -> int:
+    """`index`, or where rounding between two sums put it past the end or on a zero weight, the next weighted
+    index (else the last one)."""
+    if index < weights.shape[0] and weights[index] != 0:
+        return index
+    weighted = np.flatnonzero(weights)
+    later = weighted[weighted >= index]
+    return int(later[0] if later.size else weighted[-1])
