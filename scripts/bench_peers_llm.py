@@ -36,9 +36,11 @@ Timing, every side the same: fresh processes, alternating the order of sides, --
 thread count; ONNX Runtime's spinning is off (hfexport's cpu bundles and onnxruntime-genai). Each process
 times, after one warm-up, --runs rounds of: a 1-token generation (time to first token) on a --prompt-tokens
 prompt, a --new-tokens greedy generation with EOS suppressed, another 1-token generation. TTFT is the median of
-the 1-token runs; decode tokens/s = (new tokens - 1) / the median over rounds of (full - the round's mean TTFT),
-paired so that drift in the machine's speed cancels (timed in separate blocks, onnxruntime-genai's decode read
-1.4x too fast in one process: its prefill, LM head over every prompt position, is half its full generation).
+the 1-token runs (with --sample the generations sample, every engine with its own sampler at temperature 0.6,
+top-k 50, top-p 0.9, a fixed seed); decode tokens/s = (new tokens - 1) / the median over rounds of (full - the
+round's mean TTFT), paired so that drift in the machine's speed cancels (timed in separate blocks,
+onnxruntime-genai's decode read 1.4x too fast in one process: its prefill, LM head over every prompt position, is
+half its full generation).
 The table gives medians over processes and their range.
 
 `--paired` adds a second table: each hfexport side against its peer on the same runtime library (PAIRS: cpu
@@ -139,6 +141,8 @@ SIDES = {s.name: s for s in [
 
 # --paired: hfexport's side and the peer on the same runtime library, timed in one process (the peer's environment,
 # hfexport on PYTHONPATH: one onnxruntime or OpenVINO for both), whole rounds alternating.
+# --sample: a chat's usual settings, in transformers' order (temperature, top-k, top-p) for every engine.
+SAMPLING = {"temperature": 0.6, "top_k": 50, "top_p": 0.9, "seed": 0}
 PAIRS = [("hfexport cpu llm-fp32", "onnxruntime-genai fp32"), ("hfexport cpu llm-int4", "onnxruntime-genai int4"),
          ("hfexport openvino llm-int4", "openvino-genai int4"), ("hfexport openvino llm-int4 f32", "openvino-genai int4")]
 
@@ -213,6 +217,9 @@ def _parse(argv=None) -> argparse.Namespace:
                         help="also time each hfexport side against its peer in one process (see PAIRS), "
                              "alternating: process-to-process spread cancels")
     parser.add_argument("--paired-runs", type=int, default=10, help="rounds per side in a --paired process")
+    parser.add_argument("--sample", action="store_true",
+                        help=f"time sampled decoding ({', '.join(f'{k} {v}' for k, v in SAMPLING.items())}) instead "
+                             "of greedy; fidelity stays greedy")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; install, build and time nothing")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--markdown", action="store_true")
@@ -238,6 +245,7 @@ def plan(args) -> dict:
             "sides": list(args.sides), "paired": [list(pair) for pair in _pairs(args)],
             "timings": {"threads": args.threads, "processes_per_side": args.processes, "runs": args.runs,
                         "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+                        "decoding": dict(SAMPLING) if args.sample else "greedy",
                         "processes_total": len(args.sides) * len(args.threads) * args.processes},
             "fidelity": {"prompts": args.prompts, "reference": "PyTorch fp32 greedy argmax, EOS not stopping",
                          "metrics": ["greedy = PyTorch (share of prompts, mean common prefix)",
@@ -412,7 +420,7 @@ def main(argv=None) -> int:
     reference = _reference(model, prompts, args.new_tokens)
     spec = args.work / "spec.json"
     spec_values = {"timing_prompt": prompts[0], "prompts": prompts, "reference": reference,
-                   "new_tokens": args.new_tokens, "runs": args.runs}
+                   "new_tokens": args.new_tokens, "runs": args.runs, "sampling": SAMPLING if args.sample else None}
     spec.write_text(json.dumps(spec_values))
     (args.work / "llm_timer.py").write_text(_TIMER)
 
@@ -449,6 +457,7 @@ def main(argv=None) -> int:
     paired = _paired(args, interpreters, spec_values, env) if _pairs(args) else []
     result = {"model": str(model), "load_before": load_before, "load_after": os.getloadavg()[0],
               "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "prompts": args.prompts,
+              "sampling": SAMPLING if args.sample else None,
               "processes": args.processes, "rows": rows, "paired": paired}
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
@@ -466,7 +475,9 @@ def _fidelity(reference, greedy, forced, np) -> dict:
 
 
 def _markdown(result: dict) -> str:
-    lines = [f"{result['prompt_tokens']}-token prompt, {result['new_tokens']} greedy tokens (EOS suppressed); "
+    decoding = "greedy" if not result.get("sampling") else "sampled (" + ", ".join(
+        f"{k} {v}" for k, v in result["sampling"].items()) + ")"
+    lines = [f"{result['prompt_tokens']}-token prompt, {result['new_tokens']} {decoding} tokens (EOS suppressed); "
              f"medians of {result['processes']} fresh processes (range); load average {result['load_before']:.2f} "
              f"before, {result['load_after']:.2f} after; fidelity vs PyTorch fp32 on {result['prompts']} prompts", "",
              "| side | threads | TTFT ms | decode tok/s | greedy = PyTorch (common prefix) | teacher-forced top-1 "
@@ -499,6 +510,7 @@ kind, path, threads, spec_file, out_file, with_fidelity = sys.argv[1:7]
 threads = int(threads)
 spec = json.loads(Path(spec_file).read_text())
 new, runs = spec["new_tokens"], spec["runs"]
+sampling = spec.get("sampling")  # timed generations sample with these (--sample); fidelity stays greedy
 last = lambda logits: int(np.asarray(logits, dtype=np.float32).reshape(-1, np.shape(logits)[-1])[-1].argmax())
 
 def make(kind, path):
@@ -512,8 +524,12 @@ def make(kind, path):
         generator = load(path, threads=threads, session_overrides=overrides)
         decoder = generator.decoder
 
+        options = {"do_sample": False} if not sampling else {
+            "do_sample": True, "temperature": sampling["temperature"], "top_k": sampling["top_k"],
+            "top_p": sampling["top_p"], "seed": sampling["seed"]}
+
         def generate(prompt, n):
-            return len(generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, do_sample=False)[0])
+            return len(generator.generate_ids([prompt], max_new_tokens=n, min_new_tokens=n, **options)[0])
 
         class Stepper:
             def __init__(self, prompt):
@@ -534,13 +550,16 @@ def make(kind, path):
             "session.inter_op.allow_spinning": "0"}}}}))
         model = og.Model(config)
 
-        def _generator(length, minimum=0):
+        def _generator(length, minimum=0, sample=False):
             params = og.GeneratorParams(model)
-            params.set_search_options(max_length=length, min_length=minimum, do_sample=False)
+            options = {"do_sample": False} if not sample else {
+                "do_sample": True, "temperature": sampling["temperature"], "top_k": sampling["top_k"],
+                "top_p": sampling["top_p"], "random_seed": sampling["seed"]}
+            params.set_search_options(max_length=length, min_length=minimum, **options)
             return og.Generator(model, params)
 
         def generate(prompt, n):
-            g = _generator(len(prompt) + n, len(prompt) + n)  # min_length: EOS suppressed
+            g = _generator(len(prompt) + n, len(prompt) + n, bool(sampling))  # min_length: EOS suppressed
             g.append_tokens(np.asarray([prompt], np.int32))
             while not g.is_done():
                 g.generate_next_token()
@@ -563,14 +582,17 @@ def make(kind, path):
         scheduler.enable_prefix_caching, scheduler.max_num_batched_tokens = False, 2 ** 31
         pipe = openvino_genai.LLMPipeline(path, "CPU", INFERENCE_NUM_THREADS=threads, scheduler_config=scheduler)
 
-        def _run(prompt, n):
+        def _run(prompt, n, sample=False):
             config = pipe.get_generation_config()
-            config.max_new_tokens, config.ignore_eos, config.do_sample = n, True, False
+            config.max_new_tokens, config.ignore_eos, config.do_sample = n, True, sample
+            if sample:
+                config.temperature, config.top_k, config.top_p = (sampling[k] for k in ("temperature", "top_k", "top_p"))
+                config.rng_seed = sampling["seed"]
             ids = np.asarray([prompt], np.int64)
             return list(pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))),
                                       config).tokens[0])
 
-        generate = lambda prompt, n: len(_run(prompt, n))
+        generate = lambda prompt, n: len(_run(prompt, n, bool(sampling)))
         Stepper = None
     else:
         import cyllama.llama.llama_cpp as L
@@ -584,12 +606,19 @@ def make(kind, path):
         chain = L.LlamaSamplerChainParams()
         sampler = L.LlamaSampler(chain)
         sampler.add_greedy()
+        drawing = sampler
+        if sampling:  # llama.cpp's own sampler chain, in transformers' order
+            drawing = L.LlamaSampler(L.LlamaSamplerChainParams())
+            drawing.add_temp(sampling["temperature"])
+            drawing.add_top_k(sampling["top_k"])
+            drawing.add_top_p(sampling["top_p"], 1)
+            drawing.add_dist(sampling["seed"])
 
-        def generate(prompt, n):  # llama.cpp's own greedy sampler; EOS does not stop the loop
+        def generate(prompt, n):  # llama.cpp's own sampler (greedy unless --sample); EOS does not stop the loop
             ctx.kv_cache_clear()
             ctx.decode(L.llama_batch_get_one(prompt, 0))
             for i in range(n):
-                token = sampler.sample(ctx, -1)
+                token = drawing.sample(ctx, -1)
                 if i < n - 1:
                     ctx.decode(L.llama_batch_get_one([token], len(prompt) + i))
             return n

@@ -34,7 +34,11 @@ def test_bench_peers_llm_dry_run_plans_every_side_without_installing(tmp_path, c
     assert plan["timings"]["processes_total"] == 10 * 2 * 3
     assert "inference_precision" in builds["hfexport openvino llm-int4 f32"]
     assert plan["timings"]["prompt_tokens"] == 128 and plan["timings"]["new_tokens"] == 64
+    assert plan["timings"]["decoding"] == "greedy"
     assert not venvs.exists()  # nothing installed, nothing made
+    assert bench.main(["--dry-run", "--venvs", str(venvs), "--sample"]) == 0  # sampled decoding, every engine alike
+    sampled = json.loads(capsys.readouterr().out)["timings"]["decoding"]
+    assert sampled == {"temperature": 0.6, "top_k": 50, "top_p": 0.9, "seed": 0}
 
 
 def test_bench_peers_llm_dry_run_with_a_subset_plans_only_the_peers_it_needs(tmp_path, capsys):
