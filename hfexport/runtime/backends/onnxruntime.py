@@ -159,7 +159,9 @@ class OnnxRuntimeDecoder:
     NOTE: the cache stays inside ONNX Runtime. Each step binds the previous step's `present` OrtValues
     as this step's `past` through IOBinding, so no cache tensor is converted to numpy or copied on the
     host between steps; only the last position's logits come back, and a graph with a `logits_to_keep`
-    input computes only those (older bundles compute every position's).
+    input, or a fused graph's `logits_index` (decision 0199), computes only those (older bundles compute every
+    position's). A fused graph since 0199 takes no mask: the decoder feeds what it computed from one
+    (`fused_feeds`), and graphs built before keep their mask.
     A traced graph's Concat writes past + new into a fresh `present` each step (O(past) per token). A fused
     graph (metadata `FUSED_DECODER`) given `empty_cache(batch, capacity)` gets one buffer of `capacity`
     positions per past/present pair, bound as both input and output: the attention writes the new positions
